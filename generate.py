@@ -1,0 +1,400 @@
+"""Context audio in, generated stem out (Sec. 2.1.1-2.1.2 of the paper).
+
+    python generate.py --context mix.wav --instrument piano
+    python generate.py --context mix.wav --instrument bass --instrument drums --mix
+
+The context (wav/flac, any rate, any channel count, any length) is averaged to mono, resampled to the codec
+rate and encoded to tokens; decode.py fills in the target-stem tokens level by level (eq. 1 ranking,
+eq. 3 multi-source guidance); the codec turns them back into audio, which is written at the input's rate
+and length. With several --instrument flags the stems are made in turn, the way the paper's introduction
+describes: each new stem is added to the context before the next one is generated.
+
+Contexts longer than the model's training window go through overlapping windows. The part of each window
+that overlaps the previous one is handed to the decoder as already-decoded target tokens (a SoundStorm-style
+prompt), so the stem continues across windows; the windows are stitched at token level and the codec
+decodes the whole sequence once, so there is no audio seam to crossfade.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+import audio
+import codec as codec_lib
+import data
+import decode
+import model as model_lib
+
+DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes by default
+DEFAULT_WINDOW_SECONDS = 20.0     # the paper's training crop (Sec. 3), used when a checkpoint does not say
+SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
+EXIT_USER_ERROR = 2
+
+
+class GenerateError(RuntimeError):
+    """A problem the user can fix (bad flag, missing checkpoint, unusable context); one line, no traceback."""
+
+
+@dataclass
+class Sampling:
+    """Sampling knobs with the paper's values as defaults (Sec. 2.1.1, 2.1.2, 3.2.1)."""
+    steps: tuple[int, ...] = (128, 64, 32, 32)  # decoding steps per RVQ level, coarsest first
+    w_c: float = 0.1              # eq. 1 weight of the model's confidence
+    w_s: float = 0.1              # eq. 1 weight of the causal bias (1 - n/N)
+    w_r: float = 1.0              # eq. 1 weight of the uniform noise X
+    guidance: str = "multi"       # "multi" (eq. 3), "joint" (eq. 2) or "none"
+    scale_audio: float = 3.0      # lambda_a: guidance scale of the context-mix (eq. 3), lambda of eq. 2
+    scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
+    temperature: float = 1.0      # softmax temperature of the sampled candidates
+
+    @classmethod
+    def naive(cls, **overrides) -> "Sampling":
+        """The paper's naive setting (Sec. 3.2, Tab. 3): no classifier-free guidance and no causal bias."""
+        return replace(cls(guidance="none", w_s=0.0), **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model, codec and context
+
+def load_model(checkpoint: str, device: str | torch.device = "cpu"):
+    """Load a checkpoint and rebuild its model (eval mode) and codec. Returns (model, codec, ckpt)."""
+    if not os.path.isfile(checkpoint):
+        raise GenerateError(f"checkpoint not found: {checkpoint} (train one with `python train.py`, "
+                            f"or pass --checkpoint PATH)")
+    try:
+        ckpt = model_lib.load_checkpoint(checkpoint, device="cpu")
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise GenerateError(f"cannot read checkpoint {checkpoint}: {e} "
+                            f"(is it a StemGen checkpoint written by train.py?)") from None
+    missing = [k for k in ("model_config", "model", "codec_spec") if k not in ckpt]
+    if missing:
+        raise GenerateError(f"checkpoint {checkpoint} lacks {', '.join(missing)}; "
+                            f"it was not written by train.py")
+    try:
+        net = model_lib.StemGen.from_checkpoint(ckpt, device)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise GenerateError(f"checkpoint {checkpoint} does not fit this version of model.py: "
+                            f"{str(e).splitlines()[0]}") from None
+    tok = codec_lib.load_codec(ckpt["codec_spec"], device=device)  # CodecUnavailable propagates to main
+    if (tok.n_q, tok.bins) != (net.cfg.n_q, net.cfg.bins):
+        raise GenerateError(f"checkpoint {checkpoint}: codec has {tok.n_q} x {tok.bins} tokens but the model "
+                            f"expects {net.cfg.n_q} x {net.cfg.bins}")
+    return net, tok, ckpt
+
+
+def checkpoint_window_seconds(ckpt: dict) -> float | None:
+    """The crop length the model was trained on, if the checkpoint records it (train.py's --crop-seconds)."""
+    value = (ckpt.get("train_args") or {}).get("crop_seconds")
+    return float(value) if value else None
+
+
+def read_context(path: str) -> tuple[np.ndarray, int]:
+    """Read a context file as [C, S] float32 at its own rate; reject empty, non-finite or silent audio."""
+    x, sr = audio.read_audio(path)
+    audio.check_finite(x, f"context {path}")
+    peak = float(np.abs(x).max())
+    if peak < SILENCE_PEAK:
+        raise GenerateError(f"context {path} is silent (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS): "
+                            f"give a recording with some music in it")
+    return x, sr
+
+
+def instrument_ids(names: list[str]) -> list[int]:
+    """Map user spellings to data.INSTRUMENTS ids (ValueError listing the valid names otherwise)."""
+    return [data.instrument_id(n) for n in names]
+
+
+def instrument_slug(iid: int) -> str:
+    """File-name form of an instrument class: "Strings (continued)" -> "strings-continued"."""
+    name = data.INSTRUMENTS[iid].lower()
+    return "-".join("".join(c if c.isalnum() else " " for c in name).split())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Windows over long contexts
+
+def plan_windows(n_frames: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Overlapping windows covering n_frames: (start, end, prompt) with prompt = frames already decoded.
+
+    Every window but the first starts `window - overlap` frames after the previous one; the last one is
+    moved back to end exactly at n_frames, so every window has the training length (its prompt then grows).
+    A context no longer than one window is a single window of its own length.
+    """
+    if window < 1 or not 0 <= overlap < window:
+        raise GenerateError(f"need 0 <= overlap < window, got window {window} and overlap {overlap} frames")
+    if n_frames <= window:
+        return [(0, n_frames, 0)]
+    starts = [0]
+    while starts[-1] + window < n_frames:
+        starts.append(min(starts[-1] + window - overlap, n_frames - window))
+    return [(s, s + window, 0 if i == 0 else starts[i - 1] + window - s) for i, s in enumerate(starts)]
+
+
+def generate_stem_tokens(net, context: torch.Tensor, instrument: int, sampling: Sampling,
+                         window: int, overlap: int, generator: torch.Generator | None = None,
+                         progress: bool = False, bar: tqdm | None = None) -> torch.Tensor:
+    """Target tokens for context tokens [1, Q, T] of any length, window by window (Sec. 2.1.1).
+
+    Each window's overlap with the previous one is given to decode.generate_tokens as a prompt of
+    already-decoded target tokens, so the stem continues; the results are stitched at token level.
+    Returns LongTensor [1, Q, T].
+    """
+    target = torch.full_like(context, -1)                                     # [1, Q, T], -1 = not yet
+    inst = torch.tensor([instrument], device=context.device)
+    for start, end, p in plan_windows(context.shape[-1], window, overlap):
+        prompt = target[:, :, start:start + p] if p else None                 # [1, Q, P]
+        target[:, :, start:end] = decode.generate_tokens(
+            net, context[:, :, start:end], inst, prompt=prompt, generator=generator, progress=progress,
+            **asdict(sampling))
+        if bar is not None:
+            bar.update(1)
+    return target
+
+
+def _window_frames(frame_rate: float, window_seconds: float | None, overlap_seconds: float | None):
+    """Window and overlap in codec frames; the overlap defaults to half the window."""
+    window_seconds = DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds
+    if window_seconds <= 0:
+        raise GenerateError(f"--window must be positive, got {window_seconds}")
+    if overlap_seconds is None:
+        overlap_seconds = window_seconds / 2
+    if not 0 <= overlap_seconds < window_seconds:
+        raise GenerateError(f"--overlap must be at least 0 and shorter than the window ({window_seconds:g} s), "
+                            f"got {overlap_seconds:g}")
+    window = max(1, round(window_seconds * frame_rate))
+    return window, min(window - 1, round(overlap_seconds * frame_rate))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Audio-level generation
+
+@torch.no_grad()
+def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampling: Sampling,
+                   generator: torch.Generator | None = None, progress: bool = False,
+                   window_seconds: float | None = None, overlap_seconds: float | None = None) -> list[np.ndarray]:
+    """Stems one after another, each added to the context before the next (the paper's Sec. 1 workflow).
+
+    Args:
+        context: float [S] mono audio at tok.sample_rate.
+        instruments: instrument ids (data.INSTRUMENTS), generated in this order.
+    Returns:
+        one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
+    """
+    if len(sampling.steps) != net.cfg.n_q:
+        raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
+                            f"token levels: give one per level")
+    device = next(net.parameters()).device
+    n = context.shape[-1]
+    hop = tok.sample_rate / tok.frame_rate
+    window, overlap = _window_frames(tok.frame_rate, window_seconds, overlap_seconds)
+    n_windows = len(plan_windows(int(np.ceil(n / hop)), window, overlap))
+    mix = torch.as_tensor(np.asarray(context, dtype=np.float32), device=device)   # [S]
+    stems = []
+    with tqdm(total=n_windows * len(instruments), desc="windows", unit="win", disable=not progress) as bar:
+        for iid in instruments:
+            ctx_tokens = tok.encode(mix[None, None])                          # [1, Q, T]
+            tgt_tokens = generate_stem_tokens(net, ctx_tokens, iid, sampling, window, overlap,
+                                              generator, progress, bar)
+            stem = tok.decode(tgt_tokens)[0, 0, :n].float()                   # [S]
+            if stem.shape[-1] < n:
+                stem = torch.nn.functional.pad(stem, (0, n - stem.shape[-1]))
+            stems.append(stem.cpu().numpy())
+            mix = mix + stem
+    return stems
+
+
+def generate_stem(net, tok, context: np.ndarray, instrument: int, sampling: Sampling,
+                  generator: torch.Generator | None = None, progress: bool = False,
+                  window_seconds: float | None = None, overlap_seconds: float | None = None) -> np.ndarray:
+    """One stem for a mono context [S] at tok.sample_rate (any length); returns float32 [S] at that rate."""
+    return generate_stems(net, tok, context, [instrument], sampling, generator, progress,
+                          window_seconds, overlap_seconds)[0]
+
+
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad the last axis to n samples (resampling can be off by a sample)."""
+    if x.shape[-1] >= n:
+        return x[..., :n]
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+def default_out_paths(context_path: str, instruments: list[int]) -> list[str]:
+    """Stem paths next to the context: mix.wav + piano -> mix.piano.wav (a repeated class gets .2, .3...)."""
+    base = os.path.splitext(context_path)[0]
+    slugs = [instrument_slug(i) for i in instruments]
+    paths = []
+    for k, s in enumerate(slugs):
+        repeat = slugs[:k].count(s)
+        paths.append(f"{base}.{s}{'.' + str(repeat + 1) if repeat else ''}.wav")
+    return paths
+
+
+def default_mix_path(context_path: str, instruments: list[int]) -> str:
+    """The new mix next to the context: mix.wav + bass, drums -> mix.with-bass-drums.wav."""
+    base = os.path.splitext(context_path)[0]
+    return f"{base}.with-{'-'.join(instrument_slug(i) for i in instruments)}.wav"
+
+
+def check_outputs(paths: list[str], context_path: str, force: bool) -> None:
+    """Fail before any work if outputs collide, would replace the context, exist (without --force), or
+    have a file type soundfile cannot write."""
+    formats = sf.available_formats()
+    seen = set()
+    for p in paths:
+        ap = os.path.abspath(p)
+        if ap in seen:
+            raise GenerateError(f"two outputs would both be written to {p}: give distinct --out/--mix paths")
+        seen.add(ap)
+        if ap == os.path.abspath(context_path):
+            raise GenerateError(f"output {p} is the context file itself: choose another --out/--mix path")
+        ext = os.path.splitext(p)[1].lstrip(".").upper()
+        if ext not in formats:
+            raise GenerateError(f"cannot write {p}: unknown audio file type {ext or '(none)'!r} "
+                                f"(use .wav or .flac)")
+        if os.path.exists(p) and not force:
+            raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GenerateError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GenerateError(f"--device {name}: not a torch device name (e.g. cpu, cuda, cuda:1)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Sampling()
+    p = argparse.ArgumentParser(
+        description="Generate stems that fit a musical context (StemGen, Sec. 2.1.1-2.1.2). Writes each "
+                    "stem, and with --mix (or several --instrument) the context plus the new stems, at the "
+                    "input's sample rate and length.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--context", required=True, metavar="PATH",
+                   help="context mix (wav/flac, any rate, any number of channels, any length)")
+    p.add_argument("--instrument", required=True, action="append", metavar="NAME",
+                   help="instrument class of the stem (Slakh class, case-insensitive, e.g. piano, bass, "
+                        "drums, 'synth lead'); repeat to make several stems in turn")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
+                   help="model checkpoint written by train.py")
+    p.add_argument("--out", action="append", metavar="PATH",
+                   help="stem output path, one per --instrument (default: CONTEXT.INSTRUMENT.wav)")
+    p.add_argument("--mix", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write the context plus the new stem(s) (default path: "
+                        "CONTEXT.with-INSTRUMENTS.wav); always written with several --instrument")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g = p.add_argument_group("sampling (defaults: the paper's best setting)")
+    g.add_argument("--steps", type=int, nargs="+", metavar="N", help=f"decoding steps per level, "
+                   f"coarsest first (default: {' '.join(map(str, d.steps))})")
+    g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
+    g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
+    g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
+    g.add_argument("--guidance", choices=decode.GUIDANCE_MODES,
+                   help=f"classifier-free guidance: multi = eq. 3, joint = eq. 2 (default: {d.guidance})")
+    g.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
+                   help=f"guidance scale of the context (lambda_a; lambda of eq. 2) (default: {d.scale_audio})")
+    g.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
+                   help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
+    g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
+    g.add_argument("--naive", action="store_true",
+                   help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
+                        "flags above still override it")
+    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same audio "
+                                            "(default: a fresh seed, printed)")
+    w = p.add_argument_group("long contexts")
+    w.add_argument("--window", type=float, metavar="SECONDS",
+                   help="window length for long contexts (default: the checkpoint's training crop, "
+                        f"else {DEFAULT_WINDOW_SECONDS:g})")
+    w.add_argument("--overlap", type=float, metavar="SECONDS",
+                   help="overlap of consecutive windows, given to the model as already-decoded tokens "
+                        "(default: half the window)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    return p
+
+
+def sampling_from_args(args) -> Sampling:
+    """The paper's best (or, with --naive, naive) setting, with every explicitly given flag applied."""
+    base = Sampling.naive() if args.naive else Sampling()
+    given = {k: getattr(args, k) for k in ("w_c", "w_s", "w_r", "guidance", "scale_audio", "scale_instrument",
+                                           "temperature") if getattr(args, k) is not None}
+    if args.steps is not None:
+        given["steps"] = tuple(args.steps)
+    return replace(base, **given)
+
+
+def run(args) -> list[str]:
+    """The CLI's work once arguments are parsed; returns the paths written."""
+    sampling = sampling_from_args(args)
+    if min(sampling.steps) < 1 or sampling.temperature <= 0:
+        raise GenerateError("--steps must be positive and --temperature above 0")
+    try:
+        instruments = instrument_ids(args.instrument)
+    except ValueError as e:
+        raise GenerateError(str(e)) from None
+    outs = args.out or default_out_paths(args.context, instruments)
+    if len(outs) != len(instruments):
+        raise GenerateError(f"{len(outs)} --out paths for {len(instruments)} --instrument flags: "
+                            f"give one per instrument, or none for the default names")
+    mix_path = args.mix
+    if mix_path is None and len(instruments) > 1 or mix_path == "":
+        mix_path = default_mix_path(args.context, instruments)
+    check_outputs(outs + ([mix_path] if mix_path else []), args.context, args.force)
+
+    x, sr = read_context(args.context)                                        # [C, S] at the file's rate
+    device = pick_device(args.device)
+    net, tok, ckpt = load_model(args.checkpoint, device)
+    window_seconds = args.window if args.window is not None else checkpoint_window_seconds(ckpt)
+
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    say(f"seed {seed}; {', '.join(data.INSTRUMENTS[i] for i in instruments)} for {args.context} "
+        f"({x.shape[1] / sr:.1f} s, {sr} Hz, {x.shape[0]} ch) on {device}")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    context = audio.resample(audio.to_mono(x), sr, tok.sample_rate)           # [S'] at the codec rate
+    stems = generate_stems(net, tok, context, instruments, sampling, generator, not args.quiet,
+                           window_seconds, args.overlap)
+    stems = [fit_length(audio.resample(s, tok.sample_rate, sr), x.shape[1]) for s in stems]  # [S] each
+
+    outputs = list(zip(outs, stems))
+    if mix_path:
+        outputs.append((mix_path, x + sum(stems)[None, :]))                  # [C, S]
+    peak = max(float(np.abs(y).max()) for _, y in outputs)
+    if peak > 1.0:  # integer wav/flac would clip: scale every output alike, so stems still sum to the mix
+        gain = 0.99 / peak
+        outputs = [(p, y * gain) for p, y in outputs]
+        say(f"note: outputs scaled by {20 * np.log10(gain):.1f} dB so that they do not clip")
+    for path, y in outputs:                                                   # atomic writes, at the end
+        audio.write_audio(path, y.astype(np.float32), sr, overwrite=args.force)
+        say(f"wrote {path}")
+    return [p for p, _ in outputs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (GenerateError, audio.AudioError, codec_lib.CodecUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: no output written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
