@@ -1,0 +1,59 @@
+import math
+
+import torch
+
+from guidance import drop_conditions, guided_logprobs
+
+
+def logsoftmax(v):
+    m = max(v)
+    z = math.log(sum(math.exp(x - m) for x in v)) + m
+    return [x - z for x in v]
+
+
+def test_eq3_matches_hand_computation():
+    u, a, i = [0.1, 0.5, -1.0], [2.0, 0.0, 0.3], [-0.2, 1.0, 0.7]
+    la, li = 3.0, 2.0
+    lu, lpa, lpi = logsoftmax(u), logsoftmax(a), logsoftmax(i)
+    raw = [la * pa + li * pi + (1 - la - li) * pu for pu, pa, pi in zip(lu, lpa, lpi)]
+    expected = logsoftmax(raw)
+    got = guided_logprobs(torch.tensor(u), [torch.tensor(a), torch.tensor(i)], [la, li])
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
+
+
+def test_one_source_is_eq2():
+    g = torch.Generator().manual_seed(0)
+    uncond, cond = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    lam = 2.5
+    eq2 = lam * torch.log_softmax(cond, -1) + (1 - lam) * torch.log_softmax(uncond, -1)
+    assert torch.allclose(guided_logprobs(uncond, [cond], [lam]), torch.log_softmax(eq2, -1), atol=1e-5)
+
+
+def test_scale_one_with_one_source_returns_the_conditional_distribution():
+    g = torch.Generator().manual_seed(1)
+    uncond, cond = torch.randn(3, 11, generator=g), torch.randn(3, 11, generator=g)
+    assert torch.allclose(guided_logprobs(uncond, [cond], [1.0]), torch.log_softmax(cond, -1), atol=1e-6)
+
+
+def test_scales_of_one_source_zero_drop_it_from_eq3():
+    g = torch.Generator().manual_seed(2)
+    u, a, i = (torch.randn(4, 9, generator=g) for _ in range(3))
+    assert torch.allclose(guided_logprobs(u, [a, i], [2.0, 0.0]), guided_logprobs(u, [a], [2.0]), atol=1e-5)
+
+
+def test_guidance_raises_probability_of_what_the_condition_prefers():
+    uncond = torch.zeros(4)
+    cond = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    p1 = guided_logprobs(uncond, [cond], [1.0]).exp()[0]
+    p3 = guided_logprobs(uncond, [cond], [3.0]).exp()[0]
+    assert p3 > p1
+
+
+def test_conditions_are_dropped_independently_at_their_rates():
+    inst = torch.arange(20000) % 17
+    new_inst, ctx_dropped = drop_conditions(inst, 17, 0.3, 0.2, torch.Generator().manual_seed(0))
+    inst_dropped = new_inst == 17
+    assert abs(ctx_dropped.float().mean() - 0.3) < 0.015
+    assert abs(inst_dropped.float().mean() - 0.2) < 0.015
+    assert abs((ctx_dropped & inst_dropped).float().mean() - 0.06) < 0.01
+    assert torch.equal(new_inst[~inst_dropped], inst[~inst_dropped])
