@@ -1,0 +1,369 @@
+"""Slakh-layout stem datasets and (context-mix, target-stem) training pairs (Sec. 2 and Sec. 3).
+
+Layout (as Slakh2100 is distributed; our synth.py writes the same):
+
+    ROOT/[train|validation|test/]TrackNNNNN/metadata.yaml     stems: {SNN: {inst_class, program_num, ...}}
+    ROOT/[train|validation|test/]TrackNNNNN/stems/SNN.flac    (or .wav; any rate, any channel count)
+
+Without split folders the tracks are split deterministically by a hash of the track name (80/10/10);
+with them, a track name found in two splits is an error (split leakage). The audio files on disk decide
+which stems exist: `audio_rendered` flags and `audio_dir` values are unreliable in circulating copies.
+Stems or tracks that cannot be used (no audio, no metadata, malformed YAML, unknown inst_class,
+unreadable file) are skipped and counted in a one-line summary (`StemPairDataset.summary`).
+
+Pairs (Sec. 2, Sec. 3): songs are cut into 1-minute segments; an item is a random 20 s crop of a segment
+in which a random non-empty subset of the sounding stems is summed into the context-mix and one other
+sounding stem is the target; crops whose context or target is below `silence_db` are redrawn.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import torch
+import yaml
+
+from audio import AudioError, audio_info, read_audio, resample, to_mono
+
+# The 17 Slakh `inst_class` values: the 16 General MIDI program families in GM order (Slakh spelling),
+# then Drums. Slakh's own metadata labels the GM "Synth Effects" family (programs 96-103) "Sound Effects"
+# (the fixture's S06, program 103, says so); the entry is kept so that ids follow the GM families.
+INSTRUMENTS: list[str] = [
+    "Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Strings (continued)",
+    "Brass", "Reed", "Pipe", "Synth Lead", "Synth Pad", "Synth Effects", "Ethnic", "Percussive",
+    "Sound Effects", "Drums",
+]
+NULL_INSTRUMENT = len(INSTRUMENTS)  # 17: the entry used when the instrument condition is dropped
+N_INSTRUMENTS = len(INSTRUMENTS) + 1  # 18 embedding entries (Sec. 3)
+SPLITS = ("train", "validation", "test")
+AUDIO_EXTS = (".flac", ".wav")
+DEFAULT_SILENCE_DB = -50.0  # RMS over the whole crop, dBFS; digital silence and faint noise fall below
+
+
+class DatasetError(ValueError):
+    """A user-facing dataset problem (no tracks, no usable pairs, split leakage, bad arguments)."""
+
+
+def _norm_name(name: str) -> str:
+    """Lower-case a class name and drop everything but letters and digits ("Strings (continued)" -> "stringscontinued")."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+_LOOKUP = {_norm_name(n): i for i, n in enumerate(INSTRUMENTS)}
+_LOOKUP.update({"ensemble": 6, "drum": 16, "drumkit": 16, "synthfx": 12, "soundfx": 15, "sfx": 15})
+
+
+def instrument_id(name: str) -> int:
+    """Index into INSTRUMENTS of a user-spelled class name (case, spaces, dashes and brackets ignored)."""
+    key = _norm_name(str(name))
+    if key in _LOOKUP:
+        return _LOOKUP[key]
+    raise ValueError(f"unknown instrument {name!r}; valid names: " + ", ".join(INSTRUMENTS))
+
+
+def pair_count(m: int) -> int:
+    """Number of (context subset, target stem) pairs of a song with m stems: m/2 (2^m - 2) (Sec. 2)."""
+    if m < 2:
+        return 0
+    return m * (2 ** (m - 1) - 1)
+
+
+def enumerate_pairs(m: int):
+    """Yield every (context tuple, target) pair of m stems: non-empty context, target not in it (Sec. 2)."""
+    for k in range(1, m):
+        for ctx in combinations(range(m), k):
+            for t in range(m):
+                if t not in ctx:
+                    yield ctx, t
+
+
+def rms_db(x: np.ndarray) -> float:
+    """Root-mean-square level of a buffer in dBFS (-inf for digital silence)."""
+    if x.size == 0:
+        return -math.inf
+    r = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return 20.0 * math.log10(r) if r > 0 else -math.inf
+
+
+# ------------------------------------------------------------------------------------------------ scan
+
+
+@dataclass
+class Stem:
+    name: str  # "S00"
+    path: str
+    instrument: int  # index into INSTRUMENTS
+    sample_rate: int
+    frames: int
+
+
+@dataclass
+class Track:
+    name: str  # "Track00001"
+    path: str
+    split: str
+    stems: list[Stem] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """Length of the shortest stem in seconds (Slakh stems of one track have equal length)."""
+        return min(s.frames / s.sample_rate for s in self.stems) if self.stems else 0.0
+
+
+def hash_split(track_name: str) -> str:
+    """Deterministic 80/10/10 split of a track by a hash of its name (for datasets without split folders)."""
+    h = int(hashlib.sha1(track_name.encode()).hexdigest()[:8], 16) % 100
+    return "train" if h < 80 else "validation" if h < 90 else "test"
+
+
+def _track_dirs(root: str) -> list[tuple[str, str]]:
+    """(track_dir, split) pairs under root, using split folders when present; checks split leakage."""
+    if not os.path.isdir(root):
+        raise DatasetError(f"dataset folder not found: {root} (pass the folder that holds TrackNNNNN/ "
+                           "or train/ validation/ test/; `python synth.py --out DIR` makes one)")
+    split_dirs = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
+    out = []
+    if split_dirs:
+        seen: dict[str, str] = {}
+        for s in split_dirs:
+            for name in sorted(os.listdir(os.path.join(root, s))):
+                d = os.path.join(root, s, name)
+                if not os.path.isdir(d):
+                    continue
+                if name in seen:
+                    raise DatasetError(f"split leakage: track {name} is in both {seen[name]}/ and {s}/ of "
+                                       f"{root}; remove one copy (the Slakh 'redux' splits have none)")
+                seen[name] = s
+                out.append((d, s))
+    else:
+        for name in sorted(os.listdir(root)):
+            d = os.path.join(root, name)
+            if os.path.isdir(d) and not name.startswith("."):
+                out.append((d, hash_split(name)))
+    return out
+
+
+def _read_track(track_dir: str, split: str, skips: Counter) -> Track | None:
+    """Parse one track's metadata.yaml and match it with the stem audio on disk; count what is skipped."""
+    meta_path = os.path.join(track_dir, "metadata.yaml")
+    if not os.path.isfile(meta_path):
+        skips["track without metadata.yaml"] += 1
+        return None
+    try:
+        with open(meta_path) as f:
+            meta = yaml.safe_load(f)
+        stems_meta = meta["stems"]
+        if not isinstance(stems_meta, dict):
+            raise TypeError("'stems' is not a mapping")
+    except Exception:
+        skips["track with malformed metadata.yaml"] += 1
+        return None
+    track = Track(os.path.basename(track_dir), track_dir, split)
+    stem_dir = os.path.join(track_dir, "stems")  # audio_dir in the metadata is unreliable; disk decides
+    for name in sorted(stems_meta):
+        info = stems_meta[name] if isinstance(stems_meta[name], dict) else {}
+        path = next((os.path.join(stem_dir, name + e) for e in AUDIO_EXTS
+                     if os.path.isfile(os.path.join(stem_dir, name + e))), None)
+        if path is None:
+            skips["stem without audio"] += 1
+            continue
+        inst = None
+        if info.get("is_drum") is True:
+            inst = INSTRUMENTS.index("Drums")
+        elif "inst_class" in info:
+            try:
+                inst = instrument_id(str(info["inst_class"]))
+            except ValueError:
+                pass
+        if inst is None:
+            skips["stem with unknown inst_class"] += 1
+            continue
+        try:
+            sr, frames, _ = audio_info(path)
+        except AudioError:
+            skips["unreadable stem"] += 1
+            continue
+        if frames == 0:
+            skips["empty stem"] += 1
+            continue
+        track.stems.append(Stem(str(name), path, inst, sr, frames))
+    return track
+
+
+def scan_tracks(root: str, split: str = "all") -> tuple[list[Track], Counter]:
+    """All tracks of one split ("train", "validation", "test" or "all") and a Counter of what was skipped."""
+    if split not in SPLITS + ("all",):
+        raise DatasetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
+    skips: Counter = Counter()
+    tracks = []
+    for d, s in _track_dirs(root):
+        if split != "all" and s != split:
+            continue
+        t = _read_track(d, s, skips)
+        if t is None:
+            continue
+        if len(t.stems) < 2:
+            skips["track with fewer than 2 stems"] += 1
+            continue
+        tracks.append(t)
+    return tracks, skips
+
+
+def summarize(tracks: list[Track], skips: Counter, split: str) -> str:
+    """One line: tracks and stems used, and each kind of skip with its count."""
+    n_stems = sum(len(t.stems) for t in tracks)
+    line = f"{split}: {len(tracks)} tracks, {n_stems} stems"
+    if skips:
+        line += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(skips.items()))
+    return line
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+
+
+def segments(track: Track, segment_seconds: float, crop_seconds: float) -> list[tuple[float, float]]:
+    """Cut a song into segments of `segment_seconds` (Sec. 3); a tail shorter than a crop joins the one before."""
+    dur = track.seconds
+    n = max(1, int(dur // segment_seconds))
+    bounds = [(k * segment_seconds, (k + 1) * segment_seconds) for k in range(n)]
+    rest = dur - n * segment_seconds
+    if rest >= crop_seconds:
+        bounds.append((n * segment_seconds, dur))
+    else:
+        bounds[-1] = (bounds[-1][0], dur)
+    return bounds
+
+
+def read_crop(stem: Stem, start_s: float, seconds: float) -> np.ndarray:
+    """Read a crop (seeking, in the file's own frames), downmix to mono; [S] at the file's rate."""
+    start = int(round(start_s * stem.sample_rate))
+    frames = int(round(seconds * stem.sample_rate))
+    x, _ = read_audio(stem.path, start, frames)
+    x = to_mono(x)
+    if not np.all(np.isfinite(x)):
+        raise AudioError(f"{stem.path} contains NaN or infinite samples")
+    return x
+
+
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad a 1-D buffer to exactly n samples (crops past a song's end are padded with zeros)."""
+    if len(x) >= n:
+        return x[:n]
+    return np.pad(x, (0, n - len(x)))
+
+
+def choose_pair(n_sounding: int, rng: np.random.Generator) -> tuple[list[int], int]:
+    """Draw a (context subset, target) pair uniformly among the m/2 (2^m - 2) pairs of m stems (Sec. 2).
+
+    The target is uniform over the stems, the context uniform over the non-empty subsets of the rest;
+    every target has the same number of subsets, so every pair is equally likely.
+    """
+    target = int(rng.integers(n_sounding))
+    rest = [i for i in range(n_sounding) if i != target]
+    while True:
+        keep = rng.random(len(rest)) < 0.5
+        if keep.any():
+            return [r for r, k in zip(rest, keep) if k], target
+
+
+class StemPairDataset(torch.utils.data.Dataset):
+    """Training pairs (context-mix, target stem, instrument id) from a Slakh-layout folder (Sec. 2, Sec. 3).
+
+    Args:
+        root: dataset folder (TrackNNNNN/ folders, optionally inside train/ validation/ test/).
+        split: "train", "validation", "test" or "all".
+        sample_rate: output rate (the codec's); crops are resampled with soxr.
+        crop_seconds: crop length; S = round(crop_seconds * sample_rate). A song shorter than the crop is
+            zero-padded at the end to S.
+        segment_seconds: songs are cut into segments of this length; item i uses segment i % n_segments.
+        silence_db: a stem, context-mix or target whose RMS over the crop is below this (dBFS) is silent.
+        seed: with a seed, item i is a pure function of (seed, i) (a repeatable validation/test set).
+            Without it, items draw from torch.initial_seed() (which torch seeds per DataLoader worker and
+            epoch) and a per-dataset counter: fresh randomness, repeatable under torch.manual_seed.
+        length: len(ds); defaults to the number of segments.
+        max_tries: crops drawn per item before giving up with DatasetError (never an endless loop).
+        check: draw one item at construction so that a dataset with no usable pair fails at once.
+        verbose: print the one-line summary of used and skipped tracks/stems to stderr.
+    Items: (context FloatTensor [S], target FloatTensor [S], instrument int).
+    """
+
+    def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = 20.0,
+                 segment_seconds: float = 60.0, silence_db: float = DEFAULT_SILENCE_DB, seed: int | None = None,
+                 length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True):
+        if crop_seconds <= 0 or segment_seconds <= 0 or sample_rate <= 0:
+            raise DatasetError("crop_seconds, segment_seconds and sample_rate must be positive")
+        if max_tries < 1:
+            raise DatasetError("max_tries must be at least 1")
+        self.root, self.split = root, split
+        self.sample_rate, self.crop_seconds, self.segment_seconds = int(sample_rate), float(crop_seconds), float(segment_seconds)
+        self.n_samples = int(round(crop_seconds * sample_rate))
+        self.silence_db, self.seed, self.max_tries = float(silence_db), seed, int(max_tries)
+        self.tracks, self.skips = scan_tracks(root, split)
+        self.summary = summarize(self.tracks, self.skips, split)
+        if verbose:
+            print(f"data: {root}: {self.summary}", file=sys.stderr)
+        if not self.tracks:
+            raise DatasetError(f"no usable tracks in split {split!r} of {root} ({self.summary}); a track needs "
+                               "metadata.yaml and at least 2 stems with audio in stems/SNN.flac|wav")
+        self.segments = [(t, a, b) for t in self.tracks for a, b in segments(t, self.segment_seconds, self.crop_seconds)]
+        self.length = len(self.segments) if length is None else int(length)
+        self._draws = 0
+        if check:
+            self._draw(0, np.random.default_rng([0 if seed is None else seed, 2**32]), any_segment=True)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _rng(self, i: int) -> np.random.Generator:
+        if self.seed is not None:
+            return np.random.default_rng([self.seed, i])
+        self._draws += 1
+        return np.random.default_rng([torch.initial_seed() % 2**63, i, self._draws])
+
+    def _try_crop(self, track: Track, start: float, rng: np.random.Generator):
+        """Read one crop of every stem; return (context, target, instrument) or None when it is unusable."""
+        crops = [read_crop(s, start, self.crop_seconds) for s in track.stems]  # each at its file's rate
+        sounding = [k for k, x in enumerate(crops) if rms_db(x) >= self.silence_db]
+        if len(sounding) < 2:
+            return None
+        ctx_idx, tgt = choose_pair(len(sounding), rng)
+        ctx_idx, tgt = [sounding[k] for k in ctx_idx], sounding[tgt]
+
+        def at_rate(k):  # [S] at self.sample_rate
+            return fit_length(resample(crops[k], track.stems[k].sample_rate, self.sample_rate), self.n_samples)
+
+        target = at_rate(tgt)
+        context = np.sum([at_rate(k) for k in ctx_idx], axis=0)
+        if rms_db(context) < self.silence_db or rms_db(target) < self.silence_db:
+            return None
+        return torch.from_numpy(context.astype(np.float32)), torch.from_numpy(target.astype(np.float32)), track.stems[tgt].instrument
+
+    def _draw(self, i: int, rng: np.random.Generator, any_segment: bool = False):
+        """Up to max_tries crops: the first ones from segment i, later ones from random segments."""
+        for attempt in range(self.max_tries):
+            if any_segment or attempt >= self.max_tries // 2:
+                track, a, b = self.segments[int(rng.integers(len(self.segments)))]
+            else:
+                track, a, b = self.segments[i % len(self.segments)]
+            start = a + float(rng.random()) * max(0.0, b - a - self.crop_seconds)
+            try:
+                item = self._try_crop(track, start, rng)
+            except AudioError as e:
+                raise DatasetError(f"cannot read a stem of {track.path}: {e}") from None
+            if item is not None:
+                return item
+        raise DatasetError(
+            f"no usable (context, target) pair in {self.max_tries} crops of {self.root} [{self.split}]: fewer than "
+            f"two stems are above silence_db={self.silence_db} dBFS in them. Use a dataset where several stems "
+            "play at once, or lower silence_db / raise max_tries")
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        return self._draw(i, self._rng(i))
