@@ -17,7 +17,7 @@ def cosine_mask_fraction(u: torch.Tensor) -> torch.Tensor:
 
 
 def mask_target(tokens: torch.Tensor, mask_id: int, generator: torch.Generator | None = None,
-                prefix_prob: float = 0.0, max_prefix: float = 0.5):
+                prefix_prob: float = 0.0, max_prefix: float = 0.5, level: torch.Tensor | None = None):
     """Mask target tokens for one training step (Sec. 2.1, Fig. 4).
 
     Args:
@@ -32,7 +32,8 @@ def mask_target(tokens: torch.Tensor, mask_id: int, generator: torch.Generator |
     """
     B, Q, T = tokens.shape
     dev = tokens.device
-    level = torch.randint(0, Q, (B,), device=dev, generator=generator)                    # q per example
+    if level is None:
+        level = torch.randint(0, Q, (B,), device=dev, generator=generator)                # q per example
     frac = cosine_mask_fraction(torch.rand(B, device=dev, generator=generator))
     # Exactly max(1, round(frac * T)) positions of level q are masked: take the lowest random scores.
     n_mask = (frac * T).round().long().clamp(1, T)                                        # [B]
