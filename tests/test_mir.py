@@ -1,0 +1,111 @@
+"""The MIR analysers recover known content from synthetic audio (additive tones, noise clicks)."""
+import numpy as np
+import pytest
+
+import mir
+
+SR = mir.ANALYSIS_SR
+
+
+def tone(midi: int, seconds: float) -> np.ndarray:
+    """A harmonic tone (six partials, 1/0.6 decay) with short attack and release ramps."""
+    t = np.arange(int(seconds * SR)) / SR
+    f = 440.0 * 2 ** ((midi - 69) / 12)
+    y = sum(0.6 ** (h - 1) * np.sin(2 * np.pi * f * h * t) for h in range(1, 7) if f * h < SR / 2)
+    env = np.minimum(1.0, np.minimum(t / 0.01, (seconds - t) / 0.05))
+    return (0.3 * y * env).astype(np.float32)
+
+
+def triad(notes, seconds: float) -> np.ndarray:
+    return sum(tone(m, seconds) for m in notes) / len(notes)
+
+
+def clicks(bpm: float, seconds: float, accent_every: int = 0, seed: int = 0) -> np.ndarray:
+    """Decaying noise bursts on a grid; every `accent_every`-th click is 9 dB louder."""
+    rng = np.random.default_rng(seed)
+    y = np.zeros(int(seconds * SR), np.float32)
+    burst = int(0.02 * SR)
+    decay = np.exp(-np.arange(burst) / (0.003 * SR))
+    for i, t in enumerate(np.arange(0.1, seconds - 0.1, 60.0 / bpm)):
+        gain = 1.0 if accent_every and i % accent_every == 0 else 0.35
+        k = int(t * SR)
+        y[k:k + burst] += (gain * rng.standard_normal(burst) * decay).astype(np.float32)
+    return y
+
+
+C, F, G, A_MIN = [60, 64, 67], [65, 69, 72], [67, 71, 74], [57, 60, 64]
+
+
+@pytest.mark.parametrize("shift,key", [(0, "C major"), (2, "D major")])
+def test_key_of_rendered_major_progression(shift, key):
+    prog = np.concatenate([triad([n + shift for n in c], 1.0) for c in (C, F, G, C)] * 2)
+    assert mir.estimate_key(prog) == key
+
+
+def test_tempo_of_click_track():
+    tempo, beats = mir.estimate_beats(clicks(120, 8.0))
+    assert tempo == pytest.approx(120, rel=0.03)
+    assert 60 / np.median(np.diff(beats)) == pytest.approx(120, rel=0.03)
+
+
+@pytest.mark.parametrize("period", [3, 4])
+def test_beats_per_bar_follows_accent_period(period):
+    y = clicks(120, 12.0, accent_every=period)
+    _, beats = mir.estimate_beats(y)
+    assert mir.beats_per_bar(y, beats) == period
+
+
+def test_transcription_recovers_pitches_and_range_of_scale():
+    scale = [60, 62, 64, 65, 67, 69, 71, 72]
+    y = np.concatenate([tone(m, 0.4) for m in scale])
+    notes = mir.transcribe(y)
+    assert notes[:, 2].tolist() == scale  # one note per tone, in time order, no octave errors
+    assert np.all(np.diff(notes[:, 0]) > 0.3)
+    d = mir.describe(y, SR)
+    assert d["pitch_range"] == [12]
+    assert d["unique_pitch_classes"] == [7]
+
+
+def test_chord_labels_of_triads():
+    y = np.concatenate([triad(c, 1.5) for c in (C, A_MIN, F, G)])
+    labels = [c for _, _, c in mir.estimate_chords(y)]
+    assert labels == ["C:maj", "A:min", "F:maj", "G:maj"]
+    assert mir.alteration_ratio(labels) == pytest.approx(2 / 3)  # maj->min, min->maj, maj->maj
+
+
+def test_percussive_density_grows_with_hit_rate():
+    sparse = mir.max_density(mir.percussive_onsets(clicks(60, 6.0)), 0.6)
+    dense = mir.max_density(mir.percussive_onsets(clicks(300, 6.0)), 0.6)
+    assert 1 <= sparse < dense
+    assert mir.max_density(np.array([0.0, 0.1, 0.5, 0.65, 2.0]), 0.6) == 3
+
+
+def test_structure_labels_of_aba_form():
+    a = np.concatenate([tone(m, 0.25) for m in [60, 64, 67, 72] * 8])
+    b = np.concatenate([triad([54, 57, 61], 1.0), triad([49, 52, 56], 1.0)] * 4)
+    b = b + 0.02 * np.random.default_rng(0).standard_normal(b.size).astype(np.float32)
+    y = np.concatenate([a, b, a])
+    _, beats = mir.estimate_beats(y)
+    assert mir.segment_structure(y, beats) == ["A", "B", "A"]
+
+
+def test_silence_gives_defined_descriptors_on_fixed_supports():
+    d = mir.describe(np.zeros(2 * 32000, np.float32), 32000)
+    assert set(d) == set(mir.DESCRIPTORS)
+    assert d["key"] == ["N"] and d["note_pitches"] == [] and d["chord_labels"] == ["N"]
+    for name, values in d.items():
+        h = mir.histogram(values, name)
+        assert h.sum() == len(values)
+        assert h.size == mir.histogram([], name).size  # support does not depend on the values
+
+
+def test_histogram_clips_into_support_and_rejects_unknown_labels():
+    assert mir.histogram([200, -3], "note_pitches")[[0, 127]].tolist() == [1, 1]
+    assert mir.histogram([1.0], "chord_alteration_ratio")[-1] == 1
+    with pytest.raises(KeyError):
+        mir.histogram(["H:dim"], "chord_labels")
+
+
+def test_too_short_audio_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="too short"):
+        mir.describe(np.zeros(100, np.float32), SR)
