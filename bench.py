@@ -1,0 +1,255 @@
+"""Speed and memory benchmarks (not tests): training throughput and generation latency.
+
+    python bench.py train --preset paper --batch 16 --crop-seconds 20      # tokens/s, MFU, peak memory
+    python bench.py generate --preset paper --seconds 20                   # time per 20 s stem, RTF
+
+Random weights are used (timing does not depend on them); every figure is printed with the device, dtype
+and settings it was measured with. Model FLOPs utilisation (MFU) counts 6 x parameters x tokens plus the
+attention matmuls for training, against the device's dense bf16 peak (a table for NVIDIA data-centre GPUs;
+on a CPU it is measured with one large matmul, labelled "measured").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+import decode
+from guidance import drop_conditions
+from masking import mask_target
+from model import PRESETS, StemGen, count_parameters
+
+# Dense bf16 peak (TFLOP/s) from the vendors' datasheets.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_tflops(device, dtype) -> tuple[float, str]:
+    """The device's peak matmul throughput: a datasheet value on known GPUs, else measured."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, val in PEAK_TFLOPS.items():
+            if key in name:
+                return val, f"datasheet dense bf16 ({name})"
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    a @ a
+    sync(device)
+    reps = 3 if device.type == "cpu" else 20
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12, f"measured {n}x{n} {dtype} matmul"
+
+
+def train_flops_per_step(model, B: int, T: int) -> float:
+    """6 N per sequence element (forward + backward) for the non-embedding weights, plus attention."""
+    cfg = model.cfg
+    n_embed = sum(p.numel() for name, p in model.named_parameters() if "embed" in name)
+    n = count_parameters(model) - n_embed
+    attn = 12 * cfg.n_layers * cfg.dim * T      # QK^T and AV, forward + backward, per element
+    return (6 * n + attn) * B * T
+
+
+def forward_flops(model, B: int, T: int, level: bool = True) -> float:
+    cfg = model.cfg
+    n_embed = sum(p.numel() for name, p in model.named_parameters() if "embed" in name)
+    n_head = cfg.dim * cfg.bins * cfg.n_q
+    n = count_parameters(model) - n_embed - (n_head * (cfg.n_q - 1) // cfg.n_q if level else 0)
+    return (2 * n + 4 * cfg.n_layers * cfg.dim * T) * B * T
+
+
+def build(args, device):
+    cfg = replace(PRESETS[args.preset], max_len=max(PRESETS[args.preset].max_len, 4096))
+    model = StemGen(cfg).to(device)
+    return model, cfg
+
+
+def make_codec(args, device):
+    """The codec whose encode/decode cost is measured (random weights are fine for timing)."""
+    import codec as codec_lib
+    if args.codec == "encodec_random":
+        return codec_lib.random_encodec(device=device), "encodec_32khz architecture, random weights"
+    return codec_lib.random_spectral(device=device), "spectral codec, random codebooks"
+
+
+def bench_train(args):
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, cfg = build(args, device)
+    T = math.ceil(args.crop_seconds * 50)
+    B = args.batch
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    fwd = torch.compile(model) if args.compile else model
+    g = torch.Generator(device=device).manual_seed(0)
+    ctx = torch.randint(0, cfg.bins, (B, cfg.n_q, T), device=device, generator=g)
+    tgt = torch.randint(0, cfg.bins, (B, cfg.n_q, T), device=device, generator=g)
+    inst = torch.randint(0, 17, (B,), device=device, generator=g)
+
+    def step():
+        i, dropped = drop_conditions(inst, cfg.n_instruments - 1, 0.2, 0.2, g)
+        masked, lm = mask_target(tgt, cfg.mask_id, g)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = fwd(ctx, masked, i, dropped)
+        loss = F.cross_entropy(logits[lm].float(), tgt[lm])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    dt = (time.perf_counter() - t) / args.steps
+    peak, peak_src = peak_tflops(device, dtype)
+    flops = train_flops_per_step(model, B, T)
+    out = {
+        "bench": "train", "device": str(device), "device_name": device_name(device), "dtype": str(dtype),
+        "preset": args.preset, "params_M": round(count_parameters(model) / 1e6, 1), "batch": B, "frames": T,
+        "crop_seconds": args.crop_seconds, "compile": args.compile, "step_s": round(dt, 4),
+        "steps_per_s": round(1 / dt, 3), "tokens_per_s": round(B * T * cfg.n_q / dt),
+        "model_tflops": round(flops / dt / 1e12, 2), "peak_tflops": round(peak, 1), "peak_source": peak_src,
+        "mfu": round(flops / dt / 1e12 / peak, 3),
+        "peak_mem_GB": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else None,
+    }
+    if args.codec != "none":
+        codec, what = make_codec(args, device)
+        wave = torch.randn(2 * B, 1, int(args.crop_seconds * codec.sample_rate), device=device) * 0.1
+        codec.encode(wave)
+        sync(device)
+        t = time.perf_counter()
+        codec.encode(wave)
+        sync(device)
+        tok = time.perf_counter() - t
+        out.update(codec=what, tokenize_s=round(tok, 4), tokenize_fraction=round(tok / (tok + dt), 3))
+    return out
+
+
+def bench_generate(args):
+    device = torch.device(args.device)
+    model, cfg = build(args, device)
+    model.eval()
+    fwd = torch.compile(model, mode="max-autotune-no-cudagraphs") if args.compile else model
+    T = math.ceil(args.seconds * 50)
+    steps = tuple(args.steps[: cfg.n_q])
+    g = torch.Generator(device=device).manual_seed(0)
+    ctx = torch.randint(0, cfg.bins, (1, cfg.n_q, T), device=device, generator=g)
+    inst = torch.tensor([0], device=device)
+    kw = dict(steps=steps, guidance=args.guidance, progress=False, generator=g)
+    if args.compile:  # warm the compiled graph up
+        decode.generate_tokens(fwd_wrapper(fwd, cfg), ctx, inst, **{**kw, "steps": (2,) * cfg.n_q})
+    sync(device)
+    t = time.perf_counter()
+    tokens = decode.generate_tokens(fwd_wrapper(fwd, cfg), ctx, inst, **kw)
+    sync(device)
+    total = time.perf_counter() - t
+    # the same forward passes alone (fixed shapes, as in the loop) give the model's share of the time
+    n_branches = {"none": 1, "joint": 2, "multi": 3}[args.guidance]
+    n_passes = 0                                  # steps that fix at least one token run the model
+    for s in steps:
+        left = [T] + decode.cosine_schedule(T, s)
+        n_passes += sum(a > b for a, b in zip(left, left[1:]))
+    tgt = torch.full_like(ctx, cfg.mask_id).repeat(n_branches, 1, 1)
+    c3 = ctx.repeat(n_branches, 1, 1)
+    i3 = inst.repeat(n_branches)
+    d3 = torch.zeros(n_branches, dtype=torch.bool, device=device)
+    sync(device)
+    t = time.perf_counter()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for _ in range(n_passes):
+            fwd(c3, tgt, i3, d3, level=0)
+    sync(device)
+    fwd_time = time.perf_counter() - t
+    out = {"bench": "generate", "device": str(device), "device_name": device_name(device),
+           "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "preset": args.preset,
+           "seconds": args.seconds, "frames": T, "steps": list(steps), "guidance": args.guidance,
+           "branches": n_branches, "compile": args.compile, "forward_passes": n_passes,
+           "tokens_s": round(total, 3), "forward_s": round(fwd_time, 3),
+           "outside_forward_fraction": round(max(total - fwd_time, 0) / total, 3),
+           "forward_tflops": round(forward_flops(model, n_branches, T) * n_passes / fwd_time / 1e12, 1)}
+    if args.codec != "none":
+        codec, what = make_codec(args, device)
+        toks = torch.randint(0, codec.bins, (1, codec.n_q, T), device=device)
+        codec.decode(toks)
+        sync(device)
+        t = time.perf_counter()
+        codec.decode(toks)
+        sync(device)
+        dec = time.perf_counter() - t
+        out.update(codec=what, codec_decode_s=round(dec, 3))
+        total += dec
+    out.update(total_s=round(total, 3), real_time_factor=round(total / args.seconds, 3))
+    del tokens
+    return out
+
+
+def fwd_wrapper(fwd, cfg):
+    """Give a (possibly compiled) forward the .cfg attribute decode.py reads."""
+    if hasattr(fwd, "cfg"):
+        return fwd
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = cfg
+
+        def forward(self, *a, **k):
+            return fwd(*a, **k)
+    return Wrapped()
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("train", "generate"):
+        s = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        s.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+        s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        s.add_argument("--compile", action="store_true", help="torch.compile the model")
+        s.add_argument("--codec", default="spectral", choices=["spectral", "encodec_random", "none"],
+                       help="codec whose encode/decode time is measured (random weights)")
+        s.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    t = sub.choices["train"]
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--crop-seconds", type=float, default=20.0)
+    t.add_argument("--steps", type=int, default=10, help="timed steps")
+    t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    g = sub.choices["generate"]
+    g.add_argument("--seconds", type=float, default=20.0, help="stem length")
+    g.add_argument("--steps", type=int, nargs="+", default=[128, 64, 32, 32], help="decoding steps per level")
+    g.add_argument("--guidance", default="multi", choices=list(decode.GUIDANCE_MODES))
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    res = bench_train(args) if args.cmd == "train" else bench_generate(args)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:>26}: {v}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
