@@ -136,9 +136,14 @@ def _roll_to_notes(roll: np.ndarray) -> np.ndarray:
     return np.array(notes, dtype=np.float64).reshape(-1, 3)
 
 
-def estimate_key(y: np.ndarray) -> str:
+def cqt_chroma(y: np.ndarray) -> np.ndarray:
+    """CQT chroma [12, T] at HOP, shared by the key, chord, meter and structure analysers."""
+    return librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_SR, hop_length=HOP)
+
+
+def estimate_key(y: np.ndarray, chroma: np.ndarray | None = None) -> str:
     """Key signature: mean chroma correlated with the rotated Krumhansl-Kessler profiles (24 keys)."""
-    chroma = librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_SR, hop_length=HOP)
+    chroma = cqt_chroma(y) if chroma is None else chroma
     rms = librosa.feature.rms(y=y, hop_length=HOP)[0][: chroma.shape[1]]
     profile = (chroma[:, : rms.size] * rms).sum(axis=1)  # loudness-weighted mean chroma
     if rms.max() < 1e-4 or np.ptp(profile) <= 1e-9 * profile.max(initial=0.0) + 1e-12:
@@ -156,9 +161,10 @@ def _chord_templates() -> np.ndarray:
     return T / np.linalg.norm(T, axis=1, keepdims=True)
 
 
-def estimate_chords(y: np.ndarray, min_seconds: float = 0.2) -> list[tuple[float, float, str]]:
+def estimate_chords(y: np.ndarray, min_seconds: float = 0.2, chroma: np.ndarray | None = None
+                    ) -> list[tuple[float, float, str]]:
     """Chord segments (start s, end s, label in CHORDS): triad templates on chroma, Viterbi-smoothed."""
-    chroma = librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_SR, hop_length=HOP)  # [12, T]
+    chroma = cqt_chroma(y) if chroma is None else chroma  # [12, T]
     rms = librosa.feature.rms(y=y, hop_length=HOP)[0]
     T = min(chroma.shape[1], rms.size)
     chroma, rms = chroma[:, :T], rms[:T]
@@ -192,14 +198,14 @@ def estimate_beats(y: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.atleast_1d(tempo)[0]), librosa.frames_to_time(beats, sr=ANALYSIS_SR, hop_length=HOP)
 
 
-def beats_per_bar(y: np.ndarray, beat_times: np.ndarray) -> int:
+def beats_per_bar(y: np.ndarray, beat_times: np.ndarray, chroma: np.ndarray | None = None) -> int:
     """Meter in {2, 3, 4}: the period whose beat-synchronous accents best single out one phase; 0 if unknown."""
     if len(beat_times) < 8:
         return 0
     beats = librosa.time_to_frames(beat_times, sr=ANALYSIS_SR, hop_length=HOP)
     loud = librosa.amplitude_to_db(librosa.feature.rms(y=y, hop_length=HOP)[0], ref=1.0, top_db=None)
     accent = np.array([loud[max(b - 1, 0): b + 4].max() if b < loud.size else loud.min() for b in beats])
-    chroma = librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_SR, hop_length=HOP)
+    chroma = cqt_chroma(y) if chroma is None else chroma
     sync = librosa.util.sync(chroma, beats, aggregate=np.mean)[:, 1: len(beats) + 1]  # chroma from each beat
     change = np.concatenate([[0.0], np.linalg.norm(np.diff(sync, axis=1), axis=0)])[: len(beats)]
     z = lambda v: (v - v.mean()) / (v.std() + 1e-9)
@@ -240,12 +246,13 @@ def max_density(times: np.ndarray, window: float = 0.6) -> int:
     return int((np.searchsorted(t, t + window, side="left") - np.arange(t.size)).max())
 
 
-def segment_structure(y: np.ndarray, beat_times: np.ndarray, seconds_per_segment: float = 8.0) -> list[str]:
+def segment_structure(y: np.ndarray, beat_times: np.ndarray, seconds_per_segment: float = 8.0,
+                      chroma: np.ndarray | None = None) -> list[str]:
     """Structure labels (A, B, ... by first appearance) of contiguous segments (stand-in for [27])."""
     duration = y.size / ANALYSIS_SR
     k = max(1, int(round(duration / seconds_per_segment)))
     beats = librosa.time_to_frames(beat_times, sr=ANALYSIS_SR, hop_length=HOP)
-    chroma = librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_SR, hop_length=HOP)
+    chroma = cqt_chroma(y) if chroma is None else chroma
     mfcc = librosa.feature.mfcc(y=y, sr=ANALYSIS_SR, hop_length=HOP, n_mfcc=13)[:, : chroma.shape[1]]
     feats = np.vstack([chroma, mfcc / (np.abs(mfcc).max() + 1e-9)])
     if len(beats) >= 2 * k:
@@ -288,20 +295,21 @@ def describe(y: np.ndarray, sr: int) -> dict[str, list]:
         warnings.simplefilter("ignore")  # librosa warns about n_fft on short or silent inputs
         notes = transcribe(y)
         pitches = notes[:, 2].astype(int)
-        tempo, beat_times = estimate_beats(y)
-        chords = [c for _, _, c in estimate_chords(y)]
+        _, beat_times = estimate_beats(y)
+        chroma = cqt_chroma(y)
+        chords = [c for _, _, c in estimate_chords(y, chroma=chroma)]
         return {
-            "key": [estimate_key(y)],
+            "key": [estimate_key(y, chroma)],
             "pitch_range": [int(pitches.max() - pitches.min()) if pitches.size else 0],
             "unique_pitch_classes": [int(np.unique(pitches % 12).size)],
             "percussive_density": [max_density(percussive_onsets(y), 0.6)],
-            "beats_per_bar": [beats_per_bar(y, beat_times)],
+            "beats_per_bar": [beats_per_bar(y, beat_times, chroma)],
             "chord_variety": [len(set(c for c in chords if c != "N"))],
             "chord_alteration_ratio": [alteration_ratio(chords)],
             "note_pitches": pitches.tolist(),
             "note_pitch_classes": (pitches % 12).tolist(),
             "chord_labels": chords,
-            "structure_labels": segment_structure(y, beat_times),
+            "structure_labels": segment_structure(y, beat_times, chroma=chroma),
         }
 
 
