@@ -1,0 +1,182 @@
+import os
+import shutil
+from itertools import combinations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from conftest import FIXTURE
+import data
+from data import DatasetError, StemPairDataset
+
+REDUX = os.path.join(FIXTURE, "slakh2100_flac_redux")
+BABY = os.path.join(FIXTURE, "babyslakh_16k")
+
+
+def make_track(root, name, stems, sr=16000, seconds=3.0, split=None):
+    """Write a Slakh-layout track; stems: {SNN: (inst_class, kind)} with kind "tone<Hz>", "silent" or "missing"."""
+    d = os.path.join(root, split, name) if split else os.path.join(root, name)
+    os.makedirs(os.path.join(d, "stems"))
+    t = np.arange(int(sr * seconds)) / sr
+    meta = {"stems": {}}
+    for s, (cls, kind) in stems.items():
+        meta["stems"][s] = {"inst_class": cls, "is_drum": cls == "Drums", "audio_rendered": True}
+        if kind == "missing":
+            continue
+        x = np.zeros_like(t) if kind == "silent" else 0.3 * np.sin(2 * np.pi * float(kind[4:]) * t)
+        sf.write(os.path.join(d, "stems", s + ".wav"), np.stack([x, x], 1), sr)  # stereo on disk
+    with open(os.path.join(d, "metadata.yaml"), "w") as f:
+        yaml.safe_dump(meta, f)
+    return d
+
+
+BAND = {"S00": ("Piano", "tone220"), "S01": ("Bass", "tone110"), "S02": ("Guitar", "tone330"),
+        "S03": ("Synth Pad", "silent"), "S04": ("Brass", "missing")}
+FREQ = {0: 220.0, 4: 110.0, 3: 330.0}  # instrument id (Piano, Bass, Guitar) -> tone in BAND
+
+
+def test_instrument_classes_and_lookup():
+    assert len(data.INSTRUMENTS) == 17 and data.NULL_INSTRUMENT == 17 and data.N_INSTRUMENTS == 18
+    assert data.INSTRUMENTS[0] == "Piano" and data.INSTRUMENTS[-1] == "Drums"
+    assert data.instrument_id("piano") == 0
+    assert data.instrument_id("synth lead") == data.INSTRUMENTS.index("Synth Lead")
+    assert data.instrument_id("strings-continued") == data.INSTRUMENTS.index("Strings (continued)")
+    assert data.instrument_id("DRUMS") == 16
+    for i, name in enumerate(data.INSTRUMENTS):
+        assert data.instrument_id(name) == i
+    with pytest.raises(ValueError, match="valid names: Piano, Chromatic Percussion"):
+        data.instrument_id("kazoo")
+
+
+@pytest.mark.parametrize("m", range(0, 8))
+def test_pair_count_matches_enumeration(m):
+    pairs = list(data.enumerate_pairs(m))
+    assert len(pairs) == len(set(pairs)) == data.pair_count(m)
+    assert all(ctx and t not in ctx for ctx, t in pairs)
+    # independent count: every non-empty proper subset as context, every stem outside it as target
+    brute = sum(m - k for k in range(1, m) for _ in combinations(range(m), k))
+    assert data.pair_count(m) == brute == (m * (2 ** m - 2)) // 2
+
+
+def test_choose_pair_is_uniform_over_pairs():
+    rng = np.random.default_rng(0)
+    counts = {}
+    for _ in range(6000):
+        ctx, t = data.choose_pair(3, rng)
+        counts[(tuple(ctx), t)] = counts.get((tuple(ctx), t), 0) + 1
+    assert len(counts) == data.pair_count(3) == 9
+    assert max(counts.values()) / min(counts.values()) < 1.3
+
+
+@pytest.mark.parametrize("root", [REDUX, BABY])
+def test_fixture_layouts_read_and_unrendered_stems_skipped(root):
+    tracks, skips = data.scan_tracks(root, "all")
+    assert [t.name for t in tracks] == ["Track00001"]
+    names = [s.name for s in tracks[0].stems]
+    assert "S06" not in names and len(names) == 10  # S06 has metadata but no audio
+    assert skips["stem without audio"] == 1
+    inst = {s.name: data.INSTRUMENTS[s.instrument] for s in tracks[0].stems}
+    assert inst["S01"] == "Drums" and inst["S04"] == "Strings (continued)" and inst["S00"] == "Guitar"
+    if root == BABY:  # audio_rendered: false everywhere, yet the files exist; Track00007 has no metadata
+        assert skips["track without metadata.yaml"] == 1
+
+
+@pytest.mark.parametrize("root", [REDUX, BABY])
+def test_fixture_has_no_usable_pair_and_says_so(root):
+    with pytest.raises(DatasetError, match="no usable .context, target. pair"):
+        StemPairDataset(root, split="all", crop_seconds=1.0, max_tries=6, verbose=False)
+
+
+def test_items_have_requested_length_rate_and_target_not_in_context(tmp_path):
+    root = str(tmp_path / "ds")
+    make_track(root, "Track00001", BAND, sr=16000, seconds=3.0, split="train")
+    ds = StemPairDataset(root, "train", sample_rate=8000, crop_seconds=1.5, seed=3, length=24, verbose=False)
+    assert "1 stem without audio" in ds.summary
+    for i in range(len(ds)):
+        ctx, tgt, inst = ds[i]
+        assert ctx.shape == tgt.shape == (12000,) and ctx.dtype == tgt.dtype == torch.float32
+        assert inst in FREQ  # the silent Synth Pad and the missing Brass are never targets
+        # the target's tone is absent from the context: project the context onto it
+        t = np.arange(12000) / 8000
+        spec = {f: abs(np.dot(ctx.numpy(), np.exp(-2j * np.pi * f * t))) / 12000 for f in FREQ.values()}
+        assert spec[FREQ[inst]] < 1e-3
+        assert any(v > 0.05 for f, v in spec.items() if f != FREQ[inst])  # and the context is not empty
+        tone = abs(np.dot(tgt.numpy(), np.exp(-2j * np.pi * FREQ[inst] * t))) / 12000
+        assert tone > 0.1  # resampled 16 kHz -> 8 kHz, amplitude kept (0.3 sine -> 0.15)
+
+
+def test_seeded_items_repeat_and_unseeded_differ(tmp_path):
+    root = str(tmp_path / "ds")
+    make_track(root, "Track00001", BAND, seconds=4.0, split="train")
+    kw = dict(sample_rate=8000, crop_seconds=1.0, length=10, verbose=False)
+    a, b = StemPairDataset(root, seed=5, **kw), StemPairDataset(root, seed=5, **kw)
+    for i in range(10):
+        assert all(torch.equal(x, y) for x, y in zip(a[i][:2], b[i][:2])) and a[i][2] == b[i][2]
+    c = StemPairDataset(root, seed=6, **kw)
+    assert any(not torch.equal(a[i][0], c[i][0]) for i in range(10))
+    u = StemPairDataset(root, **kw)
+    assert any(not torch.equal(u[0][0], u[0][0]) or u[0][2] != u[0][2] for _ in range(8))
+
+
+def test_short_song_is_zero_padded(tmp_path):
+    root = str(tmp_path / "ds")
+    make_track(root, "Track00001", BAND, sr=8000, seconds=1.0, split="train")
+    ctx, tgt, _ = StemPairDataset(root, sample_rate=8000, crop_seconds=2.0, seed=0, verbose=False)[0]
+    assert ctx.shape == (16000,) and torch.all(tgt[8100:] == 0) and tgt[:8000].abs().max() > 0.1
+
+
+def test_silence_threshold_rejects_quiet_stems(tmp_path):
+    root = str(tmp_path / "ds")
+    make_track(root, "Track00001", {"S00": ("Piano", "tone220"), "S01": ("Bass", "tone110")}, split="train")
+    StemPairDataset(root, sample_rate=8000, crop_seconds=1.0, silence_db=-20, verbose=False)  # 0.3 sine: -13.5 dB
+    with pytest.raises(DatasetError, match="silence_db=-10"):
+        StemPairDataset(root, sample_rate=8000, crop_seconds=1.0, silence_db=-10, max_tries=4, verbose=False)
+
+
+def test_split_leakage_is_an_error(tmp_path):
+    root = str(tmp_path / "ds")
+    make_track(root, "Track00001", BAND, split="train")
+    make_track(root, "Track00002", BAND, split="validation")
+    StemPairDataset(root, "validation", sample_rate=8000, crop_seconds=1.0, verbose=False)
+    shutil.copytree(os.path.join(root, "train", "Track00001"), os.path.join(root, "test", "Track00001"))
+    with pytest.raises(DatasetError, match="split leakage: track Track00001 is in both train/ and test/"):
+        StemPairDataset(root, "train", sample_rate=8000, crop_seconds=1.0, verbose=False)
+
+
+def test_flat_layout_split_is_deterministic_by_track(tmp_path):
+    root = str(tmp_path / "flat")
+    names = [f"Track{i:05d}" for i in range(1, 41)]
+    for n in names:
+        os.makedirs(os.path.join(root, n))
+    got = {s: [os.path.basename(d) for d, _ in data._track_dirs(root) if _ == s] for s in data.SPLITS}
+    assert sorted(sum(got.values(), [])) == names  # every track in exactly one split
+    assert all(got[s] for s in data.SPLITS) and len(got["train"]) > len(got["test"])
+    assert all(data.hash_split(n) == s for s in data.SPLITS for n in got[s])
+
+
+def test_metadata_problems_are_counted_not_crashes(tmp_path):
+    root = str(tmp_path / "ds")
+    make_track(root, "Track00001", BAND, split="train")
+    bad = make_track(root, "Track00002", BAND, split="train")
+    with open(os.path.join(bad, "metadata.yaml"), "w") as f:
+        f.write("stems: [unclosed\n")
+    odd = make_track(root, "Track00003", {"S00": ("Kazoo", "tone220"), "S01": ("Bass", "tone110"),
+                                          "S02": ("Piano", "tone330")}, split="train")
+    ds = StemPairDataset(root, sample_rate=8000, crop_seconds=1.0, verbose=False)
+    assert [t.name for t in ds.tracks] == ["Track00001", "Track00003"]
+    assert "1 track with malformed metadata.yaml" in ds.summary and "1 stem with unknown inst_class" in ds.summary
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        StemPairDataset(str(tmp_path / "nope"), verbose=False)
+    with pytest.raises(DatasetError, match="no usable tracks in split 'test'"):
+        StemPairDataset(root, "test", verbose=False)
+    assert os.path.isdir(odd)
+
+
+def test_segments_cover_song_in_minutes():
+    t = data.Track("T", "", "train", [data.Stem("S00", "", 0, 1000, 150_000)])  # 150 s
+    assert data.segments(t, 60.0, 20.0) == [(0.0, 60.0), (60.0, 120.0), (120.0, 150.0)]
+    t.stems[0].frames = 130_000  # 130 s: the 10 s tail is shorter than a crop and joins the last segment
+    assert data.segments(t, 60.0, 20.0) == [(0.0, 60.0), (60.0, 130.0)]
