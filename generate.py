@@ -376,7 +376,8 @@ def run(args) -> list[str]:
     if peak > 1.0:  # integer wav/flac would clip: scale every output alike, so stems still sum to the mix
         gain = 0.99 / peak
         outputs = [(p, y * gain) for p, y in outputs]
-        say(f"note: outputs scaled by {20 * np.log10(gain):.1f} dB so that they do not clip")
+        print(f"note: every output scaled by {20 * np.log10(gain):.1f} dB so that none clips "
+              f"(peak was {peak:.2f})", file=sys.stderr)
     for path, y in outputs:                                                   # atomic writes, at the end
         audio.write_audio(path, y.astype(np.float32), sr, overwrite=args.force)
         say(f"wrote {path}")

@@ -1,0 +1,305 @@
+"""generate.py end to end on CPU: a tiny checkpoint (random-weight or hand-set "copy" model) with a spectral
+codec fitted on two seconds of synthetic tones, 2 levels x 16 bins, few decoding steps."""
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import codec as codec_lib
+import decode
+import generate
+import model as model_lib
+from conftest import ROOT
+
+SR = 16000          # codec rate of the test codec
+N_Q, BINS = 2, 16
+FAST = ["--steps", "3", "2", "--quiet", "--device", "cpu"]
+
+
+def tones(seconds, sr, freqs=(220.0, 277.2, 329.6), channels=1, seed=0):
+    """A sustained chord with a little noise: [C, S] float32 (musical enough to fit a codec on)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in freqs) / (2 * len(freqs))
+    x = x + 0.01 * rng.standard_normal(t.shape)
+    return np.stack([x * (1 - 0.2 * c) for c in range(channels)]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_codec(tmp_path_factory):
+    d = tmp_path_factory.mktemp("codec_data")
+    for k, freqs in enumerate([(110.0, 220.0), (261.6, 329.6, 392.0), (146.8, 587.3)]):
+        sf.write(str(d / f"part{k}.wav"), tones(1.0, SR, freqs, seed=k)[0], SR)
+    return codec_lib.fit_spectral(str(d), None, n_q=N_Q, bins=BINS, dim=8, sample_rate=SR, n_fft=512,
+                                  seconds_per_track=1.0, griffin_lim_iters=8, progress=False)
+
+
+def write_checkpoint(path, net, tok, crop_seconds=None):
+    ckpt = {"model_config": model_lib.config_dict(net.cfg), "model": net.state_dict(),
+            "codec_spec": tok.spec(), "step": 0}
+    if crop_seconds:
+        ckpt["train_args"] = {"crop_seconds": crop_seconds}
+    model_lib.save_checkpoint(str(path), ckpt)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tiny_codec, tmp_path_factory):
+    """A random-weight tiny model: non-trivial, seed-dependent tokens."""
+    torch.manual_seed(0)
+    cfg = replace(model_lib.PRESETS["tiny"], n_q=N_Q, bins=BINS, dim=32, n_heads=2, n_layers=1)
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt", model_lib.StemGen(cfg), tiny_codec)
+
+
+@pytest.fixture(scope="module")
+def copy_ckpt(tiny_codec, tmp_path_factory):
+    """A hand-set model (no transformer layers) whose target token at each position copies the context token.
+
+    Its stem is the codec round trip of the context, so any misalignment or seam the windowing adds shows.
+    """
+    cfg = replace(model_lib.PRESETS["tiny"], n_q=N_Q, bins=BINS, dim=4 * N_Q * BINS, n_heads=2, n_layers=0)
+    net = model_lib.StemGen(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.norm.weight.fill_(1.0)
+        for q in range(N_Q):
+            net.context_embed.tables[q].weight[:, q * BINS:(q + 1) * BINS] = torch.eye(BINS)
+            net.heads[q].weight[:, q * BINS:(q + 1) * BINS] = 20 * torch.eye(BINS)
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "copy.pt", net, tiny_codec, crop_seconds=0.8)
+
+
+def run_cli(argv, capsys):
+    rc = generate.main(argv)
+    return rc, capsys.readouterr().err
+
+
+def write_context(path, seconds=1.3, sr=22050, channels=2, seed=0):
+    x = tones(seconds, sr, channels=channels, seed=seed)
+    sf.write(str(path), x.T, sr, subtype="FLOAT")
+    return x
+
+
+def spy_generate_tokens(monkeypatch):
+    """Record every decode.generate_tokens call made by generate.py: (context, prompt, output)."""
+    calls = []
+    real = decode.generate_tokens
+
+    def spy(net, context, instrument, prompt=None, **kw):
+        out = real(net, context, instrument, prompt=prompt, **kw)
+        calls.append((context.clone(), None if prompt is None else prompt.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(generate.decode, "generate_tokens", spy)
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def test_stem_and_mix_match_input_rate_length_and_channels(random_ckpt, tmp_path, capsys):
+    ctx = tmp_path / "song.wav"
+    x = write_context(ctx, seconds=1.3, sr=22050, channels=2)
+    rc, err = run_cli(["--context", str(ctx), "--instrument", "piano", "--mix", "--checkpoint", random_ckpt,
+                       "--seed", "1", *FAST], capsys)
+    assert rc == 0, err
+    stem, sr = sf.read(str(tmp_path / "song.piano.wav"), dtype="float32")
+    mix, mix_sr = sf.read(str(tmp_path / "song.with-piano.wav"), dtype="float32")
+    assert sr == mix_sr == 22050
+    assert stem.shape == (x.shape[1],)                      # mono stem, input length
+    assert mix.shape == (x.shape[1], 2)                     # all input channels kept
+    assert np.abs(stem).max() > 1e-3                        # something was generated
+    # mix = input + stem, all scaled alike (and said so) when the sum would clip
+    gain = 1.0 if "scaled by" not in err else float(np.sum((mix - stem[:, None]) * x.T) / np.sum(x.T ** 2))
+    assert 0.1 < gain <= 1.0
+    np.testing.assert_allclose(mix, gain * x.T + stem[:, None], atol=2 / 2 ** 15)  # PCM-16 rounding
+
+
+def test_same_seed_gives_identical_audio(random_ckpt, tmp_path, capsys):
+    ctx = tmp_path / "ctx.wav"
+    write_context(ctx, seconds=1.0, sr=SR, channels=1)
+    outs = {}
+    for name, seed in [("a", 5), ("b", 5), ("c", 6)]:
+        out = tmp_path / f"{name}.wav"
+        rc, err = run_cli(["--context", str(ctx), "--instrument", "bass", "--out", str(out),
+                           "--checkpoint", random_ckpt, "--seed", str(seed), *FAST], capsys)
+        assert rc == 0, err
+        outs[name] = sf.read(str(out))[0]
+    np.testing.assert_array_equal(outs["a"], outs["b"])
+    assert not np.array_equal(outs["a"], outs["c"])
+
+
+def test_plan_windows_covers_sequence_with_training_length_windows():
+    for n, w, o in [(115, 40, 15), (100, 40, 0), (41, 40, 39), (400, 50, 25)]:
+        plan = generate.plan_windows(n, w, o)
+        assert plan[0] == (0, w, 0) and plan[-1][1] == n
+        for (s0, e0, _), (s1, e1, p1) in zip(plan, plan[1:]):
+            assert e1 - s1 == w                              # every window has the training length
+            assert p1 == e0 - s1 >= o                        # the prompt is exactly what is already decoded
+            assert s1 > s0
+    assert generate.plan_windows(30, 40, 20) == [(0, 30, 0)]  # short context: one window of its own length
+
+
+def test_long_context_goes_through_windows_with_decoded_prompts(random_ckpt, tmp_path, monkeypatch, capsys):
+    ctx = tmp_path / "long.wav"
+    write_context(ctx, seconds=2.3, sr=SR, channels=1)
+    calls = spy_generate_tokens(monkeypatch)
+    rc, err = run_cli(["--context", str(ctx), "--instrument", "guitar", "--checkpoint", random_ckpt,
+                       "--window", "0.8", "--overlap", "0.3", "--seed", "0", *FAST], capsys)
+    assert rc == 0, err
+    window, overlap = 40, 15                                 # frames at the codec's 50 Hz
+    plan = generate.plan_windows(115, window, overlap)       # 2.3 s -> 115 frames
+    assert len(calls) == len(plan) == 4
+    for (context, prompt, _), (start, end, p), prev in zip(calls, plan, [None] + calls[:-1]):
+        assert context.shape[-1] == end - start == window
+        if prev is None:
+            assert prompt is None
+        else:                                                # the overlap of the previous window's output
+            assert prompt.shape[-1] == p >= overlap
+            np.testing.assert_array_equal(prompt.numpy(), prev[2][..., window - p:].numpy())
+    stem, sr = sf.read(str(tmp_path / "long.guitar.wav"))
+    assert sr == SR and len(stem) == int(2.3 * SR)
+
+
+def level_jump_db(x, at, width):
+    """|level before - level after| of sample position `at`, RMS over `width` samples each side, in dB."""
+    before, after = x[at - width:at], x[at:at + width]
+    return abs(10 * np.log10(np.mean(before ** 2) + 1e-10) - 10 * np.log10(np.mean(after ** 2) + 1e-10))
+
+
+def test_windowed_stem_has_no_seam(copy_ckpt, random_ckpt, tiny_codec, tmp_path, capsys):
+    """Windows are stitched at token level: the copy model's windowed stem equals its one-pass stem (the
+    codec round trip), and a generated stem jumps in level at window boundaries no more than elsewhere."""
+    ctx = tmp_path / "ctx.wav"
+    x = write_context(ctx, seconds=3.0, sr=SR, channels=1)
+    common = ["--context", str(ctx), "--instrument", "organ", "--seed", "0", *FAST]
+    for name, ckpt, window in [("copy_win", copy_ckpt, []), ("copy_one", copy_ckpt, ["--window", "10"]),
+                               ("rand_win", random_ckpt, ["--window", "0.8", "--overlap", "0.4"])]:
+        rc, err = run_cli(common + ["--checkpoint", ckpt, "--out", str(tmp_path / f"{name}.wav"), *window],
+                          capsys)                            # copy_win: 0.8 s window from the checkpoint
+        assert rc == 0, err
+    stem = {n: sf.read(str(tmp_path / f"{n}.wav"), dtype="float32")[0] for n in ("copy_win", "copy_one",
+                                                                                  "rand_win")}
+    np.testing.assert_allclose(stem["copy_win"], stem["copy_one"], atol=1e-4)
+    tokens = tiny_codec.encode(torch.from_numpy(x[0])[None, None])
+    roundtrip = tiny_codec.decode(tokens)[0, 0, :x.shape[1]].numpy()
+    np.testing.assert_allclose(stem["copy_win"], roundtrip, atol=1e-3)
+
+    hop, width = tiny_codec.hop, SR // 20                    # 50 ms either side of each position
+    plan = generate.plan_windows(150, 40, 20)                # 3 s at 50 Hz, the 0.8 s / 0.4 s windows
+    assert len(plan) == 7
+    boundaries = {s for s, _, _ in plan[1:]} | {e for _, e, _ in plan[:-1]}   # where a window starts or ends
+    y = stem["rand_win"]
+    at_boundary = [level_jump_db(y, b * hop, width) for b in sorted(boundaries)]
+    elsewhere = [level_jump_db(y, f * hop, width) for f in range(3, 147) if f not in boundaries]
+    assert max(at_boundary) <= max(elsewhere), (at_boundary, max(elsewhere))
+
+
+def test_several_instruments_in_turn_write_stems_and_mix(random_ckpt, tiny_codec, tmp_path, monkeypatch,
+                                                         capsys):
+    ctx = tmp_path / "band.wav"
+    x = write_context(ctx, seconds=1.0, sr=SR, channels=1)
+    calls = spy_generate_tokens(monkeypatch)
+    rc, err = run_cli(["--context", str(ctx), "--instrument", "bass", "--instrument", "drums",
+                       "--checkpoint", random_ckpt, "--seed", "2", *FAST], capsys)
+    assert rc == 0, err
+    bass = sf.read(str(tmp_path / "band.bass.wav"), dtype="float32")[0]
+    drums = sf.read(str(tmp_path / "band.drums.wav"), dtype="float32")[0]
+    mix = sf.read(str(tmp_path / "band.with-bass-drums.wav"), dtype="float32")[0]
+    gain = 1.0 if "scaled by" not in err else float(np.sum((mix - bass - drums) * x[0]) / np.sum(x[0] ** 2))
+    assert 0.1 < gain <= 1.0                               # all outputs scaled alike when the mix would clip
+    np.testing.assert_allclose(mix, gain * x[0] + bass + drums, atol=3 / 2 ** 15)
+    # the second stem was generated with the first one added to its context
+    assert len(calls) == 2
+    first_ctx = tiny_codec.encode(torch.from_numpy(x[0])[None, None])
+    bass_codec = tiny_codec.decode(calls[0][2])[0, 0, :x.shape[1]]
+    second_ctx = tiny_codec.encode((torch.from_numpy(x[0]) + bass_codec)[None, None])
+    np.testing.assert_array_equal(calls[0][0].numpy(), first_ctx.numpy())
+    np.testing.assert_array_equal(calls[1][0].numpy(), second_ctx.numpy())
+    assert not torch.equal(calls[0][0], calls[1][0])
+
+
+def _bad(tmp_path, kind, random_ckpt):
+    """(argv pieces, expected words in the message) for one kind of bad input."""
+    good = tmp_path / "good.wav"
+    write_context(good, seconds=0.5, sr=SR, channels=1)
+    ctx, inst, ckpt = str(good), "piano", random_ckpt
+    if kind == "missing file":
+        ctx, words = str(tmp_path / "nope.wav"), ["not found", "nope.wav"]
+    elif kind == "unreadable file":
+        (tmp_path / "text.wav").write_text("not audio")
+        ctx, words = str(tmp_path / "text.wav"), ["cannot read", "text.wav"]
+    elif kind == "empty audio":
+        sf.write(str(tmp_path / "empty.wav"), np.zeros(0, np.float32), SR)
+        ctx, words = str(tmp_path / "empty.wav"), ["empty"]
+    elif kind == "silent audio":
+        sf.write(str(tmp_path / "silent.wav"), np.zeros(SR, np.float32), SR)
+        ctx, words = str(tmp_path / "silent.wav"), ["silent"]
+    elif kind == "NaN samples":
+        y = tones(0.5, SR)[0]
+        y[100] = np.nan
+        sf.write(str(tmp_path / "nan.wav"), y, SR, subtype="FLOAT")
+        ctx, words = str(tmp_path / "nan.wav"), ["NaN"]
+    elif kind == "unknown instrument":
+        inst, words = "kazoo", ["kazoo", "Piano", "Synth Lead", "Drums"]
+    elif kind == "missing checkpoint":
+        ckpt, words = str(tmp_path / "none.pt"), ["checkpoint not found", "python train.py"]
+    elif kind == "codec unavailable":
+        ck = torch.load(random_ckpt, weights_only=True)
+        ck["codec_spec"] = {"name": "spectral", "source": str(tmp_path / "gone_codec.pt")}
+        ckpt = str(tmp_path / "nocodec.pt")
+        model_lib.save_checkpoint(ckpt, ck)
+        words = ["gone_codec.pt", "codec.py fit"]
+    return ["--context", ctx, "--instrument", inst, "--checkpoint", ckpt], words
+
+
+@pytest.mark.parametrize("kind", ["missing file", "unreadable file", "empty audio", "silent audio", "NaN samples",
+                                  "unknown instrument", "missing checkpoint", "codec unavailable"])
+def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_path, capsys):
+    argv, words = _bad(tmp_path, kind, random_ckpt)
+    before = set(os.listdir(tmp_path))
+    rc, err = run_cli(argv + ["--out", str(tmp_path / "stem.wav"), *FAST], capsys)
+    assert rc != 0
+    assert err.startswith("error: ") and "Traceback" not in err
+    for w in words:
+        assert w in err, (w, err)
+    assert set(os.listdir(tmp_path)) == before                # nothing written, no temporary left
+
+
+def test_existing_output_needs_force(random_ckpt, tmp_path, capsys):
+    ctx = tmp_path / "c.wav"
+    write_context(ctx, seconds=0.5, sr=SR, channels=1)
+    out = tmp_path / "c.piano.wav"
+    out.write_bytes(b"user's file")
+    argv = ["--context", str(ctx), "--instrument", "piano", "--checkpoint", random_ckpt, *FAST]
+    rc, err = run_cli(argv, capsys)
+    assert rc != 0 and "--force" in err and out.read_bytes() == b"user's file"
+    rc, err = run_cli(argv + ["--force"], capsys)
+    assert rc == 0, err
+    assert sf.read(str(out))[0].shape == (SR // 2,)
+    rc, err = run_cli(["--context", str(ctx), "--instrument", "piano", "--out", str(ctx), "--force",
+                       "--checkpoint", random_ckpt, *FAST], capsys)
+    assert rc != 0 and "context file itself" in err
+
+
+def test_naive_setting_and_flag_overrides():
+    assert generate.Sampling() == generate.Sampling(steps=(128, 64, 32, 32), w_c=0.1, w_s=0.1, w_r=1.0,
+                                                    guidance="multi", scale_audio=3.0, scale_instrument=3.0)
+    naive = generate.Sampling.naive()
+    assert naive.guidance == "none" and naive.w_s == 0.0 and naive.w_r == 1.0
+    args = generate.build_parser().parse_args(["--context", "x", "--instrument", "piano", "--naive",
+                                               "--w-s", "0.2", "--steps", "4", "4"])
+    s = generate.sampling_from_args(args)
+    assert s.guidance == "none" and s.w_s == 0.2 and s.steps == (4, 4)
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "generate.py"), "--context",
+                        str(tmp_path / "missing.wav"), "--instrument", "piano"],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1 and "missing.wav" in r.stderr
