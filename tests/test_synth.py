@@ -144,8 +144,8 @@ def test_stems_of_a_song_agree_in_key_and_tempo(dataset):
         for info, x, _ in stems.values():
             if info["inst_class"] not in ("Drums", "Percussive", "Bass"):
                 assert in_scale(chroma(x, sr), tonic) > 0.8, info["midi_program_name"]
-            elif info["inst_class"] == "Bass":
-                assert in_scale(chroma(x, sr), tonic) > 0.6
+            elif info["inst_class"] == "Bass":  # low notes smear in the chroma: ask for better than chance (7/12)
+                assert in_scale(chroma(x, sr), tonic) > 7 / 12 + 0.03
         on = [onsets(x, sr)[0] for info, x, _ in stems.values() if not info["is_drum"]]
         own = np.mean([sync(o, period / 4) for o in on])
         detuned = np.mean([max(sync(o, period / 4 * 1.05), sync(o, period / 4 * 0.95)) for o in on])
