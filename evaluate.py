@@ -170,15 +170,17 @@ class VGGishEmbedding:
             raise EvaluateError(f"--vggish-weights {weights}: cannot read it as a torch state dict: {e}") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
-        net = VGGish()
+        with torch.device("meta"):  # no random initialisation: every parameter comes from the file
+            net = VGGish()
         expected = set(net.state_dict())
-        state = {k: v for k, v in state.items() if k in expected} if isinstance(state, dict) else {}
+        state = {k: v.float() for k, v in state.items() if k in expected and torch.is_tensor(v)} \
+            if isinstance(state, dict) else {}
         missing = sorted(expected - set(state))
         if missing:
             raise EvaluateError(f"--vggish-weights {weights}: not VGGish weights (missing {', '.join(missing[:3])}"
                                 f"{'...' if len(missing) > 3 else ''}); expected torchvggish's parameter names")
         try:
-            net.load_state_dict(state)
+            net.load_state_dict(state, assign=True)
         except RuntimeError as e:
             raise EvaluateError(f"--vggish-weights {weights}: shapes do not match VGGish: {e}") from None
         self.device = torch.device(device)

@@ -90,15 +90,16 @@ def _semitone_spectrum(y: np.ndarray) -> np.ndarray:
     return out
 
 
-def transcribe(y: np.ndarray) -> np.ndarray:
+def transcribe(y: np.ndarray, spectrum: np.ndarray | None = None) -> np.ndarray:
     """Polyphonic note transcription by pitch salience (stand-in for the paper's transcription model [24]).
 
     Args:
         y: [S] mono audio at ANALYSIS_SR.
+        spectrum: its semitone spectrum, if already computed.
     Returns:
         notes [N, 3] float: (onset seconds, offset seconds, MIDI pitch).
     """
-    M = _semitone_spectrum(y)  # [176, T]
+    M = _semitone_spectrum(y) if spectrum is None else spectrum.copy()  # [176, T]
     offsets = np.round(12 * np.log2(HARMONICS)).astype(int)  # semitone offset of each partial
     weights = HARMONIC_WEIGHT ** (HARMONICS - 1)
     pitches = np.arange(NOTE_MIN, NOTE_MAX + 1)
@@ -136,9 +137,12 @@ def _roll_to_notes(roll: np.ndarray) -> np.ndarray:
     return np.array(notes, dtype=np.float64).reshape(-1, 3)
 
 
-def cqt_chroma(y: np.ndarray) -> np.ndarray:
-    """CQT chroma [12, T] at HOP, shared by the key, chord, meter and structure analysers."""
-    return librosa.feature.chroma_cqt(y=y, sr=ANALYSIS_SR, hop_length=HOP)
+def cqt_chroma(y: np.ndarray, spectrum: np.ndarray | None = None) -> np.ndarray:
+    """CQT chroma [12, T] (C first, max-normalised per frame), folded from the semitone spectrum of MIDI 24-107
+    (seven octaves, as librosa's chroma_cqt); shared by the key, chord, meter and structure analysers."""
+    M = _semitone_spectrum(y) if spectrum is None else spectrum
+    chroma = M[24:108].reshape(7, 12, -1).sum(axis=0)
+    return chroma / (chroma.max(axis=0, keepdims=True) + 1e-12)
 
 
 def estimate_key(y: np.ndarray, chroma: np.ndarray | None = None) -> str:
@@ -293,10 +297,11 @@ def describe(y: np.ndarray, sr: int) -> dict[str, list]:
         raise ValueError(f"audio too short for MIR analysis ({y.size / ANALYSIS_SR:.2f} s; need at least 0.5 s)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # librosa warns about n_fft on short or silent inputs
-        notes = transcribe(y)
+        spectrum = _semitone_spectrum(y)
+        notes = transcribe(y, spectrum)
         pitches = notes[:, 2].astype(int)
         _, beat_times = estimate_beats(y)
-        chroma = cqt_chroma(y)
+        chroma = cqt_chroma(y, spectrum)
         chords = [c for _, _, c in estimate_chords(y, chroma=chroma)]
         return {
             "key": [estimate_key(y, chroma)],
