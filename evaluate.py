@@ -39,6 +39,7 @@ from tqdm import tqdm
 import audio
 import codec as codec_lib
 import data
+import generate
 import mir
 
 EXIT_USER_ERROR = 2
@@ -285,7 +286,6 @@ def draw_examples(data_root: str, split: str, n: int, seconds: float, sample_rat
 def generate_population(net, tok, examples, sampling, seed: int, window_seconds: float | None = None,
                         progress: bool = False, desc: str = "generate") -> list[np.ndarray]:
     """The model's stem for every example; example i always uses the seed (seed, i), whatever the sampling."""
-    import generate  # script-level import: evaluate is a script too
     device = next(net.parameters()).device
     out = []
     for i, (context, _, instrument) in enumerate(tqdm(examples, desc=desc, unit="ex", disable=not progress)):
@@ -342,7 +342,6 @@ def sweep_settings(kind: str, base, scales=(2.0, 3.0, 4.0), ws_values=(0.0, 0.1,
     if kind == "causal-bias":
         return [(f"w_s = {w:g}", f"w_s={w:g}", replace(base, w_s=w, w_c=0.1, w_r=1.0)) for w in ws_values]
     if kind == "best-vs-naive":
-        import generate
         return [("naive", "naive", generate.Sampling.naive(steps=base.steps, temperature=base.temperature)),
                 ("best", "best", base)]
     raise EvaluateError(f"unknown sweep {kind!r}: use none, guidance, causal-bias or best-vs-naive")
@@ -458,7 +457,6 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 def run(args) -> dict:
-    import generate
     if args.n < 2:
         raise EvaluateError("--n must be at least 2 (FAD fits a Gaussian to each population)")
     json_path, md_path = output_paths(args.out, args.sweep)
@@ -508,7 +506,6 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import generate
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
