@@ -194,6 +194,9 @@ def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampli
     n = context.shape[-1]
     hop = tok.sample_rate / tok.frame_rate
     window, overlap = _window_frames(tok.frame_rate, window_seconds, overlap_seconds)
+    if window > net.cfg.max_len:
+        raise GenerateError(f"--window of {window} frames exceeds the model's max_len ({net.cfg.max_len} "
+                            f"frames = {net.cfg.max_len / tok.frame_rate:g} s): give a shorter --window")
     n_windows = len(plan_windows(int(np.ceil(n / hop)), window, overlap))
     mix = torch.as_tensor(np.asarray(context, dtype=np.float32), device=device)   # [S]
     stems = []
@@ -281,15 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Generate stems that fit a musical context (StemGen, Sec. 2.1.1-2.1.2). Writes each "
                     "stem, and with --mix (or several --instrument) the context plus the new stems, at the "
-                    "input's sample rate and length.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "input's sample rate and length.")
     p.add_argument("--context", required=True, metavar="PATH",
                    help="context mix (wav/flac, any rate, any number of channels, any length)")
     p.add_argument("--instrument", required=True, action="append", metavar="NAME",
                    help="instrument class of the stem (Slakh class, case-insensitive, e.g. piano, bass, "
                         "drums, 'synth lead'); repeat to make several stems in turn")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
-                   help="model checkpoint written by train.py")
+                   help=f"model checkpoint written by train.py (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", action="append", metavar="PATH",
                    help="stem output path, one per --instrument (default: CONTEXT.INSTRUMENT.wav)")
     p.add_argument("--mix", nargs="?", const="", default=None, metavar="PATH",
@@ -321,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--overlap", type=float, metavar="SECONDS",
                    help="overlap of consecutive windows, given to the model as already-decoded tokens "
                         "(default: half the window)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     return p
 
