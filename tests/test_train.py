@@ -1,0 +1,105 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import codec as codec_lib
+import synth
+import train
+from conftest import FIXTURE, ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A few short synthetic songs at 16 kHz and a small spectral codec fitted on them."""
+    root = tmp_path_factory.mktemp("train_data")
+    data_dir = str(root / "songs")
+    synth.make_dataset(data_dir, tracks=5, seconds=4.0, seed=1, workers=1, progress=False, sample_rate=16000)
+    codec_file = str(root / "codec.pt")
+    codec_lib.fit_spectral(data_dir, codec_file, n_q=2, bins=16, dim=16, sample_rate=16000, n_fft=512,
+                           seconds_per_track=4.0, kmeans_iters=5, griffin_lim_iters=4, progress=False)
+    return data_dir, codec_file
+
+
+def argv(data_dir, codec_file, out, *extra):
+    return ["--data", data_dir, "--codec", "spectral", "--codec-file", codec_file, "--preset", "tiny",
+            "--out", str(out), "--batch", "4", "--crop-seconds", "1", "--warmup", "2", "--hold", "2",
+            "--decay", "4", "--lr", "1e-3", "--eval-every", "2", "--save-every", "2", "--val-pairs", "4",
+            "--workers", "0", "--no-progress", *extra]
+
+
+def test_tri_stage_schedule_warms_up_holds_and_decays_to_a_floor():
+    lr = [train.tri_stage_lr(s, warmup=10, hold=5, decay=20, final_frac=0.01) for s in range(60)]
+    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(lr[:10], lr[1:10]))            # linear warm-up
+    assert all(x == 1.0 for x in lr[10:15])                           # hold at the peak
+    assert all(b < a for a, b in zip(lr[15:35], lr[16:35]))           # exponential decay
+    assert lr[15 + 20] == pytest.approx(0.01) and min(lr) > 0        # ends at the floor, never 0
+    ratios = [lr[i + 1] / lr[i] for i in range(15, 34)]
+    assert max(ratios) - min(ratios) < 1e-9                           # constant ratio: exponential
+
+
+def test_resume_continues_bit_for_bit(tiny_data, tmp_path):
+    data_dir, codec_file = tiny_data
+    assert train.main(argv(data_dir, codec_file, tmp_path / "full", "--max-steps", "6")) == 0
+    assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "3")) == 0
+    assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "6", "--resume")) == 0
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "ckpt.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["scheduler"] == b["scheduler"]
+    # the checkpoint holds what generate.py and a resumed run need
+    for key in ("model_config", "codec_spec", "optimizer", "rng", "best_val_acc", "train_args"):
+        assert key in a
+    rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert val and len(val[-1]["acc_per_level"]) == 2 and 0 <= val[-1]["acc"] <= 1
+
+
+def test_existing_run_is_not_overwritten_without_resume(tiny_data, tmp_path, capsys):
+    data_dir, codec_file = tiny_data
+    assert train.main(argv(data_dir, codec_file, tmp_path, "--max-steps", "1")) == 0
+    before = os.path.getmtime(tmp_path / "ckpt.pt")
+    assert train.main(argv(data_dir, codec_file, tmp_path, "--max-steps", "2")) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert os.path.getmtime(tmp_path / "ckpt.pt") == before
+
+
+def test_dataset_without_usable_pairs_fails_at_start(tiny_data, tmp_path, capsys):
+    _, codec_file = tiny_data
+    fixture = os.path.join(FIXTURE, "slakh2100_flac_redux")
+    assert train.main(argv(fixture, codec_file, tmp_path, "--max-steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error:") and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_repeated_non_finite_losses_stop_the_run_with_a_clear_message(tiny_data, tmp_path, monkeypatch, capsys):
+    data_dir, codec_file = tiny_data
+    monkeypatch.setattr(train, "masked_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    assert train.main(argv(data_dir, codec_file, tmp_path, "--max-steps", "50")) == 2
+    assert "non-finite" in capsys.readouterr().err
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ck["nonfinite_steps"] == train.MAX_NONFINITE_IN_A_ROW and ck["step"] < 50
+
+
+def test_two_processes_on_gloo_match_gradient_accumulation(tiny_data, tmp_path):
+    """torchrun with 2 CPU processes (DDP, gloo) trains the same model as one process accumulating 2 micro-batches."""
+    data_dir, codec_file = tiny_data
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           os.path.join(ROOT, "train.py"), *argv(data_dir, codec_file, tmp_path / "ddp", "--max-steps", "3",
+                                                  "--micro-batch", "2", "--device", "cpu")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert train.main(argv(data_dir, codec_file, tmp_path / "one", "--max-steps", "3", "--micro-batch", "2")) == 0
+    a = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "ckpt.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
