@@ -324,13 +324,23 @@ def griffin_lim(mag: torch.Tensor, n_fft: int, hop: int, n_iter: int, generator:
     return istft(mag * angles, n_fft, hop, length)
 
 
+def nearest(x: torch.Tensor, centers: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance to, and index of, the nearest centre for each row of x [N, D] (in row chunks)."""
+    c_sq = centers.pow(2).sum(1)
+    dists, idxs = [], []
+    for part in x.split(chunk):
+        d, i = (part.pow(2).sum(1, keepdim=True) - 2 * part @ centers.T + c_sq).min(1)  # over [n, K]
+        dists.append(d.clamp_min(0))
+        idxs.append(i)
+    return torch.cat(dists), torch.cat(idxs)
+
+
 def rvq_encode(z: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     """Residual VQ: at each level the nearest codeword to what the levels before left. [N, D] -> [N, Q]."""
     codes = []
     residual = z
     for book in codebooks:  # [K, D]
-        dist = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(1)  # [N, K]
-        idx = dist.argmin(1)
+        idx = nearest(residual, book)[1]
         residual = residual - book[idx]
         codes.append(idx)
     return torch.stack(codes, 1)
@@ -546,19 +556,22 @@ def fit_pca(feats: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding; empty clusters are re-seeded on the worst-fit points. -> [k, D]."""
-    n = x.shape[0]
-    sq = x.pow(2).sum(1)
-    centers = [x[torch.randint(n, (1,), generator=generator)].squeeze(0)]
-    best = (x - centers[0]).pow(2).sum(1)
-    for _ in range(1, k):  # k-means++: next centre drawn in proportion to the squared distance
-        i = torch.multinomial(best + 1e-12, 1, generator=generator)
-        centers.append(x[i].squeeze(0))
-        best = torch.minimum(best, (x - centers[-1]).pow(2).sum(1))
-    c = torch.stack(centers)
+    """Lloyd's k-means, seeded by k-means++ on a subsample; empty clusters re-seeded on the worst-fit points.
+
+    Returns the centres [k, D].
+    """
+    # k-means++ seeding on a subsample, in numpy: a thousand tiny sequential steps run fastest single-threaded.
+    rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+    pool = x[torch.randperm(x.shape[0], generator=generator)[:8 * k]].cpu().double().numpy()
+    chosen = [0]
+    best = ((pool - pool[0]) ** 2).sum(1)
+    for _ in range(1, k):  # next centre drawn in proportion to the squared distance to the nearest one
+        i = int(rng.choice(len(pool), p=best / best.sum())) if best.sum() > 0 else int(rng.integers(len(pool)))
+        chosen.append(i)
+        best = np.minimum(best, ((pool - pool[i]) ** 2).sum(1))
+    c = torch.from_numpy(pool[chosen]).to(x)
     for _ in range(iters):
-        dist = sq[:, None] - 2 * x @ c.T + c.pow(2).sum(1)  # [N, k]
-        err, assign = dist.min(1)
+        err, assign = nearest(x, c)
         counts = torch.bincount(assign, minlength=k)
         sums = torch.zeros_like(c).index_add_(0, assign, x)
         c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
@@ -578,7 +591,7 @@ def fit_rvq(z: torch.Tensor, n_q: int, bins: int, iters: int, generator: torch.G
     for _ in tqdm(range(n_q), desc="residual k-means", disable=not progress):
         book = kmeans(residual, bins, iters, generator)
         books.append(book)
-        residual = residual - book[rvq_encode(residual, book[None])[:, 0]]
+        residual = residual - book[nearest(residual, book)[1]]
     return torch.stack(books)
 
 
