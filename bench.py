@@ -76,11 +76,18 @@ def build(args, device):
 
 
 def make_codec(args, device):
-    """The codec whose encode/decode cost is measured (random weights are fine for timing)."""
+    """The codec whose encode/decode cost is measured, with random parameters (timing does not need weights)."""
     import codec as codec_lib
     if args.codec == "encodec_random":
-        return codec_lib.random_encodec(device=device), "encodec_32khz architecture, random weights"
-    return codec_lib.random_spectral(device=device), "spectral codec, random codebooks"
+        from transformers import EncodecConfig, EncodecModel
+        model = EncodecModel(EncodecConfig(**codec_lib.ENCODEC_32KHZ_CONFIG))
+        return codec_lib.EncodecCodec(model).to(device), "encodec_32khz architecture, random weights"
+    g = torch.Generator().manual_seed(0)
+    n_freq, dim = 1025, 64
+    basis = torch.linalg.qr(torch.randn(n_freq, dim, generator=g))[0].T.contiguous()   # [D, F] orthonormal
+    spectral = codec_lib.SpectralCodec(torch.rand(n_freq, generator=g), basis,
+                                       torch.randn(4, 1024, dim, generator=g) * 0.1)
+    return spectral.to(device), "spectral 4 x 1024, random codebooks, 64 Griffin-Lim iterations"
 
 
 def bench_train(args):
