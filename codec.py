@@ -18,6 +18,7 @@ import argparse
 import glob
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -194,6 +195,20 @@ def hub_offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the hub (HF_ENDPOINT honoured), so that no network means failing at once
+    rather than sitting through huggingface_hub's retry loop."""
+    from urllib.parse import urlparse
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection says nothing; let the hub client try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 class EncodecCodec(Codec):
     """The MusicGen 32 kHz Encodec (Sec. 3): 4 RVQ levels x 2048 bins at 50 Hz, through transformers."""
 
@@ -254,6 +269,9 @@ def load_encodec(weights: str | None = None, device="cpu") -> EncodecCodec:
         sources = [(ENCODEC_HUB_ID, True)] + ([] if hub_offline() else [(ENCODEC_HUB_ID, False)])
     error = None
     for source, local_only in sources:
+        if not local_only and not hub_reachable():
+            error = ConnectionError("huggingface.co cannot be reached")
+            continue
         try:
             model = EncodecModel.from_pretrained(source, local_files_only=local_only)
             break
