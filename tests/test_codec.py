@@ -130,6 +130,11 @@ def chroma_profile(x, sr):
 
 @pytest.mark.parametrize("pitches", [[60, 64, 67], [62, 65, 69], [54, 57, 61]])  # C major, D minor, F# minor
 def test_spectral_round_trip_keeps_the_chord_pitch_classes(spectral, pitches):
+    """Frame-wise chroma correlation above 0.8 and the same three loudest pitch classes after the round trip.
+
+    (With this tiny 4 x 48 codec, fitted with seeds 0-2, the correlation measured 0.90-0.97 and the spectral
+    convergence 0.27-0.41 on these chords; the bounds leave room for platform differences.)
+    """
     codec, _ = spectral
     x = chord(pitches, 1.0, SR, np.random.default_rng(2))
     y = codec.decode_audio(codec.encode_audio(x, SR), len(x))
