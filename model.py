@@ -185,10 +185,22 @@ class StemGen(nn.Module):
             target: LongTensor [B, Q, T], target-stem tokens, MASK (= bins) where unknown.
             instrument: LongTensor [B], instrument class ids; the null id drops the instrument condition.
             context_dropped: optional BoolTensor [B]; True replaces the context with the null context.
-            level: if given, only that level's head is applied.
+            level: if given, only one head is applied: an int (that level for every example, as in
+                decoding) or a LongTensor [B] (each example's own level, as in training, where the loss
+                is taken at one level per example).
         Returns:
             logits FloatTensor [B, Q, T, bins], or [B, T, bins] when `level` is given.
         """
+        x = self.trunk(context, target, instrument, context_dropped)   # [B, T, dim]
+        if isinstance(level, int):
+            return self.heads[level](x)                                  # [B, T, bins]
+        if level is not None:
+            w = torch.stack([head.weight for head in self.heads])[level]  # [B, bins, dim]
+            return torch.bmm(x, w.transpose(1, 2))                       # [B, T, bins]
+        return torch.stack([head(x) for head in self.heads], dim=1)  # [B, Q, T, bins]
+
+    def trunk(self, context, target, instrument, context_dropped=None):
+        """Embedding and transformer: the final normalised hidden states [B, T, dim]."""
         T = context.shape[-1]
         if T > self.cfg.max_len:
             raise ValueError(f"sequence of {T} frames is longer than max_len={self.cfg.max_len}")
@@ -196,10 +208,7 @@ class StemGen(nn.Module):
         rot = self.rot[:T]
         for block in self.blocks:
             x = block(x, rot)
-        x = self.norm(x)
-        if level is not None:
-            return self.heads[level](x)                                  # [B, T, bins]
-        return torch.stack([head(x) for head in self.heads], dim=1)  # [B, Q, T, bins]
+        return self.norm(x)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device="cpu") -> "StemGen":

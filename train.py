@@ -77,8 +77,10 @@ def masked_loss(model, ctx_tok, tgt_tok, instrument, args, generator):
                                               args.p_drop_instrument, generator)
     cfg = model.module.cfg if hasattr(model, "module") else model.cfg
     masked, loss_mask = mask_target(tgt_tok, cfg.mask_id, generator, prefix_prob=args.prefix_prob)
-    logits = model(ctx_tok, masked, instrument, ctx_dropped)          # [B, Q, T, V]
-    return F.cross_entropy(logits[loss_mask].float(), tgt_tok[loss_mask])
+    level = loss_mask.any(-1).float().argmax(-1)                      # [B] the level each example trains
+    logits = model(ctx_tok, masked, instrument, ctx_dropped, level=level)          # [B, T, V]
+    at_level = loss_mask[torch.arange(len(level), device=level.device), level]     # [B, T]
+    return F.cross_entropy(logits[at_level].float(), tgt_tok[loss_mask])
 
 
 @torch.no_grad()

@@ -24,6 +24,9 @@ def test_output_shape_is_batch_levels_time_bins():
     assert out.shape == (2, CFG.n_q, 24, CFG.bins)
     assert make()(ctx, tgt, inst, level=1).shape == (2, 24, CFG.bins)
     assert torch.allclose(make()(ctx, tgt, inst, level=1), out[:, 1], atol=1e-5)
+    per_example = make()(ctx, tgt, inst, level=torch.tensor([2, 0]))   # training: one level per example
+    assert torch.allclose(per_example[0], out[0, 2], atol=1e-5)
+    assert torch.allclose(per_example[1], out[1, 0], atol=1e-5)
 
 
 def test_attention_is_bidirectional_a_later_target_changes_position_zero():
@@ -94,6 +97,7 @@ def test_tiny_model_overfits_one_fixed_batch():
         masked, loss_mask = mask_target(tgt, cfg.mask_id, g)
         logits = m(ctx, masked, inst)
         return torch.nn.functional.cross_entropy(logits[loss_mask], tgt[loss_mask])
+
 
     first = sum(loss_fn().item() for _ in range(5)) / 5
     for _ in range(120):
