@@ -17,12 +17,10 @@ import time
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 import decode
-from guidance import drop_conditions
-from masking import mask_target
 from model import PRESETS, StemGen, count_parameters
+from train import masked_loss
 
 # Dense bf16 peak (TFLOP/s) from the vendors' datasheets.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -53,10 +51,13 @@ def peak_tflops(device, dtype) -> tuple[float, str]:
 
 
 def train_flops_per_step(model, B: int, T: int) -> float:
-    """6 N per sequence element (forward + backward) for the non-embedding weights, plus attention."""
+    """6 N per sequence element (forward + backward) for the weights used, plus attention.
+
+    Embedding lookups are free; training applies one output head per example (its trained level).
+    """
     cfg = model.cfg
     n_embed = sum(p.numel() for name, p in model.named_parameters() if "embed" in name)
-    n = count_parameters(model) - n_embed
+    n = count_parameters(model) - n_embed - (cfg.n_q - 1) * cfg.dim * cfg.bins
     attn = 12 * cfg.n_layers * cfg.dim * T      # QK^T and AV, forward + backward, per element
     return (6 * n + attn) * B * T
 
@@ -103,12 +104,11 @@ def bench_train(args):
     tgt = torch.randint(0, cfg.bins, (B, cfg.n_q, T), device=device, generator=g)
     inst = torch.randint(0, 17, (B,), device=device, generator=g)
 
+    recipe = argparse.Namespace(p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1)
+
     def step():
-        i, dropped = drop_conditions(inst, cfg.n_instruments - 1, 0.2, 0.2, g)
-        masked, lm = mask_target(tgt, cfg.mask_id, g)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = fwd(ctx, masked, i, dropped)
-        loss = F.cross_entropy(logits[lm].float(), tgt[lm])
+            loss = masked_loss(fwd, ctx, tgt, inst, recipe, g)     # the training objective of train.py
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -151,7 +151,7 @@ def bench_generate(args):
     device = torch.device(args.device)
     model, cfg = build(args, device)
     model.eval()
-    fwd = torch.compile(model, mode="max-autotune-no-cudagraphs") if args.compile else model
+    fwd = torch.compile(model, mode="reduce-overhead") if args.compile else model   # CUDA graphs
     T = math.ceil(args.seconds * 50)
     steps = tuple(args.steps[: cfg.n_q])
     g = torch.Generator(device=device).manual_seed(0)
