@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -95,7 +96,7 @@ def build_validation(codec, root: str, args, device) -> dict:
     ds = data.StemPairDataset(root, "validation", codec.sample_rate, args.crop_seconds, seed=10_000 + args.seed,
                               length=args.val_pairs, verbose=False)
     ctx, tgt, inst = [], [], []
-    for i in tqdm(range(len(ds)), desc="validation set", leave=False, disable=not is_main()):
+    for i in tqdm(range(len(ds)), desc="validation set", leave=False, disable=args.no_progress or not is_main()):
         c, t, k = ds[i]
         ctx.append(tokenize(codec, c[None]))
         tgt.append(tokenize(codec, t[None]))
@@ -406,6 +407,7 @@ def train(args) -> dict:
                     raise TrainError(f"{in_a_row} non-finite losses in a row at step {step}; stopping "
                                      f"(lower --lr, or check the data for NaN audio)")
                 opt.zero_grad(set_to_none=True)
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
             else:
                 in_a_row = 0
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
