@@ -59,6 +59,18 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
     val = [r for r in rows if r["kind"] == "val"]
     assert val and len(val[-1]["acc_per_level"]) == 2 and 0 <= val[-1]["acc"] <= 1
+    final = rows[-1]
+    assert final["kind"] == "final"
+    for key in ("with_context", "context_dropped", "both_dropped", "constant_baseline"):
+        assert 0 <= final[key]["acc"] <= 1 and len(final[key]["acc_per_level"]) == 2
+
+
+def test_constant_baseline_is_the_best_constant_guess():
+    tgt = torch.tensor([[[1, 1, 2, 3]], [[1, 2, 2, 2]]])               # [B=2, Q=1, T=4]
+    loss_mask = torch.tensor([[[True, True, False, True]], [[True, True, True, False]]])
+    val = {"tgt": tgt, "masks": [(None, loss_mask)]}
+    # scored tokens: 1, 1, 3, 1, 2, 2 -> the best constant (1) is right 3 times out of 6
+    assert train.constant_baseline(val)["acc"] == pytest.approx(0.5)
 
 
 def test_existing_run_is_not_overwritten_without_resume(tiny_data, tmp_path, capsys):
