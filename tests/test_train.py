@@ -115,3 +115,32 @@ def test_two_processes_on_gloo_match_gradient_accumulation(tiny_data, tmp_path):
     assert a["step"] == b["step"] == 3
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_data, tmp_path):
+    import signal
+    import time
+    data_dir, codec_file = tiny_data
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
+           *argv(data_dir, codec_file, tmp_path, "--max-steps", "100000", "--save-every", "100000")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and '"train"' in metrics.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert 0 < ck["step"] < 100000
+
+
+def test_plot_draws_the_curves_of_a_run(tmp_path):
+    rows = [{"kind": "train", "step": s, "loss": 5 - s / 10, "lr": 1e-3, "tokens_per_s": 1.0} for s in range(1, 11)]
+    rows += [{"kind": "val", "step": 10, "acc": 0.2, "acc_per_level": [0.2], "acc_no_context": 0.1}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert train.main(["--plot", "--out", str(tmp_path)]) == 0
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
