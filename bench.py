@@ -31,6 +31,16 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def timed_once(fn, device) -> float:
+    """Seconds of one call of fn after one untimed warm-up call."""
+    fn()
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
 def peak_tflops(device, dtype) -> tuple[float, str]:
     """The device's peak matmul throughput: a datasheet value on known GPUs, else measured."""
     if device.type == "cuda":
@@ -137,12 +147,7 @@ def bench_train(args):
     if args.codec != "none":
         codec, what = make_codec(args, device)
         wave = torch.randn(2 * B, 1, int(args.crop_seconds * codec.sample_rate), device=device) * 0.1
-        codec.encode(wave)
-        sync(device)
-        t = time.perf_counter()
-        codec.encode(wave)
-        sync(device)
-        tok = time.perf_counter() - t
+        tok = timed_once(lambda: codec.encode(wave), device)         # context and target of a batch
         out.update(codec=what, tokenize_s=round(tok, 4), tokenize_fraction=round(tok / (tok + dt), 3))
     return out
 
@@ -186,18 +191,13 @@ def bench_generate(args):
            "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "preset": args.preset,
            "seconds": args.seconds, "frames": T, "steps": list(steps), "guidance": args.guidance,
            "branches": n_branches, "compile": args.compile, "forward_passes": n_passes,
-           "tokens_s": round(total, 3), "forward_s": round(fwd_time, 3),
+           "decode_tokens_s": round(total, 3), "forward_s": round(fwd_time, 3),
            "outside_forward_fraction": round(max(total - fwd_time, 0) / total, 3),
            "forward_tflops": round(forward_flops(model, n_branches, T) * n_passes / fwd_time / 1e12, 1)}
     if args.codec != "none":
         codec, what = make_codec(args, device)
         toks = torch.randint(0, codec.bins, (1, codec.n_q, T), device=device)
-        codec.decode(toks)
-        sync(device)
-        t = time.perf_counter()
-        codec.decode(toks)
-        sync(device)
-        dec = time.perf_counter() - t
+        dec = timed_once(lambda: codec.decode(toks), device)
         out.update(codec=what, codec_decode_s=round(dec, 3))
         total += dec
     out.update(total_s=round(total, 3), real_time_factor=round(total / args.seconds, 3))
