@@ -46,9 +46,9 @@ PAPER = dict(preset="paper", codec="encodec_32khz", codec_bins=1024, batch=40, m
              lr=5e-4, warmup=10_000, hold=50_000, decay=300_000, final_lr_frac=0.01, weight_decay=0.01,
              max_steps=360_000, patience=20_000, eval_every=1000, save_every=1000, val_pairs=400,
              p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, workers=4)
-DEMO = dict(preset="tiny", codec="spectral", codec_bins=256, batch=16, micro_batch=None, crop_seconds=5.0,
-            lr=2e-3, warmup=100, hold=1000, decay=2000, final_lr_frac=0.05, weight_decay=0.01,
-            max_steps=1500, patience=1000, eval_every=100, save_every=100, val_pairs=64,
+DEMO = dict(preset="tiny", codec="spectral", codec_bins=1024, batch=16, micro_batch=None, crop_seconds=5.0,
+            lr=2e-3, warmup=100, hold=400, decay=300, final_lr_frac=0.1, weight_decay=0.01,
+            max_steps=800, patience=800, eval_every=200, save_every=200, val_pairs=64,
             p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, workers=1)
 
 
