@@ -164,10 +164,10 @@ def bench_generate(args):
     inst = torch.tensor([0], device=device)
     kw = dict(steps=steps, guidance=args.guidance, progress=False, generator=g)
     if args.compile:  # warm the compiled graph up
-        decode.generate_tokens(fwd_wrapper(fwd, cfg), ctx, inst, **{**kw, "steps": (2,) * cfg.n_q})
+        decode.generate_tokens(fwd, ctx, inst, **{**kw, "steps": (2,) * cfg.n_q})
     sync(device)
     t = time.perf_counter()
-    tokens = decode.generate_tokens(fwd_wrapper(fwd, cfg), ctx, inst, **kw)
+    tokens = decode.generate_tokens(fwd, ctx, inst, **kw)
     sync(device)
     total = time.perf_counter() - t
     # the same forward passes alone (fixed shapes, as in the loop) give the model's share of the time
@@ -203,21 +203,6 @@ def bench_generate(args):
     out.update(total_s=round(total, 3), real_time_factor=round(total / args.seconds, 3))
     del tokens
     return out
-
-
-def fwd_wrapper(fwd, cfg):
-    """Give a (possibly compiled) forward the .cfg attribute decode.py reads."""
-    if hasattr(fwd, "cfg"):
-        return fwd
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.cfg = cfg
-
-        def forward(self, *a, **k):
-            return fwd(*a, **k)
-    return Wrapped()
 
 
 def device_name(device) -> str:

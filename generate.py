@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlap of consecutive windows, given to the model as already-decoded tokens "
                         "(default: half the window)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model with CUDA graphs (GPU; pays off for long or many stems)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     return p
 
@@ -359,6 +361,8 @@ def run(args) -> list[str]:
     x, sr = read_context(args.context)                                        # [C, S] at the file's rate
     device = pick_device(args.device)
     net, tok, ckpt = load_model(args.checkpoint, device)
+    if args.compile:
+        net = torch.compile(net, mode="reduce-overhead")   # fixed window shapes: one CUDA graph per level
     window_seconds = args.window if args.window is not None else checkpoint_window_seconds(ckpt)
 
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
