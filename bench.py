@@ -98,7 +98,8 @@ def make_codec(args, device):
     basis = torch.linalg.qr(torch.randn(n_freq, dim, generator=g))[0].T.contiguous()   # [D, F] orthonormal
     spectral = codec_lib.SpectralCodec(torch.rand(n_freq, generator=g), basis,
                                        torch.randn(4, 1024, dim, generator=g) * 0.1)
-    return spectral.to(device), "spectral 4 x 1024, random codebooks, 64 Griffin-Lim iterations"
+    return spectral.to(device), (f"spectral 4 x 1024, random codebooks, {spectral.griffin_lim_iters} "
+                                 "Griffin-Lim iterations")
 
 
 def bench_train(args):
@@ -230,8 +231,8 @@ def main(argv=None):
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     g = sub.choices["generate"]
     g.add_argument("--seconds", type=float, default=20.0, help="stem length")
-    g.add_argument("--steps", type=int, nargs="+", default=[128, 64, 32, 32], help="decoding steps per level")
-    g.add_argument("--guidance", default="multi", choices=list(decode.GUIDANCE_MODES))
+    g.add_argument("--steps", type=int, nargs="+", default=list(decode.Sampling.steps), help="decoding steps per level")
+    g.add_argument("--guidance", default=decode.Sampling.guidance, choices=list(decode.GUIDANCE_MODES))
     args = p.parse_args(argv)
     torch.manual_seed(0)
     res = bench_train(args) if args.cmd == "train" else bench_generate(args)

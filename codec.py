@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import data
 from audio import AudioError, audio_info, check_finite, load_mono, resample, to_mono
 
 ENCODEC_HUB_ID = "facebook/encodec_32khz"
@@ -44,7 +45,6 @@ ENCODEC_32KHZ_CONFIG = dict(
 )
 
 AUDIO_EXTENSIONS = (".flac", ".wav")
-SPLITS = ("train", "validation", "test")
 
 
 class CodecUnavailable(RuntimeError):
@@ -283,7 +283,7 @@ def load_encodec(weights: str | None = None, device="cpu") -> EncodecCodec:
                                                         " or the hub (no network?)"))
         raise CodecUnavailable(encodec_help(f"Cannot load {ENCODEC_HUB_ID} {where}: "
                                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"))
-    return EncodecCodec(model, source=weights or ENCODEC_HUB_ID).to(device)
+    return EncodecCodec(model, source=os.path.abspath(weights) if weights else ENCODEC_HUB_ID).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -500,12 +500,27 @@ def open_codec(name: str, weights: str | None = None, device="cpu") -> Codec:
 def find_tracks(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
     """Audio files of a Slakh-layout folder grouped by track: [[stems/S00.flac, ..., mix.flac], ...].
 
-    When `data_dir` has split folders, only those in `splits` are read. A folder of loose audio files
-    (no stems/) counts each file as its own track.
+    Tracks and their splits come from data.scan_tracks (split folders, or data.py's hash split without
+    them), so the codec is fitted on the same training tracks the model sees and measured on held-out ones.
+    Folders without metadata.yaml fall back to audio_files_by_track.
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data folder not found: {data_dir}")
-    present = [s for s in SPLITS if os.path.isdir(os.path.join(data_dir, s))]
+    tracks = []
+    for split in splits:
+        try:
+            found, _ = data.scan_tracks(data_dir, split)
+        except data.DatasetError:
+            found = []
+        for t in found:
+            mix = [p for p in glob.glob(os.path.join(t.path, "mix.*")) if p.lower().endswith(AUDIO_EXTENSIONS)]
+            tracks.append([s.path for s in t.stems] + sorted(mix)[:1])
+    return tracks or audio_files_by_track(data_dir, splits)
+
+
+def audio_files_by_track(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
+    """Audio files of a folder without metadata, grouped by track folder (stems/ and mix.*), else one per file."""
+    present = [s for s in data.SPLITS if os.path.isdir(os.path.join(data_dir, s))]
     roots = [os.path.join(data_dir, s) for s in splits if s in present] if present else [data_dir]
     files = sorted(p for r in roots for p in glob.glob(os.path.join(r, "**", "*"), recursive=True)
                    if p.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(p))
@@ -687,10 +702,8 @@ def chroma_similarity(ref: np.ndarray, est: np.ndarray, sample_rate: int, n_fft:
 
 def measure(codec: Codec, data_dir: str, seconds: float = 20.0, max_files: int | None = None, seed: int = 0,
             progress: bool = True) -> list[dict]:
-    """Round-trip every held-out file (test split, else validation, else all): one row of metrics per file."""
-    present = [s for s in SPLITS if os.path.isdir(os.path.join(data_dir, s))]
-    split = ("test",) if "test" in present else ("validation",) if "validation" in present else SPLITS
-    files = [p for track in find_tracks(data_dir, split) for p in track]
+    """Round-trip every held-out file (the test split; loose files as they are): one row of metrics per file."""
+    files = [p for track in find_tracks(data_dir, ("test",)) for p in track]
     rng = np.random.default_rng(seed)
     if max_files is not None and len(files) > max_files:
         files = sorted(rng.choice(files, max_files, replace=False))

@@ -9,6 +9,7 @@ stay masked. The next level starts once a level is complete.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
@@ -16,6 +17,24 @@ from tqdm import tqdm
 from guidance import guided_logprobs
 
 GUIDANCE_MODES = ("none", "joint", "multi")
+
+
+@dataclass
+class Sampling:
+    """Sampling knobs with the paper's values as defaults (Sec. 2.1.1, 2.1.2, 3.2.1)."""
+    steps: tuple[int, ...] = (128, 64, 32, 32)  # decoding steps per RVQ level, coarsest first
+    w_c: float = 0.1              # eq. 1 weight of the model's confidence
+    w_s: float = 0.1              # eq. 1 weight of the causal bias (1 - n/N)
+    w_r: float = 1.0              # eq. 1 weight of the uniform noise X
+    guidance: str = "multi"       # "multi" (eq. 3), "joint" (eq. 2) or "none"
+    scale_audio: float = 3.0      # lambda_a: guidance scale of the context-mix (eq. 3), lambda of eq. 2
+    scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
+    temperature: float = 1.0      # softmax temperature of the sampled candidates
+
+    @classmethod
+    def naive(cls, **overrides) -> "Sampling":
+        """The paper's naive setting (Sec. 3.2, Tab. 3): no classifier-free guidance and no causal bias."""
+        return replace(cls(guidance="none", w_s=0.0), **overrides)
 
 
 def cosine_schedule(n_masked: int, steps: int) -> list[int]:
@@ -83,9 +102,10 @@ def guided_level_logprobs(model, context, target, instrument, level: int, guidan
 
 
 @torch.no_grad()
-def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, steps=(128, 64, 32, 32),
-                    w_c: float = 0.1, w_s: float = 0.1, w_r: float = 1.0, guidance: str = "multi",
-                    scale_audio: float = 3.0, scale_instrument: float = 3.0, temperature: float = 1.0,
+def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, steps=Sampling.steps,
+                    w_c: float = Sampling.w_c, w_s: float = Sampling.w_s, w_r: float = Sampling.w_r,
+                    guidance: str = Sampling.guidance, scale_audio: float = Sampling.scale_audio,
+                    scale_instrument: float = Sampling.scale_instrument, temperature: float = Sampling.temperature,
                     prompt: torch.Tensor | None = None, generator: torch.Generator | None = None,
                     progress: bool = True) -> torch.Tensor:
     """Generate target-stem tokens for a context, level by level (Sec. 2.1.1).

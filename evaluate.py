@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--codec-weights", metavar="PATH",
+                   help="where the checkpoint's codec weights are on this machine, if its stored path is not")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -468,7 +470,7 @@ def run(args) -> dict:
     if isinstance(embedding, VGGishEmbedding):
         embedding.net.to(device)
         embedding.device = device
-    net, tok, ckpt = generate.load_model(args.checkpoint, device)
+    net, tok, ckpt = generate.load_model(args.checkpoint, device, args.codec_weights)
     seconds = args.seconds or generate.checkpoint_window_seconds(ckpt) or generate.DEFAULT_WINDOW_SECONDS
     base = generate.Sampling(temperature=args.temperature)
     if args.steps:
@@ -510,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except (EvaluateError, generate.GenerateError, audio.AudioError, codec_lib.CodecUnavailable,
-            data.DatasetError) as e:
+            data.DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ import audio
 import codec as codec_lib
 import data
 import decode
+from decode import Sampling  # the paper's sampling settings (re-exported for evaluate.py)
 import model as model_lib
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes by default
@@ -42,29 +43,15 @@ class GenerateError(RuntimeError):
     """A problem the user can fix (bad flag, missing checkpoint, unusable context); one line, no traceback."""
 
 
-@dataclass
-class Sampling:
-    """Sampling knobs with the paper's values as defaults (Sec. 2.1.1, 2.1.2, 3.2.1)."""
-    steps: tuple[int, ...] = (128, 64, 32, 32)  # decoding steps per RVQ level, coarsest first
-    w_c: float = 0.1              # eq. 1 weight of the model's confidence
-    w_s: float = 0.1              # eq. 1 weight of the causal bias (1 - n/N)
-    w_r: float = 1.0              # eq. 1 weight of the uniform noise X
-    guidance: str = "multi"       # "multi" (eq. 3), "joint" (eq. 2) or "none"
-    scale_audio: float = 3.0      # lambda_a: guidance scale of the context-mix (eq. 3), lambda of eq. 2
-    scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
-    temperature: float = 1.0      # softmax temperature of the sampled candidates
-
-    @classmethod
-    def naive(cls, **overrides) -> "Sampling":
-        """The paper's naive setting (Sec. 3.2, Tab. 3): no classifier-free guidance and no causal bias."""
-        return replace(cls(guidance="none", w_s=0.0), **overrides)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Model, codec and context
 
-def load_model(checkpoint: str, device: str | torch.device = "cpu"):
-    """Load a checkpoint and rebuild its model (eval mode) and codec. Returns (model, codec, ckpt)."""
+def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weights: str | None = None):
+    """Load a checkpoint and rebuild its model (eval mode) and codec. Returns (model, codec, ckpt).
+
+    `codec_weights` says where the codec's parameters are when the checkpoint's own path does not exist here
+    (a local facebook/encodec_32khz folder, or a fitted spectral codec file).
+    """
     if not os.path.isfile(checkpoint):
         raise GenerateError(f"checkpoint not found: {checkpoint} (train one with `python train.py`, "
                             f"or pass --checkpoint PATH)")
@@ -82,7 +69,10 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu"):
     except (KeyError, ValueError, RuntimeError) as e:
         raise GenerateError(f"checkpoint {checkpoint} does not fit this version of model.py: "
                             f"{str(e).splitlines()[0]}") from None
-    tok = codec_lib.load_codec(ckpt["codec_spec"], device=device)  # CodecUnavailable propagates to main
+    try:  # CodecUnavailable propagates to main
+        tok = codec_lib.load_codec(ckpt["codec_spec"], device=device, weights=codec_weights)
+    except ValueError as e:
+        raise GenerateError(f"checkpoint {checkpoint}: {e}") from None
     if (tok.n_q, tok.bins) != (net.cfg.n_q, net.cfg.bins):
         raise GenerateError(f"checkpoint {checkpoint}: codec has {tok.n_q} x {tok.bins} tokens but the model "
                             f"expects {net.cfg.n_q} x {net.cfg.bins}")
@@ -324,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlap of consecutive windows, given to the model as already-decoded tokens "
                         "(default: half the window)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--codec-weights", metavar="PATH",
+                   help="where the checkpoint's codec weights are on this machine (a local facebook/encodec_32khz "
+                        "folder, or a fitted spectral codec file) when its stored path does not exist here")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model with CUDA graphs (GPU; pays off for long or many stems)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
@@ -360,7 +353,7 @@ def run(args) -> list[str]:
 
     x, sr = read_context(args.context)                                        # [C, S] at the file's rate
     device = pick_device(args.device)
-    net, tok, ckpt = load_model(args.checkpoint, device)
+    net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
     if args.compile:
         net = torch.compile(net, mode="reduce-overhead")   # fixed window shapes: one CUDA graph per level
     window_seconds = args.window if args.window is not None else checkpoint_window_seconds(ckpt)
@@ -394,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (GenerateError, audio.AudioError, codec_lib.CodecUnavailable) as e:
+    except (GenerateError, audio.AudioError, codec_lib.CodecUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
