@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import codec as codec_lib
 import data
+import synth
 from guidance import drop_conditions
 from masking import mask_target
 from model import PRESETS, ModelConfig, StemGen, count_parameters, load_checkpoint, save_checkpoint
@@ -42,14 +43,14 @@ DEMO_DATA = os.path.join("data", "synth")
 
 # The paper's recipe (Sec. 3) for --data runs, and the CPU demo used when no --data is given.
 # Knobs not given on the command line take their value from one of these two tables.
-PAPER = dict(preset="paper", codec="encodec_32khz", codec_bins=1024, batch=40, micro_batch=None, crop_seconds=20.0,
+PAPER = dict(preset="paper", codec="encodec_32khz", codec_bins=1024, batch=40, micro_batch=8, crop_seconds=20.0,
              lr=5e-4, warmup=10_000, hold=50_000, decay=300_000, final_lr_frac=0.01, weight_decay=0.01,
              max_steps=360_000, patience=20_000, eval_every=1000, save_every=1000, val_pairs=400,
-             p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, workers=4)
-DEMO = dict(preset="tiny", codec="spectral", codec_bins=1024, batch=16, micro_batch=None, crop_seconds=5.0,
+             p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, max_prefix=0.9, workers=4, seed=0)
+DEMO = dict(preset="tiny", codec="spectral", codec_bins=1024, batch=16, micro_batch=16, crop_seconds=5.0,
             lr=2e-3, warmup=100, hold=400, decay=300, final_lr_frac=0.1, weight_decay=0.01,
             max_steps=800, patience=800, eval_every=200, save_every=200, val_pairs=64,
-            p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, workers=1)
+            p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, max_prefix=0.9, workers=1, seed=0)
 
 
 MAX_NONFINITE_IN_A_ROW = 10
@@ -77,7 +78,8 @@ def masked_loss(model, ctx_tok, tgt_tok, instrument, args, generator):
     instrument, ctx_dropped = drop_conditions(instrument, data.NULL_INSTRUMENT, args.p_drop_context,
                                               args.p_drop_instrument, generator)
     cfg = model.module.cfg if hasattr(model, "module") else model.cfg
-    masked, loss_mask = mask_target(tgt_tok, cfg.mask_id, generator, prefix_prob=args.prefix_prob)
+    masked, loss_mask = mask_target(tgt_tok, cfg.mask_id, generator, prefix_prob=args.prefix_prob,
+                                    max_prefix=args.max_prefix)
     level = loss_mask.any(-1).float().argmax(-1)                      # [B] the level each example trains
     logits = model(ctx_tok, masked, instrument, ctx_dropped, level=level)          # [B, T, V]
     at_level = loss_mask[torch.arange(len(level), device=level.device), level]     # [B, T]
@@ -157,6 +159,15 @@ def listening_report(model, val: dict, batch: int) -> dict:
             "constant_baseline": constant_baseline(val)}
 
 
+def stop_all(local: bool, device) -> bool:
+    """True on every process when any process wants to stop (keeps DDP ranks in step)."""
+    if not dist.is_initialized():
+        return bool(local)
+    flag = torch.tensor([float(local)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -180,8 +191,14 @@ def setup_distributed():
     return rank, world, torch.device("cpu")
 
 
-def resolve_args(args) -> argparse.Namespace:
-    """Fill unset knobs from the paper's recipe (--data given) or the CPU demo (no --data)."""
+def resolve_args(args, saved: dict | None = None) -> argparse.Namespace:
+    """Fill unset knobs: from the resumed run's settings, else the paper's recipe (--data) or the CPU demo."""
+    if saved:
+        for k, v in saved.items():
+            if hasattr(args, k) and getattr(args, k) is None:
+                setattr(args, k, v)
+        if args.data == DEMO_DATA and saved.get("demo"):
+            args.data = None
     table = DEMO if args.data is None else PAPER
     for k, v in table.items():
         if getattr(args, k) is None:
@@ -191,11 +208,20 @@ def resolve_args(args) -> argparse.Namespace:
         args.demo = True
     else:
         args.demo = False
+    if args.decay <= 0 or args.warmup < 0 or args.hold < 0 or args.batch < 1 or args.micro_batch < 1:
+        raise TrainError("need --decay > 0, --warmup >= 0, --hold >= 0, --batch >= 1 and --micro-batch >= 1")
+    if not 0 <= args.max_prefix < 1 or not 0 <= args.prefix_prob <= 1:
+        raise TrainError("need 0 <= --max-prefix < 1 and 0 <= --prefix-prob <= 1")
     return args
 
 
-def prepare_codec(args, device):
-    """The paper's Encodec, or the offline spectral codec (fitted on the training data if not there yet)."""
+def prepare_codec(args, device, resume: dict | None = None):
+    """The paper's Encodec, or the offline spectral codec (fitted on the training data if not there yet).
+
+    A resumed run uses the codec stored in its checkpoint.
+    """
+    if resume is not None:
+        return codec_lib.load_codec(resume["codec_spec"], device=device, weights=args.codec_weights)
     if args.codec == "spectral":
         path = args.codec_file or os.path.join(args.data, "spectral_codec.pt")
         if not os.path.isfile(path):
@@ -273,7 +299,8 @@ def parse_args(argv=None):
     p.add_argument("--codec-file", help="fitted spectral codec file (default: DATA/spectral_codec.pt, fitted if absent)")
     p.add_argument("--codec-bins", type=int, help="spectral codec: codebook size per level when it is fitted here")
     p.add_argument("--batch", type=int, help="global batch size in examples (paper: 40)")
-    p.add_argument("--micro-batch", type=int, help="examples per forward pass per GPU; the rest is gradient accumulation")
+    p.add_argument("--micro-batch", type=int, help="at most this many examples per forward pass per process "
+                   "(the largest divisor of the per-process batch up to it); the rest is gradient accumulation")
     p.add_argument("--crop-seconds", type=float, help="training crop length (paper: 20 s)")
     p.add_argument("--lr", type=float, help="peak learning rate (paper: 5e-4)")
     p.add_argument("--warmup", type=int, help="linear warm-up steps (paper: 10k)")
@@ -289,8 +316,9 @@ def parse_args(argv=None):
     p.add_argument("--p-drop-context", type=float, help="probability of dropping the context-mix (Sec. 2.1.2)")
     p.add_argument("--p-drop-instrument", type=float, help="probability of dropping the instrument (Sec. 2.1.2)")
     p.add_argument("--prefix-prob", type=float, help="probability of an unmasked target prefix (window continuation)")
+    p.add_argument("--max-prefix", type=float, help="longest unmasked prefix, as a fraction of the crop")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model init, the data and the masks")
+    p.add_argument("--seed", type=int, help="seed of the model init, the data and the masks (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue OUT/ckpt.pt bit-for-bit (model, optimizer, schedule, step)")
     p.add_argument("--init-from", help="start from a checkpoint's weights only (fresh optimizer and schedule)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -301,7 +329,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def train(args) -> dict:
+def train(args, resume: dict | None = None) -> dict:
     rank, world, device = setup_distributed()
     if args.device:
         device = torch.device(args.device)
@@ -315,31 +343,32 @@ def train(args) -> dict:
     if args.demo and not os.path.isdir(args.data):
         if not is_main():
             raise TrainError("render the demo data first (python synth.py)")
-        import synth
         print(f"rendering the built-in synthetic dataset into {args.data} ({args.tracks} tracks)", file=sys.stderr)
         synth.make_dataset(args.data, tracks=args.tracks, seed=args.seed)
     if not os.path.isdir(args.data):
         raise TrainError(f"dataset folder not found: {args.data}")
 
-    codec = prepare_codec(args, device)
+    codec = prepare_codec(args, device, resume)
     train_ds = data.StemPairDataset(args.data, "train", codec.sample_rate, args.crop_seconds, seed=args.seed,
                                     length=10**12, verbose=is_main())
 
-    resume = None
-    if args.resume:
-        if not os.path.isfile(ckpt_path):
-            raise TrainError(f"--resume: no checkpoint at {ckpt_path}")
-        resume = load_checkpoint(ckpt_path, "cpu")
+    if resume is not None:
         cfg = ModelConfig.from_dict(resume["model_config"])
     else:
         cfg = replace(PRESETS[args.preset], n_q=codec.n_q, bins=codec.bins,
                       max_len=max(PRESETS[args.preset].max_len, math.ceil(args.crop_seconds * codec.frame_rate)))
-        if os.path.isfile(ckpt_path) and is_main() and not args.init_from:
+        if os.path.isfile(ckpt_path) and is_main():
             raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
+    if math.ceil(args.crop_seconds * codec.frame_rate) > cfg.max_len:
+        raise TrainError(f"--crop-seconds {args.crop_seconds} is longer than the model's max_len ({cfg.max_len} frames)")
     model = StemGen(cfg).to(device)
     if args.init_from:
         src = load_checkpoint(args.init_from, "cpu")
-        model.load_state_dict(src["model"])
+        try:
+            model.load_state_dict(src["model"])
+        except RuntimeError as e:
+            raise TrainError(f"--init-from {args.init_from} does not fit this model (preset/codec differ): "
+                             f"{str(e).splitlines()[0]}") from None
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
                             fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -356,10 +385,11 @@ def train(args) -> dict:
     if world > 1:
         fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
 
-    micro = args.micro_batch or max(1, args.batch // world)
-    if args.batch % (micro * world):
-        raise TrainError(f"--batch {args.batch} is not a multiple of micro-batch {micro} x {world} processes")
-    accum = args.batch // (micro * world)
+    if args.batch % world:
+        raise TrainError(f"--batch {args.batch} is not a multiple of the {world} processes")
+    per_rank = args.batch // world
+    micro = max(d for d in range(1, min(args.micro_batch, per_rank) + 1) if per_rank % d == 0)
+    accum = per_rank // micro
     val = build_validation(codec, args.data, args, device) if is_main() else None
     if is_main():
         print(f"model: {args.preset} preset, {count_parameters(model) / 1e6:.1f} M parameters; codec "
@@ -400,7 +430,7 @@ def train(args) -> dict:
     data_iter = batches()
     try:
         while step < args.max_steps:
-            if interrupted:
+            if stop_all(interrupted, device):
                 stop_reason = "interrupted (Ctrl-C); checkpoint saved"
                 break
             opt.zero_grad(set_to_none=True)
@@ -452,7 +482,8 @@ def train(args) -> dict:
                 if step % args.save_every == 0:
                     save_checkpoint(ckpt_path, make_checkpoint(model, cfg, codec, opt, sched, step, best,
                                                                best_step, args, nonfinite))
-            if step - best_step >= args.patience and best_step > 0:
+            # rank 0 validates, so it decides the early stop for every process
+            if stop_all(is_main() and best_step > 0 and step - best_step >= args.patience, device):
                 stop_reason = f"early stop: no better validation accuracy for {args.patience} steps"
                 break
     finally:
@@ -482,15 +513,22 @@ def main(argv=None) -> int:
         if args.plot:
             print(plot_metrics(args.out))
             return 0
-        args = resolve_args(args)
-        result = train(args)
+        resume = None
+        if args.resume:
+            path = os.path.join(args.out, "ckpt.pt")
+            if not os.path.isfile(path):
+                raise TrainError(f"--resume: no checkpoint at {path}")
+            resume = load_checkpoint(path, "cpu")
+        args = resolve_args(args, resume["train_args"] if resume else None)
+        result = train(args, resume)
         if is_main() and args.demo:
             ctx, name = write_demo_context(args, result["sample_rate"])
             print(f"\ntry: python generate.py --context {ctx} --instrument {name.lower()!r}", file=sys.stderr)
         if dist.is_initialized():
             dist.destroy_process_group()
         return 0
-    except (TrainError, data.DatasetError, codec_lib.CodecUnavailable) as e:
+    except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, synth.SynthError, FileNotFoundError,
+            FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

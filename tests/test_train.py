@@ -46,7 +46,8 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path):
     data_dir, codec_file = tiny_data
     assert train.main(argv(data_dir, codec_file, tmp_path / "full", "--max-steps", "6")) == 0
     assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "3")) == 0
-    assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "6", "--resume")) == 0
+    # the resumed run takes its data, codec and recipe from the checkpoint; only the new step limit is given
+    assert train.main(["--out", str(tmp_path / "part"), "--resume", "--max-steps", "6", "--no-progress"]) == 0
     a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "part" / "ckpt.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
