@@ -73,19 +73,36 @@ def load_mono(path: str, sample_rate: int, start: int = 0, frames: int = -1) -> 
     return resample(x, sr, sample_rate)
 
 
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad the last axis to exactly n samples."""
+    if x.shape[-1] >= n:
+        return x[..., :n]
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+
+
+def atomic_write(path: str, write, suffix: str = "", overwrite: bool = False) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place.
+
+    A crash never leaves a partial file at `path`; an existing file is kept unless overwrite is set.
+    """
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"output exists: {path} (pass --force to overwrite)")
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=d, prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_audio(path: str, x: np.ndarray, sample_rate: int, overwrite: bool = False) -> None:
     """Write [S] or [C, S] audio atomically (temporary file, then rename); refuse to overwrite unless asked."""
     if os.path.exists(path) and not overwrite:
         raise AudioError(f"output exists: {path} (pass --force to overwrite)")
     data = x.T if x.ndim == 2 else x
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    ext = os.path.splitext(path)[1] or ".wav"
-    fd, tmp = tempfile.mkstemp(suffix=ext, dir=d, prefix=".tmp-")
-    os.close(fd)
-    try:
-        sf.write(tmp, data, sample_rate)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: sf.write(tmp, data, sample_rate), os.path.splitext(path)[1] or ".wav",
+                 overwrite=True)

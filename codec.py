@@ -20,7 +20,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from audio import AudioError, audio_info, check_finite, load_mono, resample, to_mono
+from audio import AudioError, atomic_write, audio_info, check_finite, load_mono, resample, to_mono
 
 ENCODEC_HUB_ID = "facebook/encodec_32khz"
 
@@ -426,18 +425,7 @@ class SpectralCodec(Codec):
 
 def save_spectral(codec: SpectralCodec, path: str, overwrite: bool = False) -> None:
     """Write a fitted spectral codec (its spec dict) atomically; refuse to overwrite unless asked."""
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"output exists: {path} (pass --force to overwrite)")
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=d, prefix=".tmp-")
-    os.close(fd)
-    try:
-        torch.save(codec.spec(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(codec.spec(), tmp), ".pt", overwrite)
 
 
 def load_spectral_file(path: str) -> dict:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from audio import AudioError, audio_info, read_audio, resample, to_mono
+from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
 
 # The 17 Slakh `inst_class` values: the 16 General MIDI program families in GM order (Slakh spelling),
 # then Drums. Slakh's own metadata labels the GM "Synth Effects" family (programs 96-103) "Sound Effects"
@@ -251,13 +251,6 @@ def read_crop(stem: Stem, start_s: float, seconds: float) -> np.ndarray:
     return x
 
 
-def fit_length(x: np.ndarray, n: int) -> np.ndarray:
-    """Trim or zero-pad a 1-D buffer to exactly n samples (crops past a song's end are padded with zeros)."""
-    if len(x) >= n:
-        return x[:n]
-    return np.pad(x, (0, n - len(x)))
-
-
 def choose_pair(n_sounding: int, rng: np.random.Generator) -> tuple[list[int], int]:
     """Draw a (context subset, target) pair uniformly among the m/2 (2^m - 2) pairs of m stems (Sec. 2).
 
@@ -344,6 +337,16 @@ class StemPairDataset(torch.utils.data.Dataset):
             return None
         return torch.from_numpy(context.astype(np.float32)), torch.from_numpy(target.astype(np.float32)), track.stems[tgt].instrument
 
+    def _skip_bad_stem(self, track: Track, error: AudioError) -> None:
+        """Drop the stem named in the error from its track, count it and say so once."""
+        bad = [s for s in track.stems if s.path in str(error)]
+        if not bad:
+            raise DatasetError(f"cannot read a stem of {track.path}: {error}")
+        for s in bad:
+            track.stems.remove(s)
+        self.skips["unreadable or non-finite stem"] += len(bad)
+        print(f"data: skipping {', '.join(s.path for s in bad)}: {error}", file=sys.stderr)
+
     def _draw(self, i: int, rng: np.random.Generator, any_segment: bool = False):
         """Up to max_tries crops: the first ones from segment i, later ones from random segments."""
         for attempt in range(self.max_tries):
@@ -354,8 +357,9 @@ class StemPairDataset(torch.utils.data.Dataset):
             start = a + float(rng.random()) * max(0.0, b - a - self.crop_seconds)
             try:
                 item = self._try_crop(track, start, rng)
-            except AudioError as e:
-                raise DatasetError(f"cannot read a stem of {track.path}: {e}") from None
+            except AudioError as e:  # a broken stem: skip and count it, never stop a long run
+                self._skip_bad_stem(track, e)
+                continue
             if item is not None:
                 return item
         raise DatasetError(

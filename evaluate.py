@@ -26,7 +26,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import asdict, replace
 
@@ -292,7 +291,7 @@ def generate_population(net, tok, examples, sampling, seed: int, window_seconds:
         g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
         stem = generate.generate_stem(net, tok, context, int(instrument), sampling, generator=g,
                                       window_seconds=window_seconds)
-        out.append(generate.fit_length(stem, len(context)))
+        out.append(audio.fit_length(stem, len(context)))
     return out
 
 
@@ -400,16 +399,10 @@ def markdown_table(result: dict) -> str:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
+    def write(tmp):
+        with open(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    audio.atomic_write(path, write, overwrite=True)
 
 
 def output_paths(out_dir: str, sweep: str) -> tuple[str, str]:

@@ -211,13 +211,6 @@ def generate_stem(net, tok, context: np.ndarray, instrument: int, sampling: Samp
                           window_seconds, overlap_seconds)[0]
 
 
-def fit_length(x: np.ndarray, n: int) -> np.ndarray:
-    """Trim or zero-pad the last axis to n samples (resampling can be off by a sample)."""
-    if x.shape[-1] >= n:
-        return x[..., :n]
-    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -366,7 +359,7 @@ def run(args) -> list[str]:
     context = audio.resample(audio.to_mono(x), sr, tok.sample_rate)           # [S'] at the codec rate
     stems = generate_stems(net, tok, context, instruments, sampling, generator, not args.quiet,
                            window_seconds, args.overlap)
-    stems = [fit_length(audio.resample(s, tok.sample_rate, sr), x.shape[1]) for s in stems]  # [S] each
+    stems = [audio.fit_length(audio.resample(s, tok.sample_rate, sr), x.shape[1]) for s in stems]  # [S] each
 
     outputs = list(zip(outs, stems))
     if mix_path:

@@ -180,3 +180,15 @@ def test_segments_cover_song_in_minutes():
     assert data.segments(t, 60.0, 20.0) == [(0.0, 60.0), (60.0, 120.0), (120.0, 150.0)]
     t.stems[0].frames = 130_000  # 130 s: the 10 s tail is shorter than a crop and joins the last segment
     assert data.segments(t, 60.0, 20.0) == [(0.0, 60.0), (60.0, 130.0)]
+
+
+def test_a_stem_that_breaks_during_training_is_skipped_and_counted(tmp_path, capsys):
+    root = str(tmp_path / "ds")
+    d = make_track(root, "Track00001", BAND, sr=16000, seconds=3.0, split="train")
+    ds = StemPairDataset(root, "train", sample_rate=8000, crop_seconds=1.0, seed=0, length=8, verbose=False)
+    broken = os.path.join(d, "stems", "S02.wav")
+    sf.write(broken, np.full((48000, 2), np.nan, dtype=np.float32), 16000, subtype="FLOAT")   # NaN samples
+    items = [ds[i] for i in range(8)]
+    assert all(inst in (0, 4) for _, _, inst in items)        # the Guitar stem is never used again
+    assert ds.skips["unreadable or non-finite stem"] == 1
+    assert "S02.wav" in capsys.readouterr().err
