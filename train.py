@@ -48,8 +48,8 @@ PAPER = dict(preset="paper", codec="encodec_32khz", codec_bins=1024, batch=40, m
              max_steps=360_000, patience=20_000, eval_every=1000, save_every=1000, val_pairs=400,
              p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, max_prefix=0.9, workers=4, seed=0)
 DEMO = dict(preset="tiny", codec="spectral", codec_bins=1024, batch=16, micro_batch=16, crop_seconds=5.0,
-            lr=2e-3, warmup=100, hold=400, decay=300, final_lr_frac=0.1, weight_decay=0.01,
-            max_steps=800, patience=800, eval_every=200, save_every=200, val_pairs=64,
+            lr=2e-3, warmup=100, hold=300, decay=200, final_lr_frac=0.1, weight_decay=0.01,
+            max_steps=600, patience=600, eval_every=200, save_every=200, val_pairs=64,
             p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, max_prefix=0.9, workers=1, seed=0)
 
 
