@@ -20,7 +20,7 @@ import torch
 
 import decode
 from model import PRESETS, StemGen, count_parameters
-from train import masked_loss
+from train import PAPER, masked_loss
 
 # Dense bf16 peak (TFLOP/s) from the vendors' datasheets.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -115,7 +115,8 @@ def bench_train(args):
     tgt = torch.randint(0, cfg.bins, (B, cfg.n_q, T), device=device, generator=g)
     inst = torch.randint(0, 17, (B,), device=device, generator=g)
 
-    recipe = argparse.Namespace(p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1)
+    recipe = argparse.Namespace(**{k: PAPER[k] for k in ("p_drop_context", "p_drop_instrument", "prefix_prob",
+                                                         "max_prefix")})
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
