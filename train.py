@@ -467,7 +467,7 @@ def train(args, resume: dict | None = None) -> dict:
             bar.update(1)
             if is_main():
                 rate = tokens_seen * world / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss_val:.3f}", acc=f"{max(best, 0):.3f}",
+                bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{best:.3f}" if best >= 0 else "-",
                                 lr=f"{sched.get_last_lr()[0]:.2e}", tok_s=f"{rate:.0f}")
                 metrics.write(json.dumps({"kind": "train", "step": step, "loss": loss_val,
                                           "lr": sched.get_last_lr()[0], "tokens_per_s": rate}) + "\n")
