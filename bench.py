@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 import decode
-from model import PRESETS, StemGen, count_parameters
+from model import PRESETS, StemGen, autocast, count_parameters
 from train import PAPER, masked_loss
 
 # Dense bf16 peak (TFLOP/s) from the vendors' datasheets.
@@ -119,7 +119,7 @@ def bench_train(args):
                                                          "max_prefix")})
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             loss = masked_loss(fwd, ctx, tgt, inst, recipe, g)     # the training objective of train.py
         loss.backward()
         opt.step()
@@ -184,7 +184,7 @@ def bench_generate(args):
     d3 = torch.zeros(n_branches, dtype=torch.bool, device=device)
     sync(device)
     t = time.perf_counter()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.no_grad(), autocast(device):
         for _ in range(n_passes):
             fwd(c3, tgt, i3, d3, level=0)
     sync(device)

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from guidance import guided_logprobs
+from model import autocast
 
 GUIDANCE_MODES = ("none", "joint", "multi")
 
@@ -141,7 +142,6 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, step
         if prompt.shape[:2] != (B, Q) or P > T:
             raise ValueError(f"prompt of shape {tuple(prompt.shape)} does not fit context {(B, Q, T)}")
         target[:, :, :P] = prompt
-    use_amp = dev.type == "cuda"
     bar = tqdm(total=sum(steps), desc="decoding", unit="step", disable=not progress, leave=False)
     for q in range(Q):
         schedule = cosine_schedule(T - P, steps[q])
@@ -151,7 +151,7 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, step
             bar.update(1)
             if k == 0:
                 continue                                                     # nothing to fix this step
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            with autocast(dev):
                 logp = guided_level_logprobs(model, context, target, instrument, q, guidance,
                                              scale_audio, scale_instrument)  # [B, T, V]
             candidates, confidence = sample_tokens(logp, temperature, generator)

@@ -217,6 +217,11 @@ class StemGen(nn.Module):
         return model.to(device).eval()
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (fused attention, tensor cores), a no-op on the CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -36,7 +36,7 @@ import data
 import synth
 from guidance import drop_conditions
 from masking import mask_target
-from model import PRESETS, ModelConfig, StemGen, count_parameters, load_checkpoint, save_checkpoint
+from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters, load_checkpoint, save_checkpoint
 
 DEFAULT_OUT = os.path.join("runs", "default")      # generate.py looks for runs/default/ckpt.pt
 DEMO_DATA = os.path.join("data", "synth")
@@ -166,10 +166,6 @@ def stop_all(local: bool, device) -> bool:
     flag = torch.tensor([float(local)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
-
-
-def autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def is_main() -> bool:
