@@ -434,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FAD embedding: logmel is offline and NOT comparable with published FAD")
     p.add_argument("--vggish-weights", default=None, help="local VGGish state dict (torchvggish names)")
     p.add_argument("--kl-smoothing", type=float, default=1.0, help="pseudo-count per histogram bin for MIRDD's KL")
-    p.add_argument("--steps", default=None, help="decoding steps per level, e.g. 128,64,32,32 (paper default)")
+    p.add_argument("--steps", type=int, nargs="+", metavar="N",
+                   help="decoding steps per level, as generate.py (default: the paper's 128 64 32 32)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -467,7 +468,7 @@ def run(args) -> dict:
     seconds = args.seconds or generate.checkpoint_window_seconds(ckpt) or generate.DEFAULT_WINDOW_SECONDS
     base = generate.Sampling(temperature=args.temperature)
     if args.steps:
-        base = replace(base, steps=tuple(int(v) for v in _floats(args.steps, "--steps")))
+        base = replace(base, steps=tuple(args.steps))
     settings = sweep_settings(args.sweep, base, _floats(args.scales, "--scales"), _floats(args.ws_values, "--ws-values"))
     progress = not args.no_progress
 

@@ -171,7 +171,7 @@ def tiny_setup(tmp_path_factory):
 
 
 def _args(ds, ckpt, out, *extra):
-    return ["--checkpoint", ckpt, "--data", ds, "--n", "2", "--seconds", "2", "--steps", "2,2", "--out", str(out),
+    return ["--checkpoint", ckpt, "--data", ds, "--n", "2", "--seconds", "2", "--steps", "2", "2", "--out", str(out),
             "--no-progress", "--device", "cpu", *extra]
 
 
