@@ -105,7 +105,12 @@ def test_two_processes_on_gloo_match_gradient_accumulation(tiny_data, tmp_path):
     """torchrun with 2 CPU processes (DDP, gloo) trains the same model as one process accumulating 2 micro-batches."""
     data_dir, codec_file = tiny_data
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    import socket
+    with socket.socket() as s:                       # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "--master_addr=127.0.0.1",
            os.path.join(ROOT, "train.py"), *argv(data_dir, codec_file, tmp_path / "ddp", "--max-steps", "3",
                                                   "--micro-batch", "2", "--device", "cpu")]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
