@@ -25,7 +25,6 @@ import time
 import warnings
 from dataclasses import asdict, replace
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
