@@ -177,7 +177,7 @@ class StemGen(nn.Module):
         inst = self.instrument_embed(instrument)[:, None, :]     # [B, 1, ch]
         return torch.cat([ctx + inst, tgt + inst], dim=-1)       # [B, T, dim]
 
-    def forward(self, context, target, instrument, context_dropped=None, level: int | None = None):
+    def forward(self, context, target, instrument, context_dropped=None, level: int | torch.Tensor | None = None):
         """Logits for every target level and position (or for one level, when decoding).
 
         Args:
