@@ -188,21 +188,18 @@ def setup_distributed():
 
 def resolve_args(args, saved: dict | None = None) -> argparse.Namespace:
     """Fill unset knobs: from the resumed run's settings, else the paper's recipe (--data) or the CPU demo."""
+    demo = args.data is None
     if saved:
         for k, v in saved.items():
             if hasattr(args, k) and getattr(args, k) is None:
                 setattr(args, k, v)
-        if args.data == DEMO_DATA and saved.get("demo"):
-            args.data = None
-    table = DEMO if args.data is None else PAPER
-    for k, v in table.items():
+        demo = saved.get("demo", demo)
+    for k, v in (DEMO if demo else PAPER).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    args.demo = demo
     if args.data is None:
         args.data = DEMO_DATA
-        args.demo = True
-    else:
-        args.demo = False
     if args.decay <= 0 or args.warmup < 0 or args.hold < 0 or args.batch < 1 or args.micro_batch < 1:
         raise TrainError("need --decay > 0, --warmup >= 0, --hold >= 0, --batch >= 1 and --micro-batch >= 1")
     if not 0 <= args.max_prefix < 1 or not 0 <= args.prefix_prob <= 1:
@@ -230,10 +227,9 @@ def prepare_codec(args, device, resume: dict | None = None):
 
 
 def make_checkpoint(model, cfg, codec, opt, sched, step, best, best_step, args, nonfinite) -> dict:
-    raw = model.module if hasattr(model, "module") else model
-    raw = getattr(raw, "_orig_mod", raw)
+    """Everything a resumed run needs; `model` is the plain StemGen (not the DDP or compiled wrapper)."""
     return {
-        "model_config": asdict(cfg), "codec_spec": codec.spec(), "model": raw.state_dict(),
+        "model_config": asdict(cfg), "codec_spec": codec.spec(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
         "best_val_acc": best, "best_step": best_step, "nonfinite_steps": nonfinite,
         "rng": {"torch": torch.get_rng_state(),
@@ -425,9 +421,6 @@ def train(args, resume: dict | None = None) -> dict:
     data_iter = batches()
     try:
         while step < args.max_steps:
-            if stop_all(interrupted, device):
-                stop_reason = "interrupted (Ctrl-C); checkpoint saved"
-                break
             opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for j, (ctx_w, tgt_w, inst) in enumerate(next(data_iter)):
@@ -477,9 +470,11 @@ def train(args, resume: dict | None = None) -> dict:
                 if step % args.save_every == 0:
                     save_checkpoint(ckpt_path, make_checkpoint(model, cfg, codec, opt, sched, step, best,
                                                                best_step, args, nonfinite))
-            # rank 0 validates, so it decides the early stop for every process
-            if stop_all(is_main() and best_step > 0 and step - best_step >= args.patience, device):
-                stop_reason = f"early stop: no better validation accuracy for {args.patience} steps"
+            # one agreement per step: Ctrl-C on any process, or rank 0's early stop (it alone validates)
+            early = is_main() and best_step > 0 and step - best_step >= args.patience
+            if stop_all(interrupted or early, device):
+                stop_reason = ("interrupted (Ctrl-C); checkpoint saved" if interrupted else
+                               f"early stop: no better validation accuracy for {args.patience} steps")
                 break
     finally:
         signal.signal(signal.SIGINT, old_handler)
