@@ -68,32 +68,36 @@ def sample_tokens(logprobs: torch.Tensor, temperature: float, generator: torch.G
 
 
 def guidance_branches(guidance: str, null_instrument: int, instrument: torch.Tensor):
-    """The (instrument ids, context dropped) of each forward branch a guidance mode needs (Sec. 2.1.2).
+    """The conditions of every forward branch a guidance mode needs, stacked for one batch (Sec. 2.1.2).
 
-    Returns a list of (instrument [B], context_dropped [B]); the first entry is p(t) for "joint"/"multi".
+    Returns instrument ids [k*B] and context_dropped [k*B] for the k branches, in the order
+    p(t | c_a, c_i) for "none"; p(t), p(t | c) for "joint"; p(t), p(t | c_a), p(t | c_i) for "multi".
     """
     B = instrument.shape[0]
     keep = torch.zeros(B, dtype=torch.bool, device=instrument.device)
     drop = torch.ones_like(keep)
     null = torch.full_like(instrument, null_instrument)
     if guidance == "none":
-        return [(instrument, keep)]                        # p(t | c_a, c_i)
-    if guidance == "joint":
-        return [(null, drop), (instrument, keep)]          # p(t), p(t | c) with c = (c_a, c_i)
-    if guidance == "multi":
-        return [(null, drop), (null, keep), (instrument, drop)]  # p(t), p(t | c_a), p(t | c_i)
-    raise ValueError(f"unknown guidance mode {guidance!r}; choose from {GUIDANCE_MODES}")
+        branches = [(instrument, keep)]                        # p(t | c_a, c_i)
+    elif guidance == "joint":
+        branches = [(null, drop), (instrument, keep)]          # p(t), p(t | c) with c = (c_a, c_i)
+    elif guidance == "multi":
+        branches = [(null, drop), (null, keep), (instrument, drop)]  # p(t), p(t | c_a), p(t | c_i)
+    else:
+        raise ValueError(f"unknown guidance mode {guidance!r}; choose from {GUIDANCE_MODES}")
+    return torch.cat([b[0] for b in branches]), torch.cat([b[1] for b in branches])
 
 
 @torch.no_grad()
-def guided_level_logprobs(model, context, target, instrument, level: int, guidance: str,
+def guided_level_logprobs(model, contexts, target, instruments, dropped, level: int, guidance: str,
                           scale_audio: float, scale_instrument: float) -> torch.Tensor:
-    """All guidance branches in one batched forward pass, combined with eq. 2 / eq. 3: [B, T, V]."""
-    branches = guidance_branches(guidance, model.cfg.n_instruments - 1, instrument)
-    k = len(branches)
-    inst = torch.cat([b[0] for b in branches])
-    dropped = torch.cat([b[1] for b in branches])
-    logits = model(context.repeat(k, 1, 1), target.repeat(k, 1, 1), inst, dropped, level=level)
+    """All guidance branches in one batched forward pass, combined with eq. 2 / eq. 3: [B, T, V].
+
+    contexts [k*B, Q, T], instruments and dropped [k*B] hold the k branches (guidance_branches); target is
+    [B, Q, T] and is shared by every branch.
+    """
+    k = contexts.shape[0] // target.shape[0]
+    logits = model(contexts, target.repeat(k, 1, 1), instruments, dropped, level=level)
     parts = logits.float().chunk(k)                        # k x [B, T, V]
     if guidance == "none":
         return torch.log_softmax(parts[0], dim=-1)
@@ -130,8 +134,6 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, step
         raise ValueError(f"context has {Q} levels but the model expects {cfg.n_q}")
     if len(steps) != Q or min(steps) < 1:
         raise ValueError(f"need one positive step count per level ({Q}), got {tuple(steps)}")
-    if guidance not in GUIDANCE_MODES:
-        raise ValueError(f"unknown guidance mode {guidance!r}; choose from {GUIDANCE_MODES}")
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     dev = context.device
@@ -142,6 +144,8 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, step
         if prompt.shape[:2] != (B, Q) or P > T:
             raise ValueError(f"prompt of shape {tuple(prompt.shape)} does not fit context {(B, Q, T)}")
         target[:, :, :P] = prompt
+    instruments, dropped = guidance_branches(guidance, cfg.n_instruments - 1, instrument)   # [k*B]
+    contexts = context.repeat(instruments.shape[0] // B, 1, 1)                             # [k*B, Q, T]
     bar = tqdm(total=sum(steps), desc="decoding", unit="step", disable=not progress, leave=False)
     for q in range(Q):
         schedule = cosine_schedule(T - P, steps[q])
@@ -152,7 +156,7 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, step
             if k == 0:
                 continue                                                     # nothing to fix this step
             with autocast(dev):
-                logp = guided_level_logprobs(model, context, target, instrument, q, guidance,
+                logp = guided_level_logprobs(model, contexts, target, instruments, dropped, q, guidance,
                                              scale_audio, scale_instrument)  # [B, T, V]
             candidates, confidence = sample_tokens(logp, temperature, generator)
             rho = causal_rank(confidence, w_c, w_s, w_r, generator)          # eq. 1, [B, T]
