@@ -7,7 +7,7 @@ resampler), never a hand-written one.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 
 import numpy as np
 import soundfile as sf
@@ -18,15 +18,26 @@ class AudioError(ValueError):
     """A user-facing problem with an audio file or buffer (missing, unreadable, empty, non-finite)."""
 
 
-def audio_info(path: str) -> tuple[int, int, int]:
-    """Return (sample_rate, frames, channels) of an audio file without reading its samples."""
+def _info(path: str):
+    """soundfile's description of an audio file, with one clear error when it is missing or unreadable."""
     if not os.path.isfile(path):
         raise AudioError(f"audio file not found: {path}")
     try:
-        info = sf.info(path)
+        return sf.info(path)
     except Exception as e:  # soundfile raises several types for unreadable files
         raise AudioError(f"cannot read audio file {path}: {e}") from None
+
+
+def audio_info(path: str) -> tuple[int, int, int]:
+    """Return (sample_rate, frames, channels) of an audio file without reading its samples."""
+    info = _info(path)
     return int(info.samplerate), int(info.frames), int(info.channels)
+
+
+def audio_format(path: str) -> tuple[str, str]:
+    """The container format and sample subtype of an audio file, e.g. ("WAV", "PCM_24") or ("FLAC", "PCM_16")."""
+    info = _info(path)
+    return info.format, info.subtype
 
 
 def read_audio(path: str, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
@@ -80,17 +91,24 @@ def fit_length(x: np.ndarray, n: int) -> np.ndarray:
     return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
 
 
+def _new_temporary(directory: str, suffix: str) -> str:
+    """Create an empty file with a fresh name in `directory`, with the mode open() gives (0o666 less the umask)."""
+    tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}{suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
+
+
 def atomic_write(path: str, write, suffix: str = "", overwrite: bool = False) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, then rename it into place.
 
-    A crash never leaves a partial file at `path`; an existing file is kept unless overwrite is set.
+    A crash never leaves a partial file at `path`; an existing file is kept unless overwrite is set. The file
+    gets the permissions a plain open() would give it (0o666 less the umask), not a temporary file's 0o600.
     """
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"output exists: {path} (pass --force to overwrite)")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=d, prefix=".tmp-")
-    os.close(fd)
+    tmp = _new_temporary(d, suffix)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -99,10 +117,24 @@ def atomic_write(path: str, write, suffix: str = "", overwrite: bool = False) ->
             os.remove(tmp)
 
 
-def write_audio(path: str, x: np.ndarray, sample_rate: int, overwrite: bool = False) -> None:
-    """Write [S] or [C, S] audio atomically (temporary file, then rename); refuse to overwrite unless asked."""
+def output_subtype(path: str, subtype: str | None) -> str | None:
+    """`subtype` if the format of `path` (from its extension) can hold it, else that format's default."""
+    fmt = os.path.splitext(path)[1].lstrip(".").upper()
+    if subtype is None or fmt not in sf.available_formats():
+        return None
+    return subtype if sf.check_format(fmt, subtype) else sf.default_subtype(fmt)
+
+
+def write_audio(path: str, x: np.ndarray, sample_rate: int, overwrite: bool = False,
+                subtype: str | None = None) -> None:
+    """Write [S] or [C, S] audio atomically (temporary file, then rename); refuse to overwrite unless asked.
+
+    The format follows the extension of `path`; `subtype` (e.g. "PCM_24", "FLOAT") is kept where that format
+    can hold it, otherwise the format's default (PCM_16 for wav and flac) is used.
+    """
     if os.path.exists(path) and not overwrite:
         raise AudioError(f"output exists: {path} (pass --force to overwrite)")
     data = x.T if x.ndim == 2 else x
-    atomic_write(path, lambda tmp: sf.write(tmp, data, sample_rate), os.path.splitext(path)[1] or ".wav",
-                 overwrite=True)
+    subtype = output_subtype(path, subtype)
+    atomic_write(path, lambda tmp: sf.write(tmp, data, sample_rate, subtype=subtype),
+                 os.path.splitext(path)[1] or ".wav", overwrite=True)
