@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 import audio
+import checkpoint
 import codec as codec_lib
 import data
 import generate
@@ -418,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FAD and MIRDD of a StemGen checkpoint with the paper's protocol (Sec. 3.2) and ablations "
                     "(Tab. 1-3). Writes JSON and a Markdown table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=os.path.join("runs", "default", "ckpt.pt"), help="model checkpoint")
+    p.add_argument("--checkpoint", default=checkpoint.DEFAULT_CHECKPOINT, help="model checkpoint")
     p.add_argument("--data", required=True, help="Slakh-layout dataset folder (e.g. made by synth.py)")
     p.add_argument("--split", default="test", help="held-out split the examples come from")
     p.add_argument("--n", type=int, default=400, help="number of examples (paper: 400)")
@@ -460,12 +461,12 @@ def run(args) -> dict:
         if os.path.exists(path) and not args.force:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")
     embedding = load_embedding(args.embedding, args.vggish_weights, "cpu")
-    device = generate.pick_device(args.device)
+    device = checkpoint.pick_device(args.device)
     if isinstance(embedding, VGGishEmbedding):
         embedding.net.to(device)
         embedding.device = device
-    net, tok, ckpt = generate.load_model(args.checkpoint, device, args.codec_weights)
-    seconds = args.seconds or generate.checkpoint_window_seconds(ckpt) or generate.DEFAULT_WINDOW_SECONDS
+    net, tok, ckpt = checkpoint.load_model(args.checkpoint, device, args.codec_weights)
+    seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or generate.DEFAULT_WINDOW_SECONDS
     base = generate.Sampling(temperature=args.temperature)
     if args.steps:
         base = replace(base, steps=tuple(args.steps))
@@ -476,7 +477,7 @@ def run(args) -> dict:
     reference = Reference(examples, tok.sample_rate, embedding, progress)
     rows = []
     for group, label, sampling in tqdm(settings, desc="settings", unit="set", disable=not progress or len(settings) == 1):
-        stems = generate_population(net, tok, examples, sampling, args.seed, generate.checkpoint_window_seconds(ckpt),
+        stems = generate_population(net, tok, examples, sampling, args.seed, checkpoint.checkpoint_window_seconds(ckpt),
                                     progress, f"generate {label}")
         rows.append({"group": group, "label": label, "sampling": asdict(sampling),
                      **reference.score(stems, args.kl_smoothing, progress)})

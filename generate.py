@@ -30,10 +30,9 @@ import audio
 import codec as codec_lib
 import data
 import decode
+from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device
 from decode import Sampling  # the paper's sampling settings (re-exported for evaluate.py)
-import model as model_lib
 
-DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes by default
 DEFAULT_WINDOW_SECONDS = 20.0     # the paper's training crop (Sec. 3), used when a checkpoint does not say
 SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
 EXIT_USER_ERROR = 2
@@ -45,45 +44,6 @@ class GenerateError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------
 # Model, codec and context
-
-def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weights: str | None = None):
-    """Load a checkpoint and rebuild its model (eval mode) and codec. Returns (model, codec, ckpt).
-
-    `codec_weights` says where the codec's parameters are when the checkpoint's own path does not exist here
-    (a local facebook/encodec_32khz folder, or a fitted spectral codec file).
-    """
-    if not os.path.isfile(checkpoint):
-        raise GenerateError(f"checkpoint not found: {checkpoint} (train one with `python train.py`, "
-                            f"or pass --checkpoint PATH)")
-    try:
-        ckpt = model_lib.load_checkpoint(checkpoint, device="cpu")
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise GenerateError(f"cannot read checkpoint {checkpoint}: {e} "
-                            f"(is it a StemGen checkpoint written by train.py?)") from None
-    missing = [k for k in ("model_config", "model", "codec_spec") if k not in ckpt]
-    if missing:
-        raise GenerateError(f"checkpoint {checkpoint} lacks {', '.join(missing)}; "
-                            f"it was not written by train.py")
-    try:
-        net = model_lib.StemGen.from_checkpoint(ckpt, device)
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise GenerateError(f"checkpoint {checkpoint} does not fit this version of model.py: "
-                            f"{str(e).splitlines()[0]}") from None
-    try:  # CodecUnavailable propagates to main
-        tok = codec_lib.load_codec(ckpt["codec_spec"], device=device, weights=codec_weights)
-    except ValueError as e:
-        raise GenerateError(f"checkpoint {checkpoint}: {e}") from None
-    if (tok.n_q, tok.bins) != (net.cfg.n_q, net.cfg.bins):
-        raise GenerateError(f"checkpoint {checkpoint}: codec has {tok.n_q} x {tok.bins} tokens but the model "
-                            f"expects {net.cfg.n_q} x {net.cfg.bins}")
-    return net, tok, ckpt
-
-
-def checkpoint_window_seconds(ckpt: dict) -> float | None:
-    """The crop length the model was trained on, if the checkpoint records it (train.py's --crop-seconds)."""
-    value = (ckpt.get("train_args") or {}).get("crop_seconds")
-    return float(value) if value else None
-
 
 def read_context(path: str) -> tuple[np.ndarray, int]:
     """Read a context file as [C, S] float32 at its own rate; reject empty, non-finite or silent audio."""
@@ -249,17 +209,6 @@ def check_outputs(paths: list[str], context_path: str, force: bool) -> None:
                                 f"(use .wav or .flac)")
         if os.path.exists(p) and not force:
             raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GenerateError(f"--device {name}: no CUDA device is available here (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise GenerateError(f"--device {name}: not a torch device name (e.g. cpu, cuda, cuda:1)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

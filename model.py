@@ -9,9 +9,7 @@ the target tokens.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -224,28 +222,3 @@ def autocast(device: torch.device):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def save_checkpoint(path: str, ckpt: dict) -> None:
-    """Write a checkpoint atomically: a temporary file in the same folder, then rename."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_checkpoint(path: str, device="cpu") -> dict:
-    """Load a checkpoint dict (plain tensors and primitives) with weights_only=True."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path} (train one with `python train.py`)")
-    return torch.load(path, map_location=device, weights_only=True)
-
-
-def config_dict(cfg: ModelConfig) -> dict:
-    return asdict(cfg)

@@ -35,9 +35,10 @@ import data
 import synth
 from guidance import drop_conditions
 from masking import mask_target
-from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters, load_checkpoint, save_checkpoint
+from checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
+from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 
-DEFAULT_OUT = os.path.join("runs", "default")      # generate.py looks for runs/default/ckpt.pt
+DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
 DEMO_DATA = os.path.join("data", "synth")
 
 # The paper's recipe (Sec. 3) for --data runs, and the CPU demo used when no --data is given.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import evaluate
 import generate
 
@@ -165,7 +166,7 @@ def tiny_setup(tmp_path_factory):
     cfg = replace(model.PRESETS["tiny"], n_q=2, bins=16, dim=32, n_heads=2, n_layers=1)
     torch.manual_seed(0)
     ckpt = str(root / "ckpt.pt")
-    model.save_checkpoint(ckpt, {"model_config": asdict(cfg), "model": model.StemGen(cfg).state_dict(),
+    checkpoint.save_checkpoint(ckpt, {"model_config": asdict(cfg), "model": model.StemGen(cfg).state_dict(),
                                  "codec_spec": tok.spec(), "step": 0})
     return ds, ckpt, root
 
@@ -199,7 +200,7 @@ def test_protocol_runs_end_to_end_and_records_provenance(tiny_setup, capsys):
 
 def test_generated_population_is_repeatable_for_a_seed(tiny_setup):
     ds, ckpt, _ = tiny_setup
-    net, tok, _ = generate.load_model(ckpt, "cpu")
+    net, tok, _ = checkpoint.load_model(ckpt, "cpu")
     examples = evaluate.draw_examples(ds, "test", 1, 2.0, tok.sample_rate, seed=0)
     assert all(c.shape == t.shape == (2 * tok.sample_rate,) for c, t, _ in examples)
     sampling = generate.Sampling(steps=(2, 2))

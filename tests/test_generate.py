@@ -14,6 +14,7 @@ import codec as codec_lib
 import decode
 import generate
 import model as model_lib
+from checkpoint import config_dict, save_checkpoint
 from conftest import ROOT
 
 SR = 16000          # codec rate of the test codec
@@ -40,11 +41,11 @@ def tiny_codec(tmp_path_factory):
 
 
 def write_checkpoint(path, net, tok, crop_seconds=None):
-    ckpt = {"model_config": model_lib.config_dict(net.cfg), "model": net.state_dict(),
+    ckpt = {"model_config": config_dict(net.cfg), "model": net.state_dict(),
             "codec_spec": tok.spec(), "step": 0}
     if crop_seconds:
         ckpt["train_args"] = {"crop_seconds": crop_seconds}
-    model_lib.save_checkpoint(str(path), ckpt)
+    save_checkpoint(str(path), ckpt)
     return str(path)
 
 
@@ -252,7 +253,7 @@ def _bad(tmp_path, kind, random_ckpt):
         ck = torch.load(random_ckpt, weights_only=True)
         ck["codec_spec"] = {"name": "spectral", "source": str(tmp_path / "gone_codec.pt")}
         ckpt = str(tmp_path / "nocodec.pt")
-        model_lib.save_checkpoint(ckpt, ck)
+        save_checkpoint(ckpt, ck)
         words = ["gone_codec.pt", "codec.py fit"]
     return ["--context", ctx, "--instrument", inst, "--checkpoint", ckpt], words
 

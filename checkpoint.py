@@ -1,0 +1,90 @@
+"""Checkpoints: saving (atomic) and loading them, and the model and codec rebuilt from one.
+
+A checkpoint is a plain dict of tensors and primitives (model weights, model config, codec spec, step,
+optimizer, scheduler and RNG state, the training arguments), loadable with torch.load(weights_only=True). It is
+written to a temporary file beside its path and renamed into place, so a crash never leaves a broken one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+import torch
+
+import codec as codec_lib
+from audio import atomic_write
+from model import ModelConfig, StemGen
+
+DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes, generate.py looks
+
+
+class CheckpointError(ValueError):
+    """A checkpoint the user gave cannot be used (missing, unreadable, foreign, mismatched with its codec)."""
+
+
+def config_dict(cfg: ModelConfig) -> dict:
+    """The model config as the plain dict a checkpoint stores."""
+    return asdict(cfg)
+
+
+def save_checkpoint(path: str, ckpt: dict) -> None:
+    """Write a checkpoint atomically: a temporary file in the same folder, then rename."""
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp), ".pt", overwrite=True)
+
+
+def load_checkpoint(path: str, device="cpu") -> dict:
+    """Load a checkpoint dict (plain tensors and primitives) with weights_only=True."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path} (train one with `python train.py`)")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weights: str | None = None):
+    """Load a checkpoint and rebuild its model (eval mode) and codec. Returns (model, codec, ckpt).
+
+    `codec_weights` says where the codec's parameters are when the checkpoint's own path does not exist here
+    (a local facebook/encodec_32khz folder, or a fitted spectral codec file).
+    """
+    if not os.path.isfile(checkpoint):
+        raise CheckpointError(f"checkpoint not found: {checkpoint} (train one with `python train.py`, "
+                              f"or pass --checkpoint PATH)")
+    try:
+        ckpt = load_checkpoint(checkpoint, device="cpu")
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {checkpoint}: {e} "
+                              f"(is it a StemGen checkpoint written by train.py?)") from None
+    missing = [k for k in ("model_config", "model", "codec_spec") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {checkpoint} lacks {', '.join(missing)}; "
+                              f"it was not written by train.py")
+    try:
+        net = StemGen.from_checkpoint(ckpt, device)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit this version of model.py: "
+                              f"{str(e).splitlines()[0]}") from None
+    try:  # CodecUnavailable propagates to the caller
+        tok = codec_lib.load_codec(ckpt["codec_spec"], device=device, weights=codec_weights)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {checkpoint}: {e}") from None
+    if (tok.n_q, tok.bins) != (net.cfg.n_q, net.cfg.bins):
+        raise CheckpointError(f"checkpoint {checkpoint}: codec has {tok.n_q} x {tok.bins} tokens but the model "
+                              f"expects {net.cfg.n_q} x {net.cfg.bins}")
+    return net, tok, ckpt
+
+
+def checkpoint_window_seconds(ckpt: dict) -> float | None:
+    """The crop length the model was trained on, if the checkpoint records it (train.py's --crop-seconds)."""
+    value = (ckpt.get("train_args") or {}).get("crop_seconds")
+    return float(value) if value else None
+
+
+def pick_device(name: str) -> torch.device:
+    """The device a model is loaded onto: "auto" is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a torch device name (e.g. cpu, cuda, cuda:1)") from None

@@ -1,0 +1,57 @@
+"""Checkpoints: atomic round trip, the permissions a user expects, and one clear error for a bad file."""
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_checkpoint,
+                        load_model, save_checkpoint)
+from model import ModelConfig, StemGen
+
+CFG = ModelConfig(n_q=3, bins=32, dim=64, n_heads=4, n_layers=2, max_len=256)
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
+    """A saved and reloaded checkpoint gives a model with identical outputs, and no temporary is left."""
+    torch.manual_seed(3)
+    m = StemGen(CFG).eval()
+    path = tmp_path / "ck.pt"
+    save_checkpoint(str(path), {"model_config": asdict(CFG), "model": m.state_dict(), "step": 7})
+    m2 = StemGen.from_checkpoint(load_checkpoint(str(path)))
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randint(0, CFG.bins, (2, CFG.n_q, 24), generator=g)
+    tgt = torch.randint(0, CFG.bins + 1, (2, CFG.n_q, 24), generator=g)
+    inst = torch.tensor([0, 5])
+    assert torch.equal(m(ctx, tgt, inst), m2(ctx, tgt, inst))
+    assert os.listdir(tmp_path) == ["ck.pt"]
+
+
+def test_checkpoint_gets_the_permissions_open_would_give(tmp_path):
+    """With umask 022 a checkpoint is 0o644 (readable by others), not the temporary file's 0o600."""
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(str(tmp_path / "run" / "ckpt.pt"), {"step": 1})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "run" / "ckpt.pt").st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("content,words", [(None, "checkpoint not found"), (b"not a checkpoint", "cannot read"),
+                                           ({"step": 3}, "lacks model_config, model, codec_spec")])
+def test_unusable_checkpoint_gives_one_clear_error(tmp_path, content, words):
+    """A missing, unreadable or foreign checkpoint is refused with a message naming the problem."""
+    path = tmp_path / "ck.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        save_checkpoint(str(path), content)
+    with pytest.raises(CheckpointError, match=words):
+        load_model(str(path))
+
+
+def test_window_is_the_training_crop_when_recorded():
+    """The window of a checkpoint is its training crop when train.py recorded it, else unknown (None)."""
+    assert checkpoint_window_seconds({"train_args": {"crop_seconds": 12}}) == 12.0
+    assert checkpoint_window_seconds({}) is None
+    assert DEFAULT_CHECKPOINT == os.path.join("runs", "default", "ckpt.pt")
