@@ -89,6 +89,7 @@ def build(args, device):
 def make_codec(args, device):
     """The codec whose encode/decode cost is measured, with random parameters (timing does not need weights)."""
     import codec as codec_lib
+    from spectral import SpectralCodec
     if args.codec == "encodec_random":
         from transformers import EncodecConfig, EncodecModel
         model = EncodecModel(EncodecConfig(**codec_lib.ENCODEC_32KHZ_CONFIG))
@@ -96,8 +97,8 @@ def make_codec(args, device):
     g = torch.Generator().manual_seed(0)
     n_freq, dim = 1025, 64
     basis = torch.linalg.qr(torch.randn(n_freq, dim, generator=g))[0].T.contiguous()   # [D, F] orthonormal
-    spectral = codec_lib.SpectralCodec(torch.rand(n_freq, generator=g), basis,
-                                       torch.randn(4, 1024, dim, generator=g) * 0.1)
+    spectral = SpectralCodec(torch.rand(n_freq, generator=g), basis,
+                             torch.randn(4, 1024, dim, generator=g) * 0.1)
     return spectral.to(device), (f"spectral 4 x 1024, random codebooks, {spectral.griffin_lim_iters} "
                                  "Griffin-Lim iterations")
 

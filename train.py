@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import codec as codec_lib
 import data
+import spectral
 import synth
 from guidance import drop_conditions
 from masking import mask_target
@@ -219,10 +220,10 @@ def prepare_codec(args, device, resume: dict | None = None):
         path = args.codec_file or os.path.join(args.data, "spectral_codec.pt")
         if not os.path.isfile(path):
             if not is_main():
-                raise TrainError(f"fit the spectral codec first: python codec.py fit --data {args.data} --out {path}")
+                raise TrainError(f"fit the spectral codec first: python spectral.py fit --data {args.data} --out {path}")
             print(f"fitting the offline spectral codec on {args.data} -> {path}", file=sys.stderr)
-            codec_lib.fit_spectral(args.data, path, bins=args.codec_bins, seed=args.seed,
-                                   progress=not args.no_progress)
+            spectral.fit_spectral(args.data, path, bins=args.codec_bins, seed=args.seed,
+                                  progress=not args.no_progress)
         return codec_lib.open_codec("spectral", path, device)
     return codec_lib.open_codec(args.codec, args.codec_weights, device)
 

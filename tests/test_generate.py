@@ -254,7 +254,7 @@ def _bad(tmp_path, kind, random_ckpt):
         ck["codec_spec"] = {"name": "spectral", "source": str(tmp_path / "gone_codec.pt")}
         ckpt = str(tmp_path / "nocodec.pt")
         save_checkpoint(ckpt, ck)
-        words = ["gone_codec.pt", "codec.py fit"]
+        words = ["gone_codec.pt", "spectral.py fit"]
     return ["--context", ctx, "--instrument", inst, "--checkpoint", ckpt], words
 
 

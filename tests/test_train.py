@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-import codec as codec_lib
+import spectral
 import synth
 import train
 from conftest import FIXTURE, ROOT
@@ -19,8 +19,8 @@ def tiny_data(tmp_path_factory):
     data_dir = str(root / "songs")
     synth.make_dataset(data_dir, tracks=5, seconds=4.0, seed=1, workers=1, progress=False, sample_rate=16000)
     codec_file = str(root / "codec.pt")
-    codec_lib.fit_spectral(data_dir, codec_file, n_q=2, bins=16, dim=16, sample_rate=16000, n_fft=512,
-                           seconds_per_track=4.0, kmeans_iters=5, griffin_lim_iters=4, progress=False)
+    spectral.fit_spectral(data_dir, codec_file, n_q=2, bins=16, dim=16, sample_rate=16000, n_fft=512,
+                          seconds_per_track=4.0, kmeans_iters=5, griffin_lim_iters=4, progress=False)
     return data_dir, codec_file
 
 
