@@ -165,12 +165,12 @@ def bench_generate(args):
     g = torch.Generator(device=device).manual_seed(0)
     ctx = torch.randint(0, cfg.bins, (1, cfg.n_q, T), device=device, generator=g)
     inst = torch.tensor([0], device=device)
-    kw = dict(steps=steps, guidance=args.guidance, progress=False, generator=g)
+    sampling = decode.Sampling(steps=steps, guidance=args.guidance)
     if args.compile:  # warm the compiled graph up
-        decode.generate_tokens(fwd, ctx, inst, **{**kw, "steps": (2,) * cfg.n_q})
+        decode.generate_tokens(fwd, ctx, inst, replace(sampling, steps=(2,) * cfg.n_q), generator=g)
     sync(device)
     t = time.perf_counter()
-    tokens = decode.generate_tokens(fwd, ctx, inst, **kw)
+    tokens = decode.generate_tokens(fwd, ctx, inst, sampling, generator=g)
     sync(device)
     total = time.perf_counter() - t
     # the same forward passes alone (fixed shapes, as in the loop) give the model's share of the time

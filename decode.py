@@ -1,23 +1,34 @@
-"""Causally-biased iterative decoding, level by level (Sec. 2.1.1, Sec. 3.2.1).
+"""Causally-biased iterative decoding, level by level (Sec. 2.1.1, Sec. 3.2.1), and windows for long contexts.
 
 For each RVQ level, coarsest first, the level starts fully masked. At each of its S steps the model
 predicts every position; a candidate token is sampled for each masked position from the guided
 distribution (eq. 2 / eq. 3, guidance.py); candidates are ranked with eq. 1 and the top-ranked ones are
 fixed for good, so that after step s only floor(M cos(pi/2 (s+1)/S)) of the M initially masked positions
 stay masked. The next level starts once a level is complete.
+
+As in gpt-fast's generate.py, the knobs travel as one bundle (`Sampling`), a step is a chain of short
+functions (`sample_tokens` -> `causal_rank` -> `fix_top_ranked`), and progress is reported by a callback.
+
+Contexts longer than the model's training window go through overlapping windows (`plan_windows`). The part
+of each window that overlaps the previous one is handed to the decoder as already-decoded target tokens (a
+SoundStorm-style prompt), so the stem continues across windows; the windows are stitched at token level and
+the codec decodes the whole sequence once, so there is no audio seam to crossfade.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
-from guidance import guided_logprobs
+from guidance import GUIDANCE_MODES, combine_branches, guidance_branches
 from model import autocast
 
-GUIDANCE_MODES = ("none", "joint", "multi")
+DEFAULT_WINDOW_SECONDS = 20.0  # the paper's training crop (Sec. 3): the window when a checkpoint does not say
+
+OnStep = Callable[[int], object]  # progress callback, called with 1 after every decoding step (tqdm.update)
 
 
 @dataclass
@@ -32,11 +43,22 @@ class Sampling:
     scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
     temperature: float = 1.0      # softmax temperature of the sampled candidates
 
+    def __post_init__(self):
+        if self.guidance not in GUIDANCE_MODES:
+            raise ValueError(f"unknown guidance mode {self.guidance!r}; choose from {GUIDANCE_MODES}")
+        if len(self.steps) == 0 or min(self.steps) < 1:
+            raise ValueError(f"steps must be positive, one count per level; got {tuple(self.steps)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be above 0, got {self.temperature}")
+
     @classmethod
     def naive(cls, **overrides) -> "Sampling":
         """The paper's naive setting (Sec. 3.2, Tab. 3): no classifier-free guidance and no causal bias."""
         return replace(cls(guidance="none", w_s=0.0), **overrides)
 
+
+# ---------------------------------------------------------------------------------------------------------
+# One decoding step: guided distribution -> sample -> rank (eq. 1) -> fix the top-ranked
 
 def cosine_schedule(n_masked: int, steps: int) -> list[int]:
     """Positions still masked after each step: floor(M * cos(pi/2 * (s+1)/S)), ending at 0 (Sec. 2.1.1)."""
@@ -67,64 +89,63 @@ def sample_tokens(logprobs: torch.Tensor, temperature: float, generator: torch.G
     return tokens, confidence
 
 
-def guidance_branches(guidance: str, null_instrument: int, instrument: torch.Tensor):
-    """The conditions of every forward branch a guidance mode needs, stacked for one batch (Sec. 2.1.2).
+def fix_top_ranked(tokens: torch.Tensor, candidates: torch.Tensor, rho: torch.Tensor, k: int,
+                   mask_id: int) -> torch.Tensor:
+    """One level's tokens [B, T] with the k top-ranked candidates fixed at still-masked positions."""
+    still_masked = tokens == mask_id
+    rho = rho.masked_fill(~still_masked, float("-inf"))                 # fixed tokens stay fixed
+    chosen = rho.topk(k, dim=1).indices                                  # [B, k]
+    fix = torch.zeros_like(still_masked).scatter_(1, chosen, True)
+    return torch.where(fix, candidates, tokens)
 
-    Returns instrument ids [k*B] and context_dropped [k*B] for the k branches, in the order
-    p(t | c_a, c_i) for "none"; p(t), p(t | c) for "joint"; p(t), p(t | c_a), p(t | c_i) for "multi".
+
+def decode_step(model, contexts, target, instruments, dropped, level: int, k: int, sampling: Sampling,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One step at one level: every guidance branch in one batched forward pass, eq. 2 / eq. 3, sampling,
+    eq. 1 ranking; returns the level's tokens [B, T] with k more fixed.
+
+    contexts [k*B, Q, T], instruments and dropped [k*B] hold the branches (guidance.guidance_branches);
+    target [B, Q, T] is shared by every branch.
     """
-    B = instrument.shape[0]
-    keep = torch.zeros(B, dtype=torch.bool, device=instrument.device)
-    drop = torch.ones_like(keep)
-    null = torch.full_like(instrument, null_instrument)
-    if guidance == "none":
-        branches = [(instrument, keep)]                        # p(t | c_a, c_i)
-    elif guidance == "joint":
-        branches = [(null, drop), (instrument, keep)]          # p(t), p(t | c) with c = (c_a, c_i)
-    elif guidance == "multi":
-        branches = [(null, drop), (null, keep), (instrument, drop)]  # p(t), p(t | c_a), p(t | c_i)
-    else:
-        raise ValueError(f"unknown guidance mode {guidance!r}; choose from {GUIDANCE_MODES}")
-    return torch.cat([b[0] for b in branches]), torch.cat([b[1] for b in branches])
+    n_branches = contexts.shape[0] // target.shape[0]
+    with autocast(contexts.device):
+        logits = model(contexts, target.repeat(n_branches, 1, 1), instruments, dropped, level=level)
+        logp = combine_branches(sampling.guidance, logits, sampling.scale_audio, sampling.scale_instrument)
+    candidates, confidence = sample_tokens(logp, sampling.temperature, generator)          # [B, T]
+    rho = causal_rank(confidence, sampling.w_c, sampling.w_s, sampling.w_r, generator)     # eq. 1, [B, T]
+    return fix_top_ranked(target[:, level], candidates, rho, k, model.cfg.mask_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Level by level
+
+def initial_target(context: torch.Tensor, mask_id: int, prompt: torch.Tensor | None) -> torch.Tensor:
+    """Target tokens [B, Q, T] before decoding: the prompt [B, Q, P] at the start, MASK everywhere else."""
+    target = torch.full_like(context, mask_id)                          # [B, Q, T]
+    if prompt is not None:
+        B, Q, T = context.shape
+        if prompt.shape[:2] != (B, Q) or prompt.shape[-1] > T:
+            raise ValueError(f"prompt of shape {tuple(prompt.shape)} does not fit context {(B, Q, T)}")
+        target[:, :, :prompt.shape[-1]] = prompt
+    return target
 
 
 @torch.no_grad()
-def guided_level_logprobs(model, contexts, target, instruments, dropped, level: int, guidance: str,
-                          scale_audio: float, scale_instrument: float) -> torch.Tensor:
-    """All guidance branches in one batched forward pass, combined with eq. 2 / eq. 3: [B, T, V].
-
-    contexts [k*B, Q, T], instruments and dropped [k*B] hold the k branches (guidance_branches); target is
-    [B, Q, T] and is shared by every branch.
-    """
-    k = contexts.shape[0] // target.shape[0]
-    logits = model(contexts, target.repeat(k, 1, 1), instruments, dropped, level=level)
-    parts = logits.float().chunk(k)                        # k x [B, T, V]
-    if guidance == "none":
-        return torch.log_softmax(parts[0], dim=-1)
-    if guidance == "joint":
-        return guided_logprobs(parts[0], [parts[1]], [scale_audio])          # eq. 2
-    return guided_logprobs(parts[0], [parts[1], parts[2]], [scale_audio, scale_instrument])  # eq. 3
-
-
-@torch.no_grad()
-def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, steps=Sampling.steps,
-                    w_c: float = Sampling.w_c, w_s: float = Sampling.w_s, w_r: float = Sampling.w_r,
-                    guidance: str = Sampling.guidance, scale_audio: float = Sampling.scale_audio,
-                    scale_instrument: float = Sampling.scale_instrument, temperature: float = Sampling.temperature,
+def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, sampling: Sampling,
                     prompt: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                    progress: bool = True) -> torch.Tensor:
+                    on_step: OnStep | None = None) -> torch.Tensor:
     """Generate target-stem tokens for a context, level by level (Sec. 2.1.1).
 
     Args:
         model: a StemGen in eval mode.
         context: LongTensor [B, Q, T] context-mix tokens.
         instrument: LongTensor [B] instrument ids.
-        steps: decoding steps per level (paper: 128, 64, 32, 32).
-        w_c, w_s, w_r: eq. 1 weights (confidence, causal bias, randomness).
-        guidance: "none" (one pass with both sources), "joint" (eq. 2 with lambda = scale_audio) or
-            "multi" (eq. 3 with lambda_a = scale_audio, lambda_i = scale_instrument).
+        sampling: steps per level (paper: 128, 64, 32, 32), eq. 1 weights, guidance ("none": one pass with
+            both sources; "joint": eq. 2 with lambda = scale_audio; "multi": eq. 3 with lambda_a = scale_audio,
+            lambda_i = scale_instrument) and temperature.
         prompt: optional LongTensor [B, Q, P] of target tokens fixed at the start of the sequence.
         generator: a torch.Generator on the model's device; the same seed gives the same tokens.
+        on_step: called with 1 after every decoding step (e.g. a tqdm bar's update).
     Returns:
         LongTensor [B, Q, T] of target tokens, no MASK left.
     """
@@ -132,39 +153,96 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, step
     cfg = model.cfg
     if Q != cfg.n_q:
         raise ValueError(f"context has {Q} levels but the model expects {cfg.n_q}")
-    if len(steps) != Q or min(steps) < 1:
-        raise ValueError(f"need one positive step count per level ({Q}), got {tuple(steps)}")
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0")
-    dev = context.device
-    target = torch.full_like(context, cfg.mask_id)                            # [B, Q, T]
-    P = 0
-    if prompt is not None:
-        P = prompt.shape[-1]
-        if prompt.shape[:2] != (B, Q) or P > T:
-            raise ValueError(f"prompt of shape {tuple(prompt.shape)} does not fit context {(B, Q, T)}")
-        target[:, :, :P] = prompt
-    instruments, dropped = guidance_branches(guidance, cfg.n_instruments - 1, instrument)   # [k*B]
-    contexts = context.repeat(instruments.shape[0] // B, 1, 1)                             # [k*B, Q, T]
-    bar = tqdm(total=sum(steps), desc="decoding", unit="step", disable=not progress, leave=False)
+    if len(sampling.steps) != Q:
+        raise ValueError(f"need one positive step count per level ({Q}), got {tuple(sampling.steps)}")
+    target = initial_target(context, cfg.mask_id, prompt)                    # [B, Q, T]
+    n_free = T - (0 if prompt is None else prompt.shape[-1])
+    instruments, dropped = guidance_branches(sampling.guidance, cfg.n_instruments - 1, instrument)  # [k*B]
+    contexts = context.repeat(instruments.shape[0] // B, 1, 1)                              # [k*B, Q, T]
     for q in range(Q):
-        schedule = cosine_schedule(T - P, steps[q])
-        n_masked = T - P
-        for left in schedule:
-            k = n_masked - left                                              # tokens fixed at this step
-            bar.update(1)
-            if k == 0:
-                continue                                                     # nothing to fix this step
-            with autocast(dev):
-                logp = guided_level_logprobs(model, contexts, target, instruments, dropped, q, guidance,
-                                             scale_audio, scale_instrument)  # [B, T, V]
-            candidates, confidence = sample_tokens(logp, temperature, generator)
-            rho = causal_rank(confidence, w_c, w_s, w_r, generator)          # eq. 1, [B, T]
-            still_masked = target[:, q] == cfg.mask_id
-            rho = rho.masked_fill(~still_masked, float("-inf"))              # fixed tokens stay fixed
-            chosen = rho.topk(k, dim=1).indices                               # [B, k]
-            fix = torch.zeros_like(still_masked).scatter_(1, chosen, True)
-            target[:, q] = torch.where(fix, candidates, target[:, q])
+        n_masked = n_free
+        for left in cosine_schedule(n_free, sampling.steps[q]):
+            if n_masked > left:                                              # a step that fixes nothing is skipped
+                target[:, q] = decode_step(model, contexts, target, instruments, dropped, q, n_masked - left,
+                                           sampling, generator)
             n_masked = left
-    bar.close()
+            if on_step is not None:
+                on_step(1)
     return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Windows over long contexts
+
+def plan_windows(n_frames: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Overlapping windows covering n_frames: (start, end, prompt) with prompt = frames already decoded.
+
+    Every window but the first starts `window - overlap` frames after the previous one; the last one is
+    moved back to end exactly at n_frames, so every window has the training length (its prompt then grows).
+    A context no longer than one window is a single window of its own length.
+    """
+    if window < 1 or not 0 <= overlap < window:
+        raise ValueError(f"need 0 <= overlap < window, got window {window} and overlap {overlap} frames")
+    if n_frames <= window:
+        return [(0, n_frames, 0)]
+    starts = [0]
+    while starts[-1] + window < n_frames:
+        starts.append(min(starts[-1] + window - overlap, n_frames - window))
+    return [(s, s + window, 0 if i == 0 else starts[i - 1] + window - s) for i, s in enumerate(starts)]
+
+
+def window_frames(frame_rate: float, max_len: int, window_seconds: float | None = None,
+                  overlap_seconds: float | None = None) -> tuple[int, int]:
+    """Window and overlap in codec frames: the window defaults to DEFAULT_WINDOW_SECONDS, the overlap to half
+    the window; the window must fit the model's max_len."""
+    window_seconds = DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds
+    if window_seconds <= 0:
+        raise ValueError(f"--window must be positive, got {window_seconds}")
+    if overlap_seconds is None:
+        overlap_seconds = window_seconds / 2
+    if not 0 <= overlap_seconds < window_seconds:
+        raise ValueError(f"--overlap must be at least 0 and shorter than the window ({window_seconds:g} s), "
+                         f"got {overlap_seconds:g}")
+    window = max(1, round(window_seconds * frame_rate))
+    if window > max_len:
+        raise ValueError(f"--window of {window} frames exceeds the model's max_len ({max_len} frames = "
+                         f"{max_len / frame_rate:g} s): give a shorter --window")
+    return window, min(window - 1, round(overlap_seconds * frame_rate))
+
+
+@torch.no_grad()
+def generate_stem_tokens(model, context: torch.Tensor, instrument: int, sampling: Sampling, window: int,
+                         overlap: int, generator: torch.Generator | None = None,
+                         on_step: OnStep | None = None) -> torch.Tensor:
+    """Target tokens for context tokens [1, Q, T] of any length, window by window (Sec. 2.1.1).
+
+    Each window's overlap with the previous one is given to generate_tokens as a prompt of already-decoded
+    target tokens, so the stem continues; the results are stitched at token level. Returns LongTensor [1, Q, T].
+    """
+    target = torch.full_like(context, -1)                                     # [1, Q, T], -1 = not yet
+    inst = torch.tensor([instrument], device=context.device)
+    for start, end, p in plan_windows(context.shape[-1], window, overlap):
+        prompt = target[:, :, start:start + p] if p else None                 # [1, Q, P]
+        target[:, :, start:end] = generate_tokens(model, context[:, :, start:end], inst, sampling, prompt=prompt,
+                                                  generator=generator, on_step=on_step)
+    return target
+
+
+@torch.no_grad()
+def generate_stem(model, tok, context: np.ndarray, instrument: int, sampling: Sampling, window: int,
+                  overlap: int, generator: torch.Generator | None = None,
+                  on_step: OnStep | None = None) -> np.ndarray:
+    """One stem for a mono context [S] at tok.sample_rate, any length: encode, decode windows, codec decode.
+
+    Returns float32 [S] at tok.sample_rate, sample-aligned with the context.
+    """
+    n = context.shape[-1]
+    device = next(model.parameters()).device
+    mix = torch.as_tensor(np.asarray(context, dtype=np.float32), device=device)   # [S]
+    ctx_tokens = tok.encode(mix[None, None])                                      # [1, Q, T]
+    tgt_tokens = generate_stem_tokens(model, ctx_tokens, instrument, sampling, window, overlap, generator,
+                                      on_step)
+    stem = tok.decode(tgt_tokens)[0, 0, :n].float()                               # [S]
+    if stem.shape[-1] < n:
+        stem = torch.nn.functional.pad(stem, (0, n - stem.shape[-1]))
+    return stem.cpu().numpy()

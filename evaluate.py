@@ -39,7 +39,7 @@ import audio
 import checkpoint
 import codec as codec_lib
 import data
-import generate
+import decode
 import mir
 
 EXIT_USER_ERROR = 2
@@ -287,11 +287,11 @@ def generate_population(net, tok, examples, sampling, seed: int, window_seconds:
                         progress: bool = False, desc: str = "generate") -> list[np.ndarray]:
     """The model's stem for every example; example i always uses the seed (seed, i), whatever the sampling."""
     device = next(net.parameters()).device
+    window, overlap = decode.window_frames(tok.frame_rate, net.cfg.max_len, window_seconds)
     out = []
     for i, (context, _, instrument) in enumerate(tqdm(examples, desc=desc, unit="ex", disable=not progress)):
         g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-        stem = generate.generate_stem(net, tok, context, int(instrument), sampling, generator=g,
-                                      window_seconds=window_seconds)
+        stem = decode.generate_stem(net, tok, context, int(instrument), sampling, window, overlap, generator=g)
         out.append(audio.fit_length(stem, len(context)))
     return out
 
@@ -342,7 +342,7 @@ def sweep_settings(kind: str, base, scales=(2.0, 3.0, 4.0), ws_values=(0.0, 0.1,
     if kind == "causal-bias":
         return [(f"w_s = {w:g}", f"w_s={w:g}", replace(base, w_s=w, w_c=0.1, w_r=1.0)) for w in ws_values]
     if kind == "best-vs-naive":
-        return [("naive", "naive", generate.Sampling.naive(steps=base.steps, temperature=base.temperature)),
+        return [("naive", "naive", decode.Sampling.naive(steps=base.steps, temperature=base.temperature)),
                 ("best", "best", base)]
     raise EvaluateError(f"unknown sweep {kind!r}: use none, guidance, causal-bias or best-vs-naive")
 
@@ -466,8 +466,8 @@ def run(args) -> dict:
         embedding.net.to(device)
         embedding.device = device
     net, tok, ckpt = checkpoint.load_model(args.checkpoint, device, args.codec_weights)
-    seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or generate.DEFAULT_WINDOW_SECONDS
-    base = generate.Sampling(temperature=args.temperature)
+    seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or decode.DEFAULT_WINDOW_SECONDS
+    base = decode.Sampling(temperature=args.temperature)
     if args.steps:
         base = replace(base, steps=tuple(args.steps))
     settings = sweep_settings(args.sweep, base, _floats(args.scales, "--scales"), _floats(args.ws_values, "--ws-values"))
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except (EvaluateError, generate.GenerateError, audio.AudioError, codec_lib.CodecUnavailable,
+    except (EvaluateError, audio.AudioError, codec_lib.CodecUnavailable,
             data.DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -9,17 +9,18 @@ eq. 3 multi-source guidance); the codec turns them back into audio, which is wri
 and length. With several --instrument flags the stems are made in turn, the way the paper's introduction
 describes: each new stem is added to the context before the next one is generated.
 
-Contexts longer than the model's training window go through overlapping windows. The part of each window
-that overlaps the previous one is handed to the decoder as already-decoded target tokens (a SoundStorm-style
-prompt), so the stem continues across windows; the windows are stitched at token level and the codec
-decodes the whole sequence once, so there is no audio seam to crossfade.
+Contexts longer than the model's training window go through overlapping windows (decode.py): the overlap
+with the previous window is given to the decoder as already-decoded target tokens, so the stem continues,
+and the codec decodes the whole stitched sequence once, so there is no audio seam to crossfade. The outputs
+are written in the context's file type and sample format (a 24-bit wav gives 24-bit wavs, a flac gives flacs).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import soundfile as sf
@@ -31,9 +32,9 @@ import codec as codec_lib
 import data
 import decode
 from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device
-from decode import Sampling  # the paper's sampling settings (re-exported for evaluate.py)
+from decode import DEFAULT_WINDOW_SECONDS, Sampling
+from guidance import GUIDANCE_MODES
 
-DEFAULT_WINDOW_SECONDS = 20.0     # the paper's training crop (Sec. 3), used when a checkpoint does not say
 SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
 EXIT_USER_ERROR = 2
 
@@ -68,127 +69,53 @@ def instrument_slug(iid: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Windows over long contexts
+# Several stems in turn
 
-def plan_windows(n_frames: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
-    """Overlapping windows covering n_frames: (start, end, prompt) with prompt = frames already decoded.
-
-    Every window but the first starts `window - overlap` frames after the previous one; the last one is
-    moved back to end exactly at n_frames, so every window has the training length (its prompt then grows).
-    A context no longer than one window is a single window of its own length.
-    """
-    if window < 1 or not 0 <= overlap < window:
-        raise GenerateError(f"need 0 <= overlap < window, got window {window} and overlap {overlap} frames")
-    if n_frames <= window:
-        return [(0, n_frames, 0)]
-    starts = [0]
-    while starts[-1] + window < n_frames:
-        starts.append(min(starts[-1] + window - overlap, n_frames - window))
-    return [(s, s + window, 0 if i == 0 else starts[i - 1] + window - s) for i, s in enumerate(starts)]
-
-
-def generate_stem_tokens(net, context: torch.Tensor, instrument: int, sampling: Sampling,
-                         window: int, overlap: int, generator: torch.Generator | None = None,
-                         progress: bool = False, bar: tqdm | None = None) -> torch.Tensor:
-    """Target tokens for context tokens [1, Q, T] of any length, window by window (Sec. 2.1.1).
-
-    Each window's overlap with the previous one is given to decode.generate_tokens as a prompt of
-    already-decoded target tokens, so the stem continues; the results are stitched at token level.
-    Returns LongTensor [1, Q, T].
-    """
-    target = torch.full_like(context, -1)                                     # [1, Q, T], -1 = not yet
-    inst = torch.tensor([instrument], device=context.device)
-    for start, end, p in plan_windows(context.shape[-1], window, overlap):
-        prompt = target[:, :, start:start + p] if p else None                 # [1, Q, P]
-        target[:, :, start:end] = decode.generate_tokens(
-            net, context[:, :, start:end], inst, prompt=prompt, generator=generator, progress=progress,
-            **asdict(sampling))
-        if bar is not None:
-            bar.update(1)
-    return target
-
-
-def _window_frames(frame_rate: float, window_seconds: float | None, overlap_seconds: float | None):
-    """Window and overlap in codec frames; the overlap defaults to half the window."""
-    window_seconds = DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds
-    if window_seconds <= 0:
-        raise GenerateError(f"--window must be positive, got {window_seconds}")
-    if overlap_seconds is None:
-        overlap_seconds = window_seconds / 2
-    if not 0 <= overlap_seconds < window_seconds:
-        raise GenerateError(f"--overlap must be at least 0 and shorter than the window ({window_seconds:g} s), "
-                            f"got {overlap_seconds:g}")
-    window = max(1, round(window_seconds * frame_rate))
-    return window, min(window - 1, round(overlap_seconds * frame_rate))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Audio-level generation
-
-@torch.no_grad()
-def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampling: Sampling,
-                   generator: torch.Generator | None = None, progress: bool = False,
-                   window_seconds: float | None = None, overlap_seconds: float | None = None) -> list[np.ndarray]:
+def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampling: Sampling, window: int,
+                   overlap: int, generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
     """Stems one after another, each added to the context before the next (the paper's Sec. 1 workflow).
 
     Args:
         context: float [S] mono audio at tok.sample_rate.
         instruments: instrument ids (data.INSTRUMENTS), generated in this order.
+        window, overlap: in codec frames (decode.window_frames).
     Returns:
         one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
     """
-    if len(sampling.steps) != net.cfg.n_q:
-        raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
-                            f"token levels: give one per level")
-    device = next(net.parameters()).device
-    n = context.shape[-1]
-    hop = tok.sample_rate / tok.frame_rate
-    window, overlap = _window_frames(tok.frame_rate, window_seconds, overlap_seconds)
-    if window > net.cfg.max_len:
-        raise GenerateError(f"--window of {window} frames exceeds the model's max_len ({net.cfg.max_len} "
-                            f"frames = {net.cfg.max_len / tok.frame_rate:g} s): give a shorter --window")
-    n_windows = len(plan_windows(int(np.ceil(n / hop)), window, overlap))
-    mix = torch.as_tensor(np.asarray(context, dtype=np.float32), device=device)   # [S]
-    stems = []
-    with tqdm(total=n_windows * len(instruments), desc="windows", unit="win", disable=not progress) as bar:
+    n_frames = math.ceil(context.shape[-1] * tok.frame_rate / tok.sample_rate)
+    n_steps = len(decode.plan_windows(n_frames, window, overlap)) * sum(sampling.steps) * len(instruments)
+    mix, stems = np.asarray(context, dtype=np.float32), []
+    with tqdm(total=n_steps, desc="decoding", unit="step", disable=not progress) as bar:
         for iid in instruments:
-            ctx_tokens = tok.encode(mix[None, None])                          # [1, Q, T]
-            tgt_tokens = generate_stem_tokens(net, ctx_tokens, iid, sampling, window, overlap,
-                                              generator, progress, bar)
-            stem = tok.decode(tgt_tokens)[0, 0, :n].float()                   # [S]
-            if stem.shape[-1] < n:
-                stem = torch.nn.functional.pad(stem, (0, n - stem.shape[-1]))
-            stems.append(stem.cpu().numpy())
-            mix = mix + stem
+            stems.append(decode.generate_stem(net, tok, mix, iid, sampling, window, overlap, generator, bar.update))
+            mix = mix + stems[-1]
     return stems
-
-
-def generate_stem(net, tok, context: np.ndarray, instrument: int, sampling: Sampling,
-                  generator: torch.Generator | None = None, progress: bool = False,
-                  window_seconds: float | None = None, overlap_seconds: float | None = None) -> np.ndarray:
-    """One stem for a mono context [S] at tok.sample_rate (any length); returns float32 [S] at that rate."""
-    return generate_stems(net, tok, context, [instrument], sampling, generator, progress,
-                          window_seconds, overlap_seconds)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
+def output_extension(context_path: str) -> str:
+    """The context's own file type for the outputs (mix.flac -> .flac), or .wav where soundfile cannot write it."""
+    ext = os.path.splitext(context_path)[1]
+    return ext if ext.lstrip(".").upper() in sf.available_formats() else ".wav"
+
+
 def default_out_paths(context_path: str, instruments: list[int]) -> list[str]:
     """Stem paths next to the context: mix.wav + piano -> mix.piano.wav (a repeated class gets .2, .3...)."""
-    base = os.path.splitext(context_path)[0]
+    base, ext = os.path.splitext(context_path)[0], output_extension(context_path)
     slugs = [instrument_slug(i) for i in instruments]
     paths = []
     for k, s in enumerate(slugs):
         repeat = slugs[:k].count(s)
-        paths.append(f"{base}.{s}{'.' + str(repeat + 1) if repeat else ''}.wav")
+        paths.append(f"{base}.{s}{'.' + str(repeat + 1) if repeat else ''}{ext}")
     return paths
 
 
 def default_mix_path(context_path: str, instruments: list[int]) -> str:
     """The new mix next to the context: mix.wav + bass, drums -> mix.with-bass-drums.wav."""
-    base = os.path.splitext(context_path)[0]
-    return f"{base}.with-{'-'.join(instrument_slug(i) for i in instruments)}.wav"
+    base, ext = os.path.splitext(context_path)[0], output_extension(context_path)
+    return f"{base}.with-{'-'.join(instrument_slug(i) for i in instruments)}{ext}"
 
 
 def check_outputs(paths: list[str], context_path: str, force: bool) -> None:
@@ -225,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
                    help=f"model checkpoint written by train.py (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", action="append", metavar="PATH",
-                   help="stem output path, one per --instrument (default: CONTEXT.INSTRUMENT.wav)")
+                   help="stem output path, one per --instrument (default: CONTEXT.INSTRUMENT.EXT, EXT being the "
+                        "context's file type)")
     p.add_argument("--mix", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the context plus the new stem(s) (default path: "
-                        "CONTEXT.with-INSTRUMENTS.wav); always written with several --instrument")
+                        "CONTEXT.with-INSTRUMENTS.EXT); always written with several --instrument")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     g = p.add_argument_group("sampling (defaults: the paper's best setting)")
     g.add_argument("--steps", type=int, nargs="+", metavar="N", help=f"decoding steps per level, "
@@ -236,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
     g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
     g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
-    g.add_argument("--guidance", choices=decode.GUIDANCE_MODES,
+    g.add_argument("--guidance", choices=GUIDANCE_MODES,
                    help=f"classifier-free guidance: multi = eq. 3, joint = eq. 2 (default: {d.guidance})")
     g.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
                    help=f"guidance scale of the context (lambda_a; lambda of eq. 2) (default: {d.scale_audio})")
@@ -275,11 +203,8 @@ def sampling_from_args(args) -> Sampling:
     return replace(base, **given)
 
 
-def run(args) -> list[str]:
-    """The CLI's work once arguments are parsed; returns the paths written."""
-    sampling = sampling_from_args(args)
-    if min(sampling.steps) < 1 or sampling.temperature <= 0:
-        raise GenerateError("--steps must be positive and --temperature above 0")
+def output_plan(args) -> tuple[list[int], list[str], str | None]:
+    """Instrument ids, stem paths and mix path (None: no mix) from the flags, checked before any work."""
     try:
         instruments = instrument_ids(args.instrument)
     except ValueError as e:
@@ -292,13 +217,37 @@ def run(args) -> list[str]:
     if mix_path is None and len(instruments) > 1 or mix_path == "":
         mix_path = default_mix_path(args.context, instruments)
     check_outputs(outs + ([mix_path] if mix_path else []), args.context, args.force)
+    return instruments, outs, mix_path
 
+
+def write_outputs(outputs: list[tuple[str, np.ndarray]], sample_rate: int, subtype: str, force: bool, say) -> None:
+    """Write every (path, [S] or [C, S] audio) atomically, at the end, in the context's sample format."""
+    peak = max(float(np.abs(y).max()) for _, y in outputs)
+    if peak > 1.0:  # integer wav/flac would clip: scale every output alike, so stems still sum to the mix
+        gain = 0.99 / peak
+        outputs = [(p, y * gain) for p, y in outputs]
+        print(f"note: every output scaled by {20 * np.log10(gain):.1f} dB so that none clips "
+              f"(peak was {peak:.2f})", file=sys.stderr)
+    for path, y in outputs:
+        audio.write_audio(path, y.astype(np.float32), sample_rate, overwrite=force, subtype=subtype)
+        say(f"wrote {path}")
+
+
+def run(args) -> list[str]:
+    """The CLI's work once arguments are parsed; returns the paths written."""
+    sampling = sampling_from_args(args)
+    instruments, outs, mix_path = output_plan(args)
     x, sr = read_context(args.context)                                        # [C, S] at the file's rate
+    subtype = audio.audio_format(args.context)[1]                             # e.g. PCM_24: kept in the outputs
     device = pick_device(args.device)
     net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
+    if len(sampling.steps) != net.cfg.n_q:
+        raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
+                            f"token levels: give one per level")
+    window_seconds = args.window if args.window is not None else checkpoint_window_seconds(ckpt)
+    window, overlap = decode.window_frames(tok.frame_rate, net.cfg.max_len, window_seconds, args.overlap)
     if args.compile:
         net = torch.compile(net, mode="reduce-overhead")   # fixed window shapes: one CUDA graph per level
-    window_seconds = args.window if args.window is not None else checkpoint_window_seconds(ckpt)
 
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -306,22 +255,13 @@ def run(args) -> list[str]:
         f"({x.shape[1] / sr:.1f} s, {sr} Hz, {x.shape[0]} ch) on {device}")
     generator = torch.Generator(device=device).manual_seed(seed)
     context = audio.resample(audio.to_mono(x), sr, tok.sample_rate)           # [S'] at the codec rate
-    stems = generate_stems(net, tok, context, instruments, sampling, generator, not args.quiet,
-                           window_seconds, args.overlap)
+    stems = generate_stems(net, tok, context, instruments, sampling, window, overlap, generator, not args.quiet)
     stems = [audio.fit_length(audio.resample(s, tok.sample_rate, sr), x.shape[1]) for s in stems]  # [S] each
 
     outputs = list(zip(outs, stems))
     if mix_path:
         outputs.append((mix_path, x + sum(stems)[None, :]))                  # [C, S]
-    peak = max(float(np.abs(y).max()) for _, y in outputs)
-    if peak > 1.0:  # integer wav/flac would clip: scale every output alike, so stems still sum to the mix
-        gain = 0.99 / peak
-        outputs = [(p, y * gain) for p, y in outputs]
-        print(f"note: every output scaled by {20 * np.log10(gain):.1f} dB so that none clips "
-              f"(peak was {peak:.2f})", file=sys.stderr)
-    for path, y in outputs:                                                   # atomic writes, at the end
-        audio.write_audio(path, y.astype(np.float32), sr, overwrite=args.force)
-        say(f"wrote {path}")
+    write_outputs(outputs, sr, subtype, args.force, say)
     return [p for p, _ in outputs]
 
 

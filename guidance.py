@@ -2,7 +2,9 @@
 
 Training drops each conditioning source independently (`drop_conditions`), so that at sampling time the
 model can be asked for p(t), p(t | c_a) and p(t | c_i). `guided_logprobs` combines them with eq. 3; eq. 2
-is its one-source case, with the combined condition c = (c_a, c_i).
+is its one-source case, with the combined condition c = (c_a, c_i). At sampling time `guidance_branches`
+stacks the conditions of every branch a guidance mode needs into one batch, and `combine_branches` applies
+the mode's equation to the batch's logits.
 """
 from __future__ import annotations
 
@@ -45,3 +47,41 @@ def guided_logprobs(uncond: torch.Tensor, conds: list[torch.Tensor] | tuple[torc
     for lam, cond in zip(scales, conds):
         out = out + lam * torch.log_softmax(cond.float(), dim=-1)
     return torch.log_softmax(out, dim=-1)
+
+
+# The forward branches of each guidance mode, in batch order: (instrument kept, context kept).
+BRANCHES = {
+    "none": [(True, True)],                                   # p(t | c_a, c_i): one pass, no guidance
+    "joint": [(False, False), (True, True)],                  # eq. 2: p(t), p(t | c) with c = (c_a, c_i)
+    "multi": [(False, False), (False, True), (True, False)],  # eq. 3: p(t), p(t | c_a), p(t | c_i)
+}
+GUIDANCE_MODES = tuple(BRANCHES)
+
+
+def guidance_branches(guidance: str, null_instrument: int, instrument: torch.Tensor):
+    """The conditions of every forward branch a guidance mode needs, stacked for one batch (Sec. 2.1.2).
+
+    Returns instrument ids [k*B] and context_dropped [k*B] for the k branches, in the order of BRANCHES:
+    p(t | c_a, c_i) for "none"; p(t), p(t | c) for "joint"; p(t), p(t | c_a), p(t | c_i) for "multi".
+    """
+    if guidance not in BRANCHES:
+        raise ValueError(f"unknown guidance mode {guidance!r}; choose from {GUIDANCE_MODES}")
+    null = torch.full_like(instrument, null_instrument)
+    keep = torch.zeros(instrument.shape[0], dtype=torch.bool, device=instrument.device)
+    instruments = [instrument if inst_kept else null for inst_kept, _ in BRANCHES[guidance]]
+    dropped = [keep if ctx_kept else ~keep for _, ctx_kept in BRANCHES[guidance]]
+    return torch.cat(instruments), torch.cat(dropped)
+
+
+def combine_branches(guidance: str, logits: torch.Tensor, scale_audio: float, scale_instrument: float):
+    """The guided log-probabilities [B, T, V] from the logits [k*B, T, V] of guidance_branches' batch.
+
+    "none": the one pass, normalised; "joint": eq. 2 with lambda = scale_audio; "multi": eq. 3 with
+    lambda_a = scale_audio and lambda_i = scale_instrument.
+    """
+    parts = logits.float().chunk(len(BRANCHES[guidance]))    # k x [B, T, V]
+    if guidance == "none":
+        return torch.log_softmax(parts[0], dim=-1)
+    if guidance == "joint":
+        return guided_logprobs(parts[0], [parts[1]], [scale_audio])                          # eq. 2
+    return guided_logprobs(parts[0], [parts[1], parts[2]], [scale_audio, scale_instrument])  # eq. 3

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from decode import causal_rank, cosine_schedule, generate_tokens
+from decode import Sampling, causal_rank, cosine_schedule, generate_tokens
 from model import ModelConfig, StemGen
 
 CFG = ModelConfig(n_q=2, bins=16, dim=32, n_heads=2, n_layers=1, max_len=128)
@@ -54,7 +54,7 @@ def test_cosine_schedule_ends_unmasked_and_never_increases():
 def test_only_causal_bias_unmasks_strictly_left_to_right(model):
     rec = Recorder(model)
     ctx, inst = inputs()
-    generate_tokens(rec, ctx, inst, steps=(6, 6), w_c=0.0, w_s=1.0, w_r=0.0, guidance="none", progress=False)
+    generate_tokens(rec, ctx, inst, Sampling(steps=(6, 6), w_c=0.0, w_s=1.0, w_r=0.0, guidance="none"))
     for level, tgt in rec.seen:
         known = tgt[:, level] != CFG.mask_id            # [B, T]
         n = known.sum(1)
@@ -66,8 +66,8 @@ def test_fixed_tokens_never_change_and_counts_follow_the_schedule(model):
     rec = Recorder(model)
     ctx, inst = inputs(T=30)
     steps = (8, 5)
-    out = generate_tokens(rec, ctx, inst, steps=steps, guidance="none", generator=torch.Generator().manual_seed(0),
-                          progress=False)
+    out = generate_tokens(rec, ctx, inst, Sampling(steps=steps, guidance="none"),
+                          generator=torch.Generator().manual_seed(0))
     for q in range(CFG.n_q):
         snaps = [t for level, t in rec.seen if level == q] + [out]
         for t in snaps:
@@ -82,8 +82,8 @@ def test_fixed_tokens_never_change_and_counts_follow_the_schedule(model):
 
 def test_same_seed_same_tokens_and_different_seed_different_tokens(model):
     ctx, inst = inputs()
-    run = lambda s: generate_tokens(model, ctx, inst, steps=(4, 4), generator=torch.Generator().manual_seed(s),
-                                    progress=False)
+    run = lambda s: generate_tokens(model, ctx, inst, Sampling(steps=(4, 4)),
+                                    generator=torch.Generator().manual_seed(s))
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
 
@@ -92,7 +92,7 @@ def test_same_seed_same_tokens_and_different_seed_different_tokens(model):
 def test_every_guidance_mode_decodes_a_full_sequence_in_one_batched_pass(model, mode, branches):
     rec = Recorder(model)
     ctx, inst = inputs()
-    out = generate_tokens(rec, ctx, inst, steps=(4, 3), guidance=mode, progress=False,
+    out = generate_tokens(rec, ctx, inst, Sampling(steps=(4, 3), guidance=mode),
                           generator=torch.Generator().manual_seed(0))
     assert out.shape == ctx.shape
     assert (out != CFG.mask_id).all() and out.min() >= 0 and out.max() < CFG.bins
@@ -102,7 +102,7 @@ def test_every_guidance_mode_decodes_a_full_sequence_in_one_batched_pass(model, 
 def test_prompt_tokens_are_kept_and_never_resampled(model):
     ctx, inst = inputs(T=24)
     prompt = torch.randint(0, CFG.bins, (2, CFG.n_q, 10), generator=torch.Generator().manual_seed(3))
-    out = generate_tokens(model, ctx, inst, steps=(4, 4), prompt=prompt, progress=False)
+    out = generate_tokens(model, ctx, inst, Sampling(steps=(4, 4)), prompt=prompt)
     assert torch.equal(out[:, :, :10], prompt)
     assert (out != CFG.mask_id).all()
 
@@ -110,6 +110,12 @@ def test_prompt_tokens_are_kept_and_never_resampled(model):
 def test_bad_arguments_give_clear_errors(model):
     ctx, inst = inputs()
     with pytest.raises(ValueError, match="guidance"):
-        generate_tokens(model, ctx, inst, steps=(2, 2), guidance="bogus", progress=False)
+        generate_tokens(model, ctx, inst, Sampling(steps=(2, 2), guidance="bogus"))
     with pytest.raises(ValueError, match="step count per level"):
-        generate_tokens(model, ctx, inst, steps=(2,), progress=False)
+        generate_tokens(model, ctx, inst, Sampling(steps=(2,)))
+    with pytest.raises(ValueError, match="steps must be positive"):
+        Sampling(steps=(2, 0))
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=0.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        generate_tokens(model, ctx, inst, Sampling(steps=(2, 2)), prompt=ctx[:, :1])

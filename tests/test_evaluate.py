@@ -9,7 +9,7 @@ import torch
 
 import checkpoint
 import evaluate
-import generate
+from decode import Sampling
 
 
 # ------------------------------------------------------------------------------------------------- FAD
@@ -122,7 +122,7 @@ def test_vggish_mel_filterbank_covers_125_to_7500_hz():
 # ------------------------------------------------------------------------------------------- sweeps
 
 def test_guidance_sweep_follows_table_1_groups():
-    s = evaluate.sweep_settings("guidance", generate.Sampling(), scales=(2.0, 4.0))
+    s = evaluate.sweep_settings("guidance", Sampling(), scales=(2.0, 4.0))
     groups = [g for g, _, _ in s]
     assert groups.count("lambda_i = lambda_a = 1.0") == 1
     assert groups.count("lambda_i > 1.0, lambda_a = 1.0") == 2
@@ -135,10 +135,10 @@ def test_guidance_sweep_follows_table_1_groups():
 
 
 def test_causal_bias_and_naive_settings():
-    s = evaluate.sweep_settings("causal-bias", generate.Sampling(w_c=0.5), ws_values=(0.0, 0.1, 0.2, 0.5))
+    s = evaluate.sweep_settings("causal-bias", Sampling(w_c=0.5), ws_values=(0.0, 0.1, 0.2, 0.5))
     assert [x.w_s for _, _, x in s] == [0.0, 0.1, 0.2, 0.5]
     assert all(x.w_c == 0.1 and x.w_r == 1.0 for _, _, x in s)
-    (_, _, naive), (_, _, best) = evaluate.sweep_settings("best-vs-naive", generate.Sampling(steps=(2, 2)))
+    (_, _, naive), (_, _, best) = evaluate.sweep_settings("best-vs-naive", Sampling(steps=(2, 2)))
     assert naive.guidance == "none" and naive.w_s == 0.0 and naive.steps == (2, 2)
     assert best.guidance == "multi" and best.w_s == 0.1
 
@@ -155,13 +155,13 @@ def test_group_rows_averages_each_group():
 @pytest.fixture(scope="session")
 def tiny_setup(tmp_path_factory):
     """A 3-track synthetic dataset, a small fitted spectral codec and a random-weight tiny StemGen checkpoint."""
-    import codec
     import model
+    import spectral
     import synth
     root = tmp_path_factory.mktemp("eval")
     ds = str(root / "data")
     synth.make_dataset(ds, tracks=3, seconds=4.0, seed=0, progress=False, workers=1, sample_rate=16000)
-    tok = codec.fit_spectral(ds, None, n_q=2, bins=16, dim=16, sample_rate=16000, n_fft=512, seconds_per_track=4,
+    tok = spectral.fit_spectral(ds, None, n_q=2, bins=16, dim=16, sample_rate=16000, n_fft=512, seconds_per_track=4,
                              kmeans_iters=3, griffin_lim_iters=4, progress=False)
     cfg = replace(model.PRESETS["tiny"], n_q=2, bins=16, dim=32, n_heads=2, n_layers=1)
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ def test_generated_population_is_repeatable_for_a_seed(tiny_setup):
     net, tok, _ = checkpoint.load_model(ckpt, "cpu")
     examples = evaluate.draw_examples(ds, "test", 1, 2.0, tok.sample_rate, seed=0)
     assert all(c.shape == t.shape == (2 * tok.sample_rate,) for c, t, _ in examples)
-    sampling = generate.Sampling(steps=(2, 2))
+    sampling = Sampling(steps=(2, 2))
     a = evaluate.generate_population(net, tok, examples, sampling, seed=3)
     b = evaluate.generate_population(net, tok, examples, sampling, seed=3)
     c = evaluate.generate_population(net, tok, examples, sampling, seed=4)

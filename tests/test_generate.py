@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import codec as codec_lib
 import decode
 import generate
 import model as model_lib
+import spectral
 from checkpoint import config_dict, save_checkpoint
 from conftest import ROOT
 
@@ -36,7 +36,7 @@ def tiny_codec(tmp_path_factory):
     d = tmp_path_factory.mktemp("codec_data")
     for k, freqs in enumerate([(110.0, 220.0), (261.6, 329.6, 392.0), (146.8, 587.3)]):
         sf.write(str(d / f"part{k}.wav"), tones(1.0, SR, freqs, seed=k)[0], SR)
-    return codec_lib.fit_spectral(str(d), None, n_q=N_Q, bins=BINS, dim=8, sample_rate=SR, n_fft=512,
+    return spectral.fit_spectral(str(d), None, n_q=N_Q, bins=BINS, dim=8, sample_rate=SR, n_fft=512,
                                   seconds_per_track=1.0, griffin_lim_iters=8, progress=False)
 
 
@@ -91,12 +91,12 @@ def spy_generate_tokens(monkeypatch):
     calls = []
     real = decode.generate_tokens
 
-    def spy(net, context, instrument, prompt=None, **kw):
-        out = real(net, context, instrument, prompt=prompt, **kw)
+    def spy(net, context, instrument, sampling, prompt=None, **kw):
+        out = real(net, context, instrument, sampling, prompt=prompt, **kw)
         calls.append((context.clone(), None if prompt is None else prompt.clone(), out.clone()))
         return out
 
-    monkeypatch.setattr(generate.decode, "generate_tokens", spy)
+    monkeypatch.setattr(decode, "generate_tokens", spy)
     return calls
 
 
@@ -120,6 +120,27 @@ def test_stem_and_mix_match_input_rate_length_and_channels(random_ckpt, tmp_path
     np.testing.assert_allclose(mix, gain * x.T + stem[:, None], atol=2 / 2 ** 15)  # PCM-16 rounding
 
 
+@pytest.mark.parametrize("ext,subtype", [(".wav", "PCM_24"), (".wav", "FLOAT"), (".flac", "PCM_24")])
+def test_outputs_keep_the_context_format_and_are_readable_by_others(random_ckpt, tmp_path, capsys, ext, subtype):
+    """A 48 kHz 24-bit stereo context gives 24-bit stem and mix (float gives float, flac gives flac), written
+    with the permissions open() would give (0o666 less the umask), not 0o600."""
+    ctx = tmp_path / f"song{ext}"
+    x = tones(1.0, 48000, channels=2)
+    sf.write(str(ctx), x.T, 48000, subtype=subtype)
+    old = os.umask(0o022)
+    try:
+        rc, err = run_cli(["--context", str(ctx), "--instrument", "bass", "--mix", "--checkpoint", random_ckpt,
+                           "--seed", "0", *FAST], capsys)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    for name, channels in [(f"song.bass{ext}", 1), (f"song.with-bass{ext}", 2)]:
+        info = sf.info(str(tmp_path / name))
+        assert (info.format, info.subtype) == (ext[1:].upper(), subtype)
+        assert (info.samplerate, info.channels, info.frames) == (48000, channels, x.shape[1])
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644
+
+
 def test_same_seed_gives_identical_audio(random_ckpt, tmp_path, capsys):
     ctx = tmp_path / "ctx.wav"
     write_context(ctx, seconds=1.0, sr=SR, channels=1)
@@ -136,13 +157,13 @@ def test_same_seed_gives_identical_audio(random_ckpt, tmp_path, capsys):
 
 def test_plan_windows_covers_sequence_with_training_length_windows():
     for n, w, o in [(115, 40, 15), (100, 40, 0), (41, 40, 39), (400, 50, 25)]:
-        plan = generate.plan_windows(n, w, o)
+        plan = decode.plan_windows(n, w, o)
         assert plan[0] == (0, w, 0) and plan[-1][1] == n
         for (s0, e0, _), (s1, e1, p1) in zip(plan, plan[1:]):
             assert e1 - s1 == w                              # every window has the training length
             assert p1 == e0 - s1 >= o                        # the prompt is exactly what is already decoded
             assert s1 > s0
-    assert generate.plan_windows(30, 40, 20) == [(0, 30, 0)]  # short context: one window of its own length
+    assert decode.plan_windows(30, 40, 20) == [(0, 30, 0)]  # short context: one window of its own length
 
 
 def test_long_context_goes_through_windows_with_decoded_prompts(random_ckpt, tmp_path, monkeypatch, capsys):
@@ -153,7 +174,7 @@ def test_long_context_goes_through_windows_with_decoded_prompts(random_ckpt, tmp
                        "--window", "0.8", "--overlap", "0.3", "--seed", "0", *FAST], capsys)
     assert rc == 0, err
     window, overlap = 40, 15                                 # frames at the codec's 50 Hz
-    plan = generate.plan_windows(115, window, overlap)       # 2.3 s -> 115 frames
+    plan = decode.plan_windows(115, window, overlap)       # 2.3 s -> 115 frames
     assert len(calls) == len(plan) == 4
     for (context, prompt, _), (start, end, p), prev in zip(calls, plan, [None] + calls[:-1]):
         assert context.shape[-1] == end - start == window
@@ -191,7 +212,7 @@ def test_windowed_stem_has_no_seam(copy_ckpt, random_ckpt, tiny_codec, tmp_path,
     np.testing.assert_allclose(stem["copy_win"], roundtrip, atol=1e-3)
 
     hop, width = tiny_codec.hop, SR // 20                    # 50 ms either side of each position
-    plan = generate.plan_windows(150, 40, 20)                # 3 s at 50 Hz, the 0.8 s / 0.4 s windows
+    plan = decode.plan_windows(150, 40, 20)                # 3 s at 50 Hz, the 0.8 s / 0.4 s windows
     assert len(plan) == 7
     boundaries = {s for s, _, _ in plan[1:]} | {e for _, e, _ in plan[:-1]}   # where a window starts or ends
     y = stem["rand_win"]
@@ -288,9 +309,9 @@ def test_existing_output_needs_force(random_ckpt, tmp_path, capsys):
 
 
 def test_naive_setting_and_flag_overrides():
-    assert generate.Sampling() == generate.Sampling(steps=(128, 64, 32, 32), w_c=0.1, w_s=0.1, w_r=1.0,
+    assert decode.Sampling() == decode.Sampling(steps=(128, 64, 32, 32), w_c=0.1, w_s=0.1, w_r=1.0,
                                                     guidance="multi", scale_audio=3.0, scale_instrument=3.0)
-    naive = generate.Sampling.naive()
+    naive = decode.Sampling.naive()
     assert naive.guidance == "none" and naive.w_s == 0.0 and naive.w_r == 1.0
     args = generate.build_parser().parse_args(["--context", "x", "--instrument", "piano", "--naive",
                                                "--w-s", "0.2", "--steps", "4", "4"])

@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from guidance import drop_conditions, guided_logprobs
+from guidance import combine_branches, drop_conditions, guidance_branches, guided_logprobs
 
 
 def logsoftmax(v):
@@ -57,3 +58,32 @@ def test_conditions_are_dropped_independently_at_their_rates():
     assert abs(inst_dropped.float().mean() - 0.2) < 0.015
     assert abs((ctx_dropped & inst_dropped).float().mean() - 0.06) < 0.01
     assert torch.equal(new_inst[~inst_dropped], inst[~inst_dropped])
+
+
+def test_branches_hold_the_conditions_of_each_guidance_mode_in_order():
+    """"multi" asks for p(t), p(t | c_a), p(t | c_i); "joint" for p(t), p(t | c_a, c_i); "none" for one pass."""
+    inst = torch.tensor([3, 5])
+    ids, dropped = guidance_branches("multi", 17, inst)
+    assert ids.tolist() == [17, 17, 17, 17, 3, 5]              # instrument dropped, dropped, kept
+    assert dropped.tolist() == [True, True, False, False, True, True]   # context dropped, kept, dropped
+    ids, dropped = guidance_branches("joint", 17, inst)
+    assert ids.tolist() == [17, 17, 3, 5] and dropped.tolist() == [True, True, False, False]
+    ids, dropped = guidance_branches("none", 17, inst)
+    assert ids.tolist() == [3, 5] and dropped.tolist() == [False, False]
+
+
+def test_combined_branches_are_eq3_for_multi_and_eq2_for_joint():
+    """combine_branches applies the mode's equation to the batch of guidance_branches."""
+    g = torch.Generator().manual_seed(3)
+    u, a, i = (torch.randn(2, 5, 7, generator=g) for _ in range(3))   # [B, T, V] per branch
+    multi = combine_branches("multi", torch.cat([u, a, i]), 3.0, 2.0)
+    assert torch.allclose(multi, guided_logprobs(u, [a, i], [3.0, 2.0]))
+    joint = combine_branches("joint", torch.cat([u, a]), 2.5, 9.0)   # lambda_i plays no part in eq. 2
+    assert torch.allclose(joint, guided_logprobs(u, [a], [2.5]))
+    assert torch.allclose(combine_branches("none", a, 3.0, 3.0), torch.log_softmax(a, -1))
+
+
+def test_unknown_guidance_mode_is_refused():
+    """An unknown mode names the valid ones."""
+    with pytest.raises(ValueError, match="multi"):
+        guidance_branches("bogus", 17, torch.tensor([0]))
