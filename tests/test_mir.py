@@ -1,4 +1,4 @@
-"""The MIR analysers recover known content from synthetic audio (additive tones, noise clicks)."""
+"""The MIR analysers recover known content from synthetic audio (additive tones, noise clicks); KL and MIRDD."""
 import numpy as np
 import pytest
 
@@ -109,3 +109,34 @@ def test_histogram_clips_into_support_and_rejects_unknown_labels():
 def test_too_short_audio_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="too short"):
         mir.describe(np.zeros(100, np.float32), SR)
+
+
+# ------------------------------------------------------------------------------------------ KL, MIRDD
+
+def test_kl_of_identical_histograms_is_zero_and_matches_definition():
+    h = np.array([3.0, 0.0, 7.0, 1.0])
+    assert mir.kl_divergence(h, h) == pytest.approx(0.0, abs=1e-12)
+    expected = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)
+    assert mir.kl_divergence([1, 1], [1, 3], alpha=0.0) == pytest.approx(expected)
+
+
+def test_kl_smoothing_keeps_disjoint_supports_finite():
+    d = mir.kl_divergence([5, 0], [0, 5], alpha=1.0)
+    assert np.isfinite(d) and d > 0
+    assert mir.kl_divergence([5, 0], [0, 5], alpha=0.1) > d  # less smoothing, larger divergence
+
+
+def _desc(key, pitches):
+    return {"key": [key], "pitch_range": [int(np.ptp(pitches))], "unique_pitch_classes": [len(set(np.mod(pitches, 12)))],
+            "percussive_density": [2], "beats_per_bar": [4], "chord_variety": [1], "chord_alteration_ratio": [0.0],
+            "note_pitches": list(pitches), "note_pitch_classes": [p % 12 for p in pitches],
+            "chord_labels": ["C:maj"], "structure_labels": ["A"]}
+
+
+def test_mirdd_is_zero_for_equal_populations_and_grows_with_mismatch():
+    ref = [_desc("C major", [60, 64, 67]), _desc("G major", [67, 71, 74])]
+    total, per = mir.mirdd(ref, list(reversed(ref)))
+    assert total == pytest.approx(0.0, abs=1e-12) and set(per) == set(mir.DESCRIPTORS)
+    near = mir.mirdd(ref, [_desc("C major", [60, 64, 67]), _desc("D major", [62, 66, 69])])[0]
+    far = mir.mirdd(ref, [_desc("F# major", [30, 90]), _desc("F# major", [31, 91])])[0]
+    assert 0 < near < far
