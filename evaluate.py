@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="held-out split the examples come from")
     p.add_argument("--n", type=int, default=400, help="number of examples (paper: 400)")
     p.add_argument("--seconds", type=float, default=None,
-                   help="example length; default: the checkpoint's training crop, else 20 s")
+                   help=f"example length; default: the checkpoint's training crop, "
+                        f"else {decode.DEFAULT_WINDOW_SECONDS:g} s")
     p.add_argument("--out", required=True, help="folder for results.json / results.md (or sweep-*.json/md)")
     p.add_argument("--force", action="store_true", help="overwrite existing result files")
     p.add_argument("--sweep", default="none", choices=["none", "guidance", "causal-bias", "best-vs-naive"],
@@ -214,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vggish-weights", default=None, help="local VGGish state dict (torchvggish names)")
     p.add_argument("--kl-smoothing", type=float, default=1.0, help="pseudo-count per histogram bin for MIRDD's KL")
     p.add_argument("--steps", type=int, nargs="+", metavar="N",
-                   help="decoding steps per level, as generate.py (default: the paper's 128 64 32 32)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+                   help=f"decoding steps per level, as generate.py (default: the paper's "
+                        f"{' '.join(map(str, decode.Sampling.steps))})")
+    p.add_argument("--temperature", type=float, default=decode.Sampling.temperature, help="sampling temperature")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--codec-weights", metavar="PATH",
