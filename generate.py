@@ -44,7 +44,7 @@ class GenerateError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Model, codec and context
+# Context and instruments
 
 def read_context(path: str) -> tuple[np.ndarray, int]:
     """Read a context file as [C, S] float32 at its own rate; reject empty, non-finite or silent audio."""
