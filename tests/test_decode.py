@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from decode import Sampling, causal_rank, cosine_schedule, generate_tokens
+from decode import (DEFAULT_WINDOW_SECONDS, Sampling, causal_rank, cosine_schedule, generate_tokens,
+                    plan_windows, window_frames)
 from model import ModelConfig, StemGen
 
 CFG = ModelConfig(n_q=2, bins=16, dim=32, n_heads=2, n_layers=1, max_len=128)
@@ -119,3 +120,26 @@ def test_bad_arguments_give_clear_errors(model):
         Sampling(temperature=0.0)
     with pytest.raises(ValueError, match="does not fit"):
         generate_tokens(model, ctx, inst, Sampling(steps=(2, 2)), prompt=ctx[:, :1])
+
+
+def test_plan_windows_covers_sequence_with_training_length_windows():
+    """Windows end at the sequence end, all of the training length; each prompt is what is already decoded."""
+    for n, w, o in [(115, 40, 15), (100, 40, 0), (41, 40, 39), (400, 50, 25)]:
+        plan = plan_windows(n, w, o)
+        assert plan[0] == (0, w, 0) and plan[-1][1] == n
+        for (s0, e0, _), (s1, e1, p1) in zip(plan, plan[1:]):
+            assert e1 - s1 == w                              # every window has the training length
+            assert p1 == e0 - s1 >= o                        # the prompt is exactly what is already decoded
+            assert s1 > s0
+    assert plan_windows(30, 40, 20) == [(0, 30, 0)]  # short context: one window of its own length
+
+
+def test_window_defaults_to_20_s_with_half_overlap_and_must_fit_the_model():
+    """Without a window the paper's 20 s crop is used, the overlap is half of it, and max_len bounds it."""
+    assert DEFAULT_WINDOW_SECONDS == 20.0
+    assert window_frames(50, 4096) == (1000, 500)
+    assert window_frames(50, 4096, 0.8, 0.3) == (40, 15)
+    with pytest.raises(ValueError, match="max_len"):
+        window_frames(50, 999)
+    with pytest.raises(ValueError, match="--overlap"):
+        window_frames(50, 4096, 2.0, 2.0)

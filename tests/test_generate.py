@@ -155,17 +155,6 @@ def test_same_seed_gives_identical_audio(random_ckpt, tmp_path, capsys):
     assert not np.array_equal(outs["a"], outs["c"])
 
 
-def test_plan_windows_covers_sequence_with_training_length_windows():
-    for n, w, o in [(115, 40, 15), (100, 40, 0), (41, 40, 39), (400, 50, 25)]:
-        plan = decode.plan_windows(n, w, o)
-        assert plan[0] == (0, w, 0) and plan[-1][1] == n
-        for (s0, e0, _), (s1, e1, p1) in zip(plan, plan[1:]):
-            assert e1 - s1 == w                              # every window has the training length
-            assert p1 == e0 - s1 >= o                        # the prompt is exactly what is already decoded
-            assert s1 > s0
-    assert decode.plan_windows(30, 40, 20) == [(0, 30, 0)]  # short context: one window of its own length
-
-
 def test_long_context_goes_through_windows_with_decoded_prompts(random_ckpt, tmp_path, monkeypatch, capsys):
     ctx = tmp_path / "long.wav"
     write_context(ctx, seconds=2.3, sr=SR, channels=1)
