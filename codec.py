@@ -316,7 +316,7 @@ def open_codec(name: str, weights: str | None = None, device="cpu") -> Codec:
     raise ValueError(f"unknown codec {name!r}: choose encodec_32khz or spectral")
 
 
-# ---- measuring a codec's round trip on held-out audio --------------------------------------------------------
+# ---- the audio a codec is fitted on (spectral.py) and measured on; measuring its round trip ----------------
 
 def find_tracks(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
     """Audio files of a Slakh-layout folder grouped by track: [[stems/S00.flac, ..., mix.flac], ...].

@@ -30,7 +30,8 @@ FIT_HINT = "python spectral.py fit --data DATA_DIR --out FILE"
 
 @dataclass(frozen=True)
 class SpectralConfig:
-    """The spectral codec's settings and their defaults (used by fitting, the command line and train.py)."""
+    """The spectral codec's settings and their defaults: the one place `fit_spectral`, the `fit` command and
+    `SpectralCodec` take them from."""
     sample_rate: int = 32000          # Hz, as the paper's Encodec, so that the two codecs are interchangeable
     frame_rate: int = 50              # token frames per second; hop = sample_rate / frame_rate (640 samples)
     n_fft: int = 2048                 # STFT size in samples; one frame centred on every multiple of the hop
@@ -191,7 +192,6 @@ class SpectralCodec(Codec):
         mag = torch.cat([mag, mag[:, -1:]], 1)                           # [B, T + 1, F]: stft's frame count
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         return griffin_lim(mag, self.n_fft, self.hop, self.griffin_lim_iters, generator)[:, None]
-
 
 
 def save_spectral(codec: SpectralCodec, path: str, overwrite: bool = False) -> None:
