@@ -20,7 +20,8 @@ import torch
 
 import decode
 from model import PRESETS, StemGen, autocast, count_parameters
-from train import PAPER, masked_loss
+from data import NULL_INSTRUMENT
+from masking import Objective, masked_loss
 
 # Dense bf16 peak (TFLOP/s) from the vendors' datasheets.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -116,12 +117,9 @@ def bench_train(args):
     tgt = torch.randint(0, cfg.bins, (B, cfg.n_q, T), device=device, generator=g)
     inst = torch.randint(0, 17, (B,), device=device, generator=g)
 
-    recipe = argparse.Namespace(**{k: PAPER[k] for k in ("p_drop_context", "p_drop_instrument", "prefix_prob",
-                                                         "max_prefix")})
-
     def step():
         with autocast(device):
-            loss = masked_loss(fwd, ctx, tgt, inst, recipe, g)     # the training objective of train.py
+            loss = masked_loss(fwd, ctx, tgt, inst, Objective(), NULL_INSTRUMENT, g)   # the paper's objective
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

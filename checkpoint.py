@@ -27,6 +27,22 @@ def config_dict(cfg: ModelConfig) -> dict:
     return asdict(cfg)
 
 
+def make_checkpoint(model: StemGen, codec, opt, sched, state: dict, args) -> dict:
+    """Everything a resumed run needs; `model` is the plain StemGen (not a DDP or compiled wrapper).
+
+    `state` holds the loop's counters (train.RunState as a dict); `args` the resolved training knobs,
+    of which the plain values are kept (train_args), so that a resumed run uses the same data and recipe.
+    """
+    return {
+        "model_config": config_dict(model.cfg), "codec_spec": codec.spec(), "model": model.state_dict(),
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": state["step"],
+        "best_val_nll": state["best"], "best_step": state["best_step"], "nonfinite_steps": state["nonfinite"],
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "train_args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
+    }
+
+
 def save_checkpoint(path: str, ckpt: dict) -> None:
     """Write a checkpoint atomically: a temporary file in the same folder, then rename."""
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp), ".pt", overwrite=True)

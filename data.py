@@ -28,6 +28,7 @@ from itertools import combinations
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
 
@@ -321,7 +322,10 @@ class StemPairDataset(torch.utils.data.Dataset):
 
     def _try_crop(self, track: Track, start: float, rng: np.random.Generator):
         """Read one crop of every stem; return (context, target, instrument) or None when it is unusable."""
-        crops = [read_crop(s, start, self.crop_seconds) for s in track.stems]  # each at its file's rate
+        return self._pair_from_crops(track, [read_crop(s, start, self.crop_seconds) for s in track.stems], rng)
+
+    def _pair_from_crops(self, track: Track, crops: list[np.ndarray], rng: np.random.Generator):
+        """Pick a pair among the sounding stems of one crop (each crop at its file's rate), mix and check it."""
         sounding = [k for k, x in enumerate(crops) if rms_db(x) >= self.silence_db]
         if len(sounding) < 2:
             return None
@@ -336,6 +340,30 @@ class StemPairDataset(torch.utils.data.Dataset):
         if rms_db(context) < self.silence_db or rms_db(target) < self.silence_db:
             return None
         return torch.from_numpy(context.astype(np.float32)), torch.from_numpy(target.astype(np.float32)), track.stems[tgt].instrument
+
+    def segment_pairs(self, index: int, k: int, rng: np.random.Generator) -> list[tuple]:
+        """Up to k items from segment `index`, drawn as __getitem__ draws them but reading each stem once.
+
+        For pools of pre-tokenised pairs: one read of the segment serves k crops. Returns fewer than k
+        items when max_tries * k crops do not give them (a mostly silent segment).
+        """
+        track, a, b = self.segments[index]
+        try:
+            whole = [read_crop(s, a, b - a) for s in track.stems]
+        except AudioError as e:
+            self._skip_bad_stem(track, e)
+            return []
+        items = []
+        for _ in range(self.max_tries * k):
+            start = float(rng.random()) * max(0.0, b - a - self.crop_seconds)
+            crops = [x[int(round(start * s.sample_rate)):][:int(round(self.crop_seconds * s.sample_rate))]
+                     for x, s in zip(whole, track.stems)]
+            item = self._pair_from_crops(track, crops, rng)
+            if item is not None:
+                items.append(item)
+                if len(items) == k:
+                    break
+        return items
 
     def _skip_bad_stem(self, track: Track, error: AudioError) -> None:
         """Drop the stem named in the error from its track, count it and say so once."""
@@ -371,3 +399,54 @@ class StemPairDataset(torch.utils.data.Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         return self._draw(i, self._rng(i))
+
+
+# ------------------------------------------------------------------------------- pre-tokenised pools
+
+
+def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed: int, batch: int = 32,
+               progress: bool = True, desc: str = "tokenising pairs") -> dict:
+    """Draw n_pairs items segment by segment (in a seeded order, per_segment each) and tokenise them.
+
+    Args:
+        ds: the dataset whose pairs are drawn (its `segment_pairs`).
+        encode: waves FloatTensor [B, S] -> tokens LongTensor [B, Q, T] (the codec).
+    Returns:
+        dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]) and song (long [N],
+        the index of the pair's track in ds.tracks, for song-level statistics).
+    """
+    if n_pairs < 1 or per_segment < 1:
+        raise DatasetError("a token pool needs n_pairs >= 1 and per_segment >= 1")
+    rng = np.random.default_rng([seed, 2**31])
+    song_of = {id(t): i for i, t in enumerate(ds.tracks)}
+    order, cursor, empty_in_a_row = rng.permutation(len(ds.segments)), 0, 0
+    pending, out = [], {"context": [], "target": [], "instrument": [], "song": []}
+
+    def flush():
+        waves = torch.stack([c for c, _, _, _ in pending] + [t for _, t, _, _ in pending])   # [2b, S]
+        tok = encode(waves).to("cpu", torch.int16)                                         # [2b, Q, T]
+        out["context"].append(tok[:len(pending)])
+        out["target"].append(tok[len(pending):])
+        out["instrument"] += [k for _, _, k, _ in pending]
+        out["song"] += [s for _, _, _, s in pending]
+        pending.clear()
+
+    drawn = 0
+    with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not progress) as bar:
+        while drawn < n_pairs:
+            seg = int(order[cursor % len(order)])
+            cursor += 1
+            items = ds.segment_pairs(seg, min(per_segment, n_pairs - drawn), rng)
+            drawn += len(items)
+            empty_in_a_row = 0 if items else empty_in_a_row + 1
+            if empty_in_a_row > len(order):
+                raise DatasetError(f"no usable (context, target) pair in any segment of {ds.root} [{ds.split}]")
+            song = song_of[id(ds.segments[seg][0])]
+            pending += [(c, t, k, song) for c, t, k in items]
+            bar.update(len(items))
+            if len(pending) >= batch:
+                flush()
+    if pending:
+        flush()
+    return {"context": torch.cat(out["context"]), "target": torch.cat(out["target"]),
+            "instrument": torch.tensor(out["instrument"]), "song": torch.tensor(out["song"])}

@@ -1,4 +1,4 @@
-"""Level-wise SoundStorm masking of the target-stem tokens (Sec. 2.1, Fig. 4).
+"""Level-wise SoundStorm masking of the target-stem tokens and the training objective (Sec. 2.1, Fig. 4).
 
 Per example a level q is chosen; levels below q (coarser) are given as they are, a cosine-scheduled
 fraction of the positions of level q is masked, and every level above q (finer residuals) is fully masked.
@@ -7,8 +7,32 @@ The loss is taken over the masked positions of level q only. Context tokens are 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+
+from guidance import drop_conditions
+
+
+@dataclass
+class Objective:
+    """The training objective's knobs; defaults are the paper's (Sec. 2.1, 2.1.2, 3)."""
+    p_drop_context: float = field(default=0.2, metadata={"help": "probability of dropping the context-mix (Sec. 2.1.2)"})
+    p_drop_instrument: float = field(default=0.2, metadata={"help": "probability of dropping the instrument (Sec. 2.1.2)"})
+    prefix_prob: float = field(default=0.1, metadata={
+        "help": "probability of an unmasked target prefix, so that the model learns to continue a window (ours)"})
+    max_prefix: float = field(default=0.9, metadata={"help": "longest unmasked prefix, as a fraction of the crop"})
+    coarse_prob: float | None = field(default=None, metadata={
+        "help": "probability of training level 0 (the rest share the finer levels); unset: uniform, as the paper"})
+
+    def check(self) -> None:
+        """Raise ValueError for a knob out of range."""
+        probs = (self.p_drop_context, self.p_drop_instrument, self.prefix_prob,
+                 0.0 if self.coarse_prob is None else self.coarse_prob)
+        if not all(0 <= p <= 1 for p in probs) or not 0 <= self.max_prefix < 1:
+            raise ValueError("the drop, prefix and coarse-level probabilities must lie in [0, 1] and "
+                             "--max-prefix in [0, 1)")
 
 
 def cosine_mask_fraction(u: torch.Tensor) -> torch.Tensor:
@@ -16,8 +40,23 @@ def cosine_mask_fraction(u: torch.Tensor) -> torch.Tensor:
     return torch.cos(0.5 * math.pi * u)
 
 
+def sample_levels(batch: int, n_q: int, coarse_prob: float | None = None, generator: torch.Generator | None = None,
+                  device=None) -> torch.Tensor:
+    """The level q each example trains (Sec. 2.1): uniform over the n_q levels.
+
+    With coarse_prob (a demo setting, not the paper's), level 0 is drawn with that probability and the
+    finer levels share the rest equally: level 0 is where generation starts and where listening shows.
+    """
+    if coarse_prob is None or n_q == 1:
+        return torch.randint(0, n_q, (batch,), device=device, generator=generator)
+    probs = torch.full((n_q,), (1.0 - coarse_prob) / (n_q - 1), device=device)
+    probs[0] = coarse_prob
+    return torch.multinomial(probs, batch, replacement=True, generator=generator)
+
+
 def mask_target(tokens: torch.Tensor, mask_id: int, generator: torch.Generator | None = None,
-                prefix_prob: float = 0.0, max_prefix: float = 0.5, level: torch.Tensor | None = None):
+                prefix_prob: float = 0.0, max_prefix: float = 0.5, level: torch.Tensor | None = None,
+                coarse_prob: float | None = None):
     """Mask target tokens for one training step (Sec. 2.1, Fig. 4).
 
     Args:
@@ -26,14 +65,17 @@ def mask_target(tokens: torch.Tensor, mask_id: int, generator: torch.Generator |
         generator: source of every random draw.
         prefix_prob: probability that an example keeps a random prefix (up to `max_prefix` of T) of every
             level unmasked, as a SoundStorm prompt; teaches the model to continue a stem across windows.
+        level: LongTensor [B], the level each example trains; drawn with `sample_levels` when None.
+        coarse_prob: see `sample_levels`.
     Returns:
         masked: LongTensor [B, Q, T] with MASK where hidden.
         loss_mask: BoolTensor [B, Q, T], True at the masked positions of the level being trained.
+        level: LongTensor [B], the level q of each example.
     """
     B, Q, T = tokens.shape
     dev = tokens.device
     if level is None:
-        level = torch.randint(0, Q, (B,), device=dev, generator=generator)                # q per example
+        level = sample_levels(B, Q, coarse_prob, generator, dev)                          # q per example
     frac = cosine_mask_fraction(torch.rand(B, device=dev, generator=generator))
     # Exactly max(1, round(frac * T)) positions of level q are masked: take the lowest random scores.
     n_mask = (frac * T).round().long().clamp(1, T)                                        # [B]
@@ -56,4 +98,25 @@ def mask_target(tokens: torch.Tensor, mask_id: int, generator: torch.Generator |
     at_q = (levels == q) & masked_at_q[:, None, :]
     loss_mask = at_q
     masked = tokens.masked_fill(above | at_q, mask_id)
-    return masked, loss_mask
+    return masked, loss_mask, level
+
+
+def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: torch.Tensor, objective: Objective,
+                null_instrument: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The training objective (Sec. 2.1, 2.1.2, 3): drop conditions, mask the target, cross-entropy at level q.
+
+    Args:
+        model: StemGen (or a wrapper) called as model(context, masked, instrument, context_dropped, level=q).
+        context, target: LongTensor [B, Q, T] tokens; instrument: LongTensor [B].
+    Returns:
+        the mean cross-entropy over the masked positions of each example's level q (a scalar).
+    """
+    o = objective
+    instrument, ctx_dropped = drop_conditions(instrument, null_instrument, o.p_drop_context, o.p_drop_instrument,
+                                              generator)
+    mask_id = (model.module.cfg if hasattr(model, "module") else model.cfg).mask_id
+    masked, loss_mask, level = mask_target(target, mask_id, generator, o.prefix_prob, o.max_prefix,
+                                           coarse_prob=o.coarse_prob)
+    logits = model(context, masked, instrument, ctx_dropped, level=level)               # [B, T, V]
+    at_level = loss_mask[torch.arange(len(level), device=level.device), level]          # [B, T]
+    return F.cross_entropy(logits[at_level].float(), target[loss_mask])

@@ -290,21 +290,29 @@ class Part:
     source: int = -1  # index of the instrument in the user's MIDI file (--midi), else -1
 
 
-def choose_band(rng: np.random.Generator) -> list[tuple[str, str, int]]:
-    """Drums, bass and 6-9 other Slakh classes, each with a role and a program; at most one lead."""
+def choose_band(rng: np.random.Generator, one_program: bool = False) -> list[tuple[str, str, int]]:
+    """Drums, bass and 6-9 other Slakh classes, each with a role and a program; at most one lead.
+
+    With one_program every class always plays the first of its programs, so the class fixes the timbre
+    (a demo setting: with few songs, a class that stands for one sound is learnt sooner).
+    """
     others = [c for c in CLASS_PARTS if c != "Bass"]
     pick = [str(c) for c in rng.choice(others, size=int(rng.integers(6, 10)), replace=False)]
-    band, have_lead = [("Drums", "drums", 0), ("Bass", "bass", int(rng.choice(CLASS_PARTS["Bass"][1])))], False
+    def program(c):  # the draw is made either way, so the songs are the same apart from their programs
+        drawn = int(rng.choice(CLASS_PARTS[c][1]))
+        return CLASS_PARTS[c][1][0] if one_program else drawn
+
+    band, have_lead = [("Drums", "drums", 0), ("Bass", "bass", program("Bass"))], False
     for c in sorted(pick, key=lambda c: "lead" not in CLASS_PARTS[c][0]):  # lead-capable classes first
-        roles, programs = CLASS_PARTS[c]
+        roles = CLASS_PARTS[c][0]
         roles = [r for r in roles if not (r == "lead" and have_lead)] or ["counter"]
         role = str(rng.choice(roles))
         have_lead |= role == "lead"
-        band.append((c, role, int(rng.choice(programs))))
+        band.append((c, role, program(c)))
     return band
 
 
-def compose(rng: np.random.Generator, seconds: float) -> tuple[Plan, list[Part]]:
+def compose(rng: np.random.Generator, seconds: float, one_program: bool = False) -> tuple[Plan, list[Part]]:
     """Write a song: one plan, then every part from it, sections repeated along the form."""
     plan = make_plan(rng)
     spb = 60.0 / plan.tempo  # seconds per beat
@@ -312,7 +320,7 @@ def compose(rng: np.random.Generator, seconds: float) -> tuple[Plan, list[Part]]
     n_sections = int(np.ceil(seconds / (section_beats * spb)))
     layout = [(plan.form[k % len(plan.form)], k * section_beats) for k in range(n_sections)]
     parts = []
-    for inst_class, role, program in choose_band(rng):
+    for inst_class, role, program in choose_band(rng, one_program):
         vel = int(rng.integers(70, 111))
         beats_notes = []
         if role == "drums":
@@ -446,9 +454,9 @@ def write_track(track_dir: str, parts: list[Part], stems: list[np.ndarray], samp
 
 def render_song(job: tuple) -> tuple[str, int]:
     """Compose, render and write song `index` of a dataset (runs in a worker process)."""
-    index, track_dir, seconds, seed, sample_rate, soundfont = job
+    index, track_dir, seconds, seed, sample_rate, soundfont, one_program = job
     rng = np.random.default_rng([seed, index])
-    plan, parts = compose(rng, seconds)
+    plan, parts = compose(rng, seconds, one_program)
     n = int(round(seconds * sample_rate))
     stems = []
     for part in parts:
@@ -537,10 +545,28 @@ def _check_soundfont(soundfont: str | None) -> str:
     return soundfont
 
 
+def dataset_info(tracks: int, seconds: float, seed: int, sample_rate: int, soundfont: str | None,
+                 one_program: bool) -> dict:
+    """What synth.yaml records of a composed dataset (train.py compares it with the demo's settings)."""
+    return {"tracks": int(tracks), "seconds": float(seconds), "seed": int(seed), "sample_rate": int(sample_rate),
+            "soundfont": os.path.basename(soundfont or SOUNDFONT), "one_program_per_class": bool(one_program)}
+
+
+def read_info(out_dir: str) -> dict | None:
+    """The settings a dataset made by make_dataset was made with (its synth.yaml), or None."""
+    path = os.path.join(out_dir, MARKER)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
 def make_dataset(out_dir: str, tracks: int = DEFAULT_TRACKS, seconds: float = DEFAULT_SECONDS, seed: int = 0,
                  soundfont: str | None = None, workers: int | None = None, progress: bool = True,
-                 sample_rate: int = DEFAULT_SAMPLE_RATE, overwrite: bool = False) -> str:
+                 sample_rate: int = DEFAULT_SAMPLE_RATE, overwrite: bool = False, one_program: bool = False) -> str:
     """Compose and render `tracks` songs of `seconds` each into a Slakh-layout dataset with 80/10/10 splits.
+
+    Keys are drawn from all twelve tonics (major and minor); `one_program` gives every class one GM program.
 
     Deterministic for a seed (song i depends only on (seed, i)). The dataset is built in a temporary folder
     and renamed into place, so an interrupted run leaves no half dataset at out_dir. Returns out_dir.
@@ -554,10 +580,10 @@ def make_dataset(out_dir: str, tracks: int = DEFAULT_TRACKS, seconds: float = DE
         jobs = []
         for i in range(tracks):
             split = "train" if i < n_train else "validation" if i < n_train + n_val else "test"
-            jobs.append((i, os.path.join(tmp, split, f"Track{i + 1:05d}"), float(seconds), int(seed), int(sample_rate), soundfont))
+            jobs.append((i, os.path.join(tmp, split, f"Track{i + 1:05d}"), float(seconds), int(seed), int(sample_rate), soundfont,
+                         bool(one_program)))
         _run_jobs(render_song, jobs, workers, progress, "synth")
-        _finish_out(tmp, out_dir, {"tracks": tracks, "seconds": float(seconds), "seed": int(seed),
-                                   "sample_rate": int(sample_rate), "soundfont": os.path.basename(soundfont)})
+        _finish_out(tmp, out_dir, dataset_info(tracks, seconds, seed, sample_rate, soundfont, one_program))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -647,6 +673,8 @@ def main(argv=None) -> None:
     p.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="audio rate in Hz (default 32000)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset made by synth.py")
+    p.add_argument("--one-program-per-class", action="store_true",
+                   help="every instrument class plays one GM program (the demo's setting; default: 5-8 programs each)")
     args = p.parse_args(argv)
     try:
         if args.midi:
@@ -655,7 +683,8 @@ def main(argv=None) -> None:
             print(f"wrote {out}" + (f"; skipped {dict(skips)}" if skips else ""))
         else:
             out = make_dataset(args.out, args.tracks, args.seconds or DEFAULT_SECONDS, args.seed, args.soundfont,
-                               args.workers, sample_rate=args.sample_rate, overwrite=args.overwrite)
+                               args.workers, sample_rate=args.sample_rate, overwrite=args.overwrite,
+                               one_program=args.one_program_per_class)
             print(f"wrote {out}")
     except SynthError as e:
         sys.exit(f"synth.py: error: {e}")

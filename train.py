@@ -1,17 +1,16 @@
 """Train StemGen (Sec. 3 of the paper).
 
-    python train.py                      # built-in demo: synthetic data, offline codec, tiny model (CPU, ~15 min)
+    python train.py                      # built-in demo: synthetic songs, offline codec, tiny model (CPU, ~15 min)
     python train.py --data slakh/        # the paper's recipe on a Slakh-layout dataset (paper preset, Encodec)
     torchrun --nproc_per_node=8 train.py --data slakh/   # DistributedDataParallel
 
-The recipe (Sec. 3): AdamW, batch 40, 20 s crops, tri-stage learning rate (10k warm-up, 50k at 5e-4, then an
-exponential decay over 300k steps), independent dropout of the context and the instrument (Sec. 2.1.2),
-level-wise masking of the target (masking.py), cross-entropy on the masked positions, validation
-masked-token accuracy on fixed pairs and masks, early stop after 20k steps without improvement.
+The recipe (Sec. 3): AdamW, batch 40, 20 s crops, tri-stage learning rate, independent dropout of the context
+and the instrument (Sec. 2.1.2), level-wise masking of the target (masking.py). Validation scores held-out
+pairs with the whole target masked (listening.py), and the run stops early when that NLL stops improving.
 
-Context and target are tokenized on the fly on the training device: the context is a random sub-mix, so
-its tokens cannot be cached. Each training item is a pure function of (seed, item index), the masks of
-(seed, step), so `--resume` continues bit-for-bit.
+With the paper's recipe pairs are drawn and tokenised on the fly (the context is a random sub-mix, so its
+tokens cannot be cached). The demo draws a pool of pairs once, tokenises it, and trains from it. Either way
+each training item is a pure function of (seed, step), so `--resume` continues bit-for-bit.
 """
 from __future__ import annotations
 
@@ -22,39 +21,78 @@ import os
 import signal
 import sys
 import time
-import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import codec as codec_lib
 import data
+import listening
 import spectral
 import synth
-from guidance import drop_conditions
-from masking import mask_target
-from checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
+from checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, make_checkpoint, save_checkpoint
+from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 
 DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
-DEMO_DATA = os.path.join("data", "synth")
-
-# The paper's recipe (Sec. 3) for --data runs, and the CPU demo used when no --data is given.
-# Knobs not given on the command line take their value from one of these two tables.
-PAPER = dict(preset="paper", codec="encodec_32khz", codec_bins=1024, batch=40, micro_batch=8, crop_seconds=20.0,
-             lr=5e-4, warmup=10_000, hold=50_000, decay=300_000, final_lr_frac=0.01, weight_decay=0.01,
-             max_steps=360_000, patience=20_000, eval_every=1000, save_every=1000, val_pairs=400,
-             p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, max_prefix=0.9, workers=4, seed=0)
-DEMO = dict(preset="tiny", codec="spectral", codec_bins=1024, batch=16, micro_batch=16, crop_seconds=5.0,
-            lr=2e-3, warmup=100, hold=300, decay=200, final_lr_frac=0.1, weight_decay=0.01,
-            max_steps=600, patience=600, eval_every=200, save_every=200, val_pairs=64,
-            p_drop_context=0.2, p_drop_instrument=0.2, prefix_prob=0.1, max_prefix=0.9, workers=1, seed=0)
-
-
+DEMO_DATA = os.path.join("data", "demo")
+# The demo's built-in songs: many short songs in all twelve keys, one GM program per class (see README).
+DEMO_SONGS = dict(tracks=320, seconds=10.0, one_program=True)
 MAX_NONFINITE_IN_A_ROW = 10
+
+
+@dataclass
+class Recipe:
+    """Training knobs; defaults are the paper's recipe (Sec. 3). The objective's knobs are masking.Objective."""
+    preset: str = field(default="paper", metadata={"help": "model size (paper: 1024 x 20 layers, ~250 M)"})
+    codec: str = field(default="encodec_32khz", metadata={"help": "audio tokenizer: encodec_32khz (paper) or spectral"})
+    codec_bins: int = field(default=1024, metadata={"help": "spectral codec: codebook size when it is fitted here"})
+    batch: int = field(default=40, metadata={"help": "global batch size in examples"})
+    micro_batch: int = field(default=8, metadata={
+        "help": "at most this many examples per forward pass per process; the rest is gradient accumulation"})
+    crop_seconds: float = field(default=20.0, metadata={"help": "training crop length in seconds"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    warmup: int = field(default=10_000, metadata={"help": "linear warm-up steps"})
+    hold: int = field(default=50_000, metadata={"help": "steps at the peak learning rate"})
+    decay: int = field(default=300_000, metadata={"help": "exponential decay steps (to --final-lr-frac of the peak)"})
+    final_lr_frac: float = field(default=0.01, metadata={"help": "LR at the end of the decay, as a fraction of the peak"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_steps: int = field(default=360_000, metadata={"help": "stop after this many optimizer steps"})
+    patience: int = field(default=20_000, metadata={"help": "early stop after this many steps without a lower validation NLL"})
+    eval_every: int = field(default=1000, metadata={"help": "validate every N steps"})
+    save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps"})
+    val_pairs: int = field(default=400, metadata={"help": "fixed held-out validation pairs (the listening report needs >= 256)"})
+    pool_pairs: int = field(default=0, metadata={
+        "help": "0: draw and tokenise pairs on the fly (paper); N: train from a pool of N pairs tokenised once"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    workers: int = field(default=4, metadata={"help": "DataLoader worker processes (on-the-fly pairs)"})
+    seed: int = field(default=0, metadata={"help": "seed of the model init, the data and the masks"})
+    objective: Objective = field(default_factory=Objective)
+
+
+RECIPES = {
+    "paper": Recipe(),
+    # The CPU demo: small model and short crops; a pool of pre-tokenised pairs (reading ~10 stems per item
+    # would dominate a CPU step); level 0, where listening shows, trained 70 % of the time; 2 threads, no workers.
+    "demo": Recipe(preset="tiny", codec="spectral", batch=16, micro_batch=16, crop_seconds=5.0, lr=2e-3,
+                   warmup=100, hold=1000, decay=700, final_lr_frac=0.1, max_steps=1800, patience=1800,
+                   eval_every=300, save_every=300, val_pairs=256, pool_pairs=4096, threads=2, workers=0,
+                   objective=Objective(coarse_prob=0.7)),
+}
+
+
+def recipe_values(name: str) -> dict:
+    """One recipe as flat knob -> value (the objective's knobs included)."""
+    r = RECIPES[name]
+    return {**{k: v for k, v in asdict(r).items() if k != "objective"}, **asdict(r.objective)}
+
+
+def knob_fields():
+    """(field, its dataclass) for every recipe knob: Recipe's own, then the objective's."""
+    return [f for f in fields(Recipe) if f.name != "objective"] + list(fields(Objective))
 
 
 class TrainError(RuntimeError):
@@ -74,139 +112,25 @@ def tri_stage_lr(step: int, warmup: int, hold: int, decay: int, final_frac: floa
     return final_frac ** t
 
 
-def masked_loss(model, ctx_tok, tgt_tok, instrument, args, generator):
-    """One training objective evaluation: condition dropout, masking, cross-entropy on masked positions."""
-    instrument, ctx_dropped = drop_conditions(instrument, data.NULL_INSTRUMENT, args.p_drop_context,
-                                              args.p_drop_instrument, generator)
-    cfg = model.module.cfg if hasattr(model, "module") else model.cfg
-    masked, loss_mask = mask_target(tgt_tok, cfg.mask_id, generator, prefix_prob=args.prefix_prob,
-                                    max_prefix=args.max_prefix)
-    level = loss_mask.any(-1).float().argmax(-1)                      # [B] the level each example trains
-    logits = model(ctx_tok, masked, instrument, ctx_dropped, level=level)          # [B, T, V]
-    at_level = loss_mask[torch.arange(len(level), device=level.device), level]     # [B, T]
-    return F.cross_entropy(logits[at_level].float(), tgt_tok[loss_mask])
+# ------------------------------------------------------------------------------------------------ data
 
 
-@torch.no_grad()
-def tokenize(codec, wave: torch.Tensor) -> torch.Tensor:
-    """[B, S] waves -> [B, Q, T] tokens on the codec's device."""
-    return codec.encode(wave.to(codec.device)[:, None, :])
-
-
-@torch.no_grad()
-def build_validation(codec, root: str, args, device) -> dict:
-    """Fixed validation pairs (seeded dataset) and fixed masks, one per level; tokens cached once."""
-    ds = data.StemPairDataset(root, "validation", codec.sample_rate, args.crop_seconds, seed=10_000 + args.seed,
-                              length=args.val_pairs, verbose=False)
-    ctx, tgt, inst = [], [], []
-    for i in tqdm(range(len(ds)), desc="validation set", leave=False, disable=args.no_progress or not is_main()):
-        c, t, k = ds[i]
-        ctx.append(tokenize(codec, c[None]))
-        tgt.append(tokenize(codec, t[None]))
-        inst.append(k)
-    ctx, tgt = torch.cat(ctx), torch.cat(tgt)
-    inst = torch.tensor(inst, device=ctx.device)
-    g = torch.Generator(device=ctx.device).manual_seed(args.seed)
-    masks = [mask_target(tgt, codec.bins, g, level=torch.full_like(inst, q)) for q in range(codec.n_q)]
-    return dict(ctx=ctx.to(device), tgt=tgt.to(device), inst=inst.to(device),
-                masks=[(m.to(device), lm.to(device)) for m, lm in masks])
-
-
-@torch.no_grad()
-def validate(model, val: dict, batch: int, drop_context: bool = False, drop_instrument: bool = False) -> dict:
-    """Masked-token accuracy per level and overall on the fixed validation pairs (Sec. 3).
-
-    With drop_context / drop_instrument the same pairs and masks are scored with that condition dropped,
-    which shows how much the model listens to the context.
-    """
-    model.eval()
-    correct = [0] * len(val["masks"])
-    total = [0] * len(val["masks"])
-    n = val["ctx"].shape[0]
-    inst_all = torch.full_like(val["inst"], data.NULL_INSTRUMENT) if drop_instrument else val["inst"]
-    for q, (masked, loss_mask) in enumerate(val["masks"]):
-        for i in range(0, n, batch):
-            sl = slice(i, i + batch)
-            dropped = torch.full((val["ctx"][sl].shape[0],), drop_context, device=val["ctx"].device)
-            with autocast(val["ctx"].device):
-                logits = model(val["ctx"][sl], masked[sl], inst_all[sl], dropped, level=q)
-            lm = loss_mask[sl, q]
-            correct[q] += (logits.argmax(-1)[lm] == val["tgt"][sl, q][lm]).sum().item()
-            total[q] += lm.sum().item()
-    model.train()
-    per_level = [c / max(t, 1) for c, t in zip(correct, total)]
-    return {"acc": sum(correct) / max(sum(total), 1), "acc_per_level": per_level}
-
-
-def constant_baseline(val: dict) -> dict:
-    """The best input-ignoring predictor: each level's most frequent token among the scored positions.
-
-    Computed on the validation targets themselves, so it is an upper bound for any constant guess.
-    """
-    correct, total = [], []
-    for q, (_, loss_mask) in enumerate(val["masks"]):
-        scored = val["tgt"][:, q][loss_mask[:, q]]
-        correct.append(torch.bincount(scored).max().item() if scored.numel() else 0)
-        total.append(scored.numel())
-    return {"acc": sum(correct) / max(sum(total), 1),
-            "acc_per_level": [c / max(n, 1) for c, n in zip(correct, total)]}
-
-
-def listening_report(model, val: dict, batch: int) -> dict:
-    """Validation accuracy with both conditions, without the context, without either, and a constant guess."""
-    return {"with_context": validate(model, val, batch),
-            "context_dropped": validate(model, val, batch, drop_context=True),
-            "both_dropped": validate(model, val, batch, drop_context=True, drop_instrument=True),
-            "constant_baseline": constant_baseline(val)}
-
-
-def stop_all(local: bool, device) -> bool:
-    """True on every process when any process wants to stop (keeps DDP ranks in step)."""
-    if not dist.is_initialized():
-        return bool(local)
-    flag = torch.tensor([float(local)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def setup_distributed():
-    """DDP from torchrun's environment; returns (rank, world, device)."""
-    if "RANK" not in os.environ:
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return 0, 1, dev
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
-def resolve_args(args, saved: dict | None = None) -> argparse.Namespace:
-    """Fill unset knobs: from the resumed run's settings, else the paper's recipe (--data) or the CPU demo."""
-    demo = args.data is None
-    if saved:
-        for k, v in saved.items():
-            if hasattr(args, k) and getattr(args, k) is None:
-                setattr(args, k, v)
-        demo = saved.get("demo", demo)
-    for k, v in (DEMO if demo else PAPER).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    args.demo = demo
-    if args.data is None:
-        args.data = DEMO_DATA
-    if args.decay <= 0 or args.warmup < 0 or args.hold < 0 or args.batch < 1 or args.micro_batch < 1:
-        raise TrainError("need --decay > 0, --warmup >= 0, --hold >= 0, --batch >= 1 and --micro-batch >= 1")
-    if not 0 <= args.max_prefix < 1 or not 0 <= args.prefix_prob <= 1:
-        raise TrainError("need 0 <= --max-prefix < 1 and 0 <= --prefix-prob <= 1")
-    return args
+def prepare_data(args) -> None:
+    """The demo renders its songs on first use; a folder of other songs is refused rather than used silently."""
+    if args.demo and not os.path.isdir(args.data):
+        if not is_main():
+            raise TrainError(f"render the demo data first: python train.py --max-steps 0 (makes {args.data})")
+        print(f"rendering the built-in synthetic dataset into {args.data} ({DEMO_SONGS['tracks']} songs of "
+              f"{DEMO_SONGS['seconds']:g} s)", file=sys.stderr)
+        synth.make_dataset(args.data, seed=args.seed, progress=not args.no_progress, **DEMO_SONGS)
+    if not os.path.isdir(args.data):
+        raise TrainError(f"dataset folder not found: {args.data}")
+    if args.demo and args.data == DEMO_DATA:
+        made = synth.read_info(args.data)
+        want = synth.dataset_info(seed=args.seed, sample_rate=synth.DEFAULT_SAMPLE_RATE, soundfont=None, **DEMO_SONGS)
+        if made != want:
+            raise TrainError(f"{args.data} was made with other settings ({made}); delete it to re-render the "
+                             "demo's songs, or pass --data")
 
 
 def prepare_codec(args, device, resume: dict | None = None):
@@ -228,24 +152,349 @@ def prepare_codec(args, device, resume: dict | None = None):
     return codec_lib.open_codec(args.codec, args.codec_weights, device)
 
 
-def make_checkpoint(model, cfg, codec, opt, sched, step, best, best_step, args, nonfinite) -> dict:
-    """Everything a resumed run needs; `model` is the plain StemGen (not the DDP or compiled wrapper)."""
-    return {
-        "model_config": asdict(cfg), "codec_spec": codec.spec(), "model": model.state_dict(),
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-        "best_val_acc": best, "best_step": best_step, "nonfinite_steps": nonfinite,
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "train_args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
-    }
+@torch.no_grad()
+def tokenize(codec, wave: torch.Tensor) -> torch.Tensor:
+    """[B, S] waves -> [B, Q, T] tokens on the codec's device."""
+    return codec.encode(wave.to(codec.device)[:, None, :])
+
+
+def pair_pool(codec, args, split: str, n: int, seed: int, desc: str) -> dict:
+    """n pairs of a split drawn as data.py draws them, tokenised once (data.token_pool), spread over its songs."""
+    ds = data.StemPairDataset(args.data, split, codec.sample_rate, args.crop_seconds, seed=seed, verbose=is_main())
+    per_segment = max(1, math.ceil(n / len(ds.segments)))
+    return data.token_pool(ds, lambda w: tokenize(codec, w), n, per_segment, seed,
+                           progress=not args.no_progress and is_main(), desc=desc)
+
+
+def build_validation(codec, args) -> dict:
+    """Fixed held-out pairs (tokens kept on the CPU) and one fixed mask per level for the accuracy table."""
+    val = pair_pool(codec, args, "validation", args.val_pairs, 10_000 + args.seed, "validation pairs")
+    g = torch.Generator().manual_seed(args.seed)
+    tgt = val["target"].long()
+    val["masks"] = [mask_target(tgt, codec.bins, g, level=torch.full_like(val["instrument"], q))[:2]
+                    for q in range(codec.n_q)]
+    return val
+
+
+def pool_batches(pool: dict, args, step: int, rank: int, accum: int, micro: int):
+    """Micro-batches of step s: pool items drawn by a generator seeded with (seed, s); this rank's slice."""
+    while True:
+        idx = np.random.default_rng([args.seed, step]).integers(len(pool["song"]), size=args.batch)
+        mine = torch.from_numpy(idx[rank * accum * micro:(rank + 1) * accum * micro])
+        yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j])
+               for j in mine.split(micro)]
+        step += 1
+
+
+def loader_batches(codec, args, device, step: int, rank: int, accum: int, micro: int):
+    """Micro-batches read and tokenised on the fly; item indices are global: step s uses [s*batch, (s+1)*batch)."""
+    ds = data.StemPairDataset(args.data, "train", codec.sample_rate, args.crop_seconds, seed=args.seed,
+                              length=10**12, verbose=is_main())
+
+    def indices(s=step):
+        while True:
+            first = s * args.batch + rank * accum * micro
+            yield from range(first, first + accum * micro)
+            s += 1
+
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=micro, num_workers=args.workers, pin_memory=device.type == "cuda", sampler=indices(),
+        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
+    it = iter(loader)
+    while True:
+        yield [(tokenize(codec, c), tokenize(codec, t), k) for c, t, k in (next(it) for _ in range(accum))]
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+@torch.no_grad()
+def masked_accuracy(model, val: dict, batch: int, drop_context: bool = False, drop_instrument: bool = False) -> dict:
+    """Masked-token accuracy per level and overall on the fixed validation pairs and masks (Sec. 3)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct, total = [0] * len(val["masks"]), [0] * len(val["masks"])
+    inst_all = torch.full_like(val["instrument"], data.NULL_INSTRUMENT) if drop_instrument else val["instrument"]
+    for q, (masked, loss_mask) in enumerate(val["masks"]):
+        for i in range(0, len(inst_all), batch):
+            sl = slice(i, i + batch)
+            ctx, tgt = val["context"][sl].to(dev).long(), val["target"][sl, q].to(dev).long()
+            dropped = torch.full((ctx.shape[0],), drop_context, device=dev)
+            with autocast(dev):
+                logits = model(ctx, masked[sl].to(dev), inst_all[sl].to(dev), dropped, level=q)
+            lm = loss_mask[sl, q].to(dev)
+            correct[q] += (logits.argmax(-1)[lm] == tgt[lm]).sum().item()
+            total[q] += lm.sum().item()
+    model.train()
+    return {"acc": sum(correct) / max(sum(total), 1),
+            "acc_per_level": [c / max(t, 1) for c, t in zip(correct, total)]}
+
+
+def constant_baseline(val: dict) -> dict:
+    """The best input-ignoring predictor: each level's most frequent token among the scored positions.
+
+    Computed on the validation targets themselves, so it is an upper bound for any constant guess.
+    """
+    correct, total = [], []
+    for q, (_, loss_mask) in enumerate(val["masks"]):
+        scored = val["target"][:, q].long()[loss_mask[:, q]]
+        correct.append(torch.bincount(scored).max().item() if scored.numel() else 0)
+        total.append(scored.numel())
+    return {"acc": sum(correct) / max(sum(total), 1),
+            "acc_per_level": [c / max(n, 1) for c, n in zip(correct, total)]}
+
+
+def validate(model, val: dict, batch: int) -> dict:
+    """What training tracks: level-0 NLL with the whole target masked, with and without the context."""
+    nll, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], batch=batch)
+    nll0, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], True, batch)
+    return {"nll": float(nll.mean()), "nll_no_context": float(nll0.mean()), **masked_accuracy(model, val, batch)}
+
+
+def final_report(model, val: dict, batch: int, frame_rate: float) -> dict:
+    """The listening report (listening.py) and the masked-accuracy table, scored four ways."""
+    T = val["context"].shape[-1]
+    report = listening.listening_report(model, val, batch, min_shift=min(round(1.5 * frame_rate), T // 3))
+    report["masked_accuracy"] = {
+        "with_context": masked_accuracy(model, val, batch),
+        "context_dropped": masked_accuracy(model, val, batch, drop_context=True),
+        "both_dropped": masked_accuracy(model, val, batch, drop_context=True, drop_instrument=True),
+        "constant_baseline": constant_baseline(val)}
+    return report
+
+
+def print_report(report: dict) -> None:
+    print(listening.format_report(report), file=sys.stderr)
+    print("masked-token accuracy, partly visible targets (overall | per level):", file=sys.stderr)
+    for name, r in report["masked_accuracy"].items():
+        print(f"  {name:>18}: {r['acc']:.3f} | {' '.join(f'{a:.3f}' for a in r['acc_per_level'])}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------- distributed
+
+
+def stop_all(local: bool, device) -> bool:
+    """True on every process when any process wants to stop (keeps DDP ranks in step)."""
+    if not dist.is_initialized():
+        return bool(local)
+    flag = torch.tensor([float(local)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def setup_distributed():
+    """DDP from torchrun's environment; returns (rank, world, device)."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def finish_distributed(ok: bool) -> None:
+    """Tear down the process group; after a good run all ranks meet first, so none exits while another talks.
+
+    (Without the meeting, a rank that finished first could tear gloo down while rank 0 was still busy with
+    its report; that rank then died at exit with "terminate called without an active exception".)
+    """
+    if dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+@dataclass
+class RunState:
+    """The loop's counters, saved in every checkpoint."""
+    step: int = 0
+    best: float = math.inf        # lowest validation NLL so far
+    best_step: int = 0
+    nonfinite: int = 0            # skipped non-finite steps in all
+    in_a_row: int = 0
+
+
+def build_model(args, codec, device, resume: dict | None):
+    """The model (fresh, from --init-from, or as saved), AdamW, the tri-stage schedule and the run's counters."""
+    if resume is not None:
+        cfg = ModelConfig.from_dict(resume["model_config"])
+    else:
+        base = PRESETS[args.preset]
+        cfg = replace(base, n_q=codec.n_q, bins=codec.bins,
+                      max_len=max(base.max_len, math.ceil(args.crop_seconds * codec.frame_rate)))
+    if math.ceil(args.crop_seconds * codec.frame_rate) > cfg.max_len:
+        raise TrainError(f"--crop-seconds {args.crop_seconds} is longer than the model's max_len ({cfg.max_len} frames)")
+    model = StemGen(cfg).to(device)
+    if args.init_from:
+        try:
+            model.load_state_dict(load_checkpoint(args.init_from, "cpu")["model"])
+        except RuntimeError as e:
+            raise TrainError(f"--init-from {args.init_from} does not fit this model (preset/codec differ): "
+                             f"{str(e).splitlines()[0]}") from None
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
+                            fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: tri_stage_lr(s, args.warmup, args.hold, args.decay, args.final_lr_frac))
+    state = RunState()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        state = RunState(resume["step"], resume["best_val_nll"], resume["best_step"], resume["nonfinite_steps"])
+        torch.set_rng_state(resume["rng"]["torch"])
+    return model, cfg, opt, sched, state
+
+
+def split_batch(batch: int, micro_batch: int, world: int) -> tuple[int, int]:
+    """(micro, accum): the largest micro-batch up to --micro-batch that divides this process's share."""
+    if batch % world:
+        raise TrainError(f"--batch {batch} is not a multiple of the {world} processes")
+    per_rank = batch // world
+    micro = max(d for d in range(1, min(micro_batch, per_rank) + 1) if per_rank % d == 0)
+    return micro, per_rank // micro
+
+
+def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState, rank: int, world: int, device) -> float:
+    """One optimizer step over accumulated micro-batches; a non-finite loss skips it (10 in a row stop the run)."""
+    opt.zero_grad(set_to_none=True)
+    loss_sum, accum = 0.0, len(micro_batches)
+    g = torch.Generator(device=device)
+    for j, (ctx, tgt, inst) in enumerate(micro_batches):
+        # masks and dropout of micro-batch j are a function of (seed, step, its global index), so a resumed
+        # run, and N processes versus N-fold accumulation, draw the same ones
+        g.manual_seed((args.seed * 1_000_003 + state.step) * 4096 + rank * accum + j)
+        with autocast(device):
+            loss = masked_loss(fwd, ctx.to(device), tgt.to(device), inst.to(device), args.objective,
+                               data.NULL_INSTRUMENT, g)
+        (loss / accum).backward()
+        loss_sum += loss.detach() / accum
+    loss_val = float(loss_sum)
+    if world > 1:
+        t = torch.tensor([loss_val], device=device)
+        dist.all_reduce(t)
+        loss_val = t.item() / world
+    if math.isfinite(loss_val):
+        state.in_a_row = 0
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    else:
+        state.nonfinite += 1
+        state.in_a_row += 1
+        if state.in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise TrainError(f"{state.in_a_row} non-finite losses in a row at step {state.step}; stopping "
+                             "(lower --lr, or check the data for NaN audio)")
+    sched.step()
+    state.step += 1
+    return loss_val
+
+
+def log_validation(model, val, micro, state: RunState, metrics) -> None:
+    """Validate, keep the best NLL, and append the row to metrics.jsonl."""
+    v = validate(model, val, micro)
+    if v["nll"] < state.best:
+        state.best, state.best_step = v["nll"], state.step
+    metrics.write(json.dumps({"kind": "val", "step": state.step, **v}) + "\n")
+    metrics.flush()
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def train(args, resume: dict | None = None) -> dict:
+    rank, world, device = setup_distributed()
+    device = torch.device(args.device) if args.device else device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    ckpt_path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))
+    if resume is None and os.path.isfile(ckpt_path) and is_main():
+        raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
+    os.makedirs(args.out, exist_ok=True) if is_main() else None
+
+    prepare_data(args)
+    codec = prepare_codec(args, device, resume)
+    model, cfg, opt, sched, state = build_model(args, codec, device, resume)
+    fwd = torch.compile(model) if args.compile else model
+    if world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    micro, accum = split_batch(args.batch, args.micro_batch, world)
+    if args.pool_pairs:
+        pool = pair_pool(codec, args, "train", args.pool_pairs, args.seed, "training pairs")
+        batches = pool_batches(pool, args, state.step, rank, accum, micro)
+    else:
+        batches = loader_batches(codec, args, device, state.step, rank, accum, micro)
+    val = build_validation(codec, args) if is_main() else None
+    if is_main():
+        print(f"model: {args.preset} preset, {count_parameters(model) / 1e6:.1f} M parameters; codec "
+              f"{codec.spec()['name']} ({cfg.n_q} x {cfg.bins}); device {device}; batch {args.batch} "
+              f"({world} x {micro} x {accum} accumulation); crop {args.crop_seconds} s", file=sys.stderr)
+
+    metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if is_main() else None
+    stop_reason, interrupted = "max steps reached", []
+    old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    bar = tqdm(total=args.max_steps, initial=state.step, desc="training", unit="step",
+               disable=args.no_progress or not is_main())
+    t0, tokens = time.time(), 0
+    model.train()
+    try:
+        while state.step < args.max_steps:
+            # one optimizer step (accumulation, non-finite guard), then logging, validation and checkpoints
+            loss = optimizer_step(fwd, model, opt, sched, next(batches), args, state, rank, world, device)
+            tokens += args.batch * cfg.n_q * math.ceil(args.crop_seconds * codec.frame_rate)
+            bar.update(1)
+            if is_main():
+                bar.set_postfix(loss=f"{loss:.3f}", val_nll=f"{state.best:.3f}" if state.best < math.inf else "-",
+                                lr=f"{sched.get_last_lr()[0]:.2e}", tok_s=f"{tokens / (time.time() - t0):.0f}")
+                metrics.write(json.dumps({"kind": "train", "step": state.step, "loss": loss,
+                                          "lr": sched.get_last_lr()[0]}) + "\n")
+                if state.step % args.eval_every == 0 or state.step == args.max_steps:
+                    log_validation(model, val, micro, state, metrics)
+                if state.step % args.save_every == 0:
+                    save_checkpoint(ckpt_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
+            # one agreement per step: Ctrl-C on any process, or rank 0's early stop (it alone validates)
+            early = is_main() and state.best_step > 0 and state.step - state.best_step >= args.patience
+            if stop_all(bool(interrupted) or early, device):
+                stop_reason = ("interrupted (Ctrl-C); checkpoint saved" if interrupted else
+                               f"early stop: no lower validation NLL for {args.patience} steps")
+                break
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        bar.close()
+        if is_main():
+            save_checkpoint(ckpt_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
+            metrics.close()
+    result = {"step": state.step, "best_val_nll": state.best, "sample_rate": codec.sample_rate,
+              "stop_reason": stop_reason, "nonfinite_steps": state.nonfinite}
+    if is_main():
+        result["report"] = final_report(model, val, micro, codec.frame_rate)
+        with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"kind": "final", "step": state.step, **result["report"]}) + "\n")
+        print(f"\n{stop_reason} at step {state.step}; checkpoint {ckpt_path}", file=sys.stderr)
+        print_report(result["report"])
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- CLI
 
 
 def write_demo_context(args, sample_rate: int) -> tuple[str, str]:
-    """Write a test-split context-mix to OUT/demo_context.wav; return it and the missing stem's class."""
+    """Write a held-out (test split) context-mix whose missing stem is pitched; return it and that class."""
     import audio
-    ds = data.StemPairDataset(args.data, "test", sample_rate, crop_seconds=10.0, seed=args.seed, length=1,
+    ds = data.StemPairDataset(args.data, "test", sample_rate, crop_seconds=10.0, seed=args.seed, length=64,
                               verbose=False)
-    context, _, inst = ds[0]
+    unpitched = {data.instrument_id(n) for n in ("drums", "percussive", "sound effects", "synth effects")}
+    context, _, inst = next((item for item in (ds[i] for i in range(len(ds))) if item[2] not in unpitched), ds[0])
     context = context.numpy()
     context *= min(1.0, 0.9 / max(float(abs(context).max()), 1e-9))   # a sum of stems may exceed full scale
     path = os.path.join(args.out, "demo_context.wav")
@@ -254,7 +503,7 @@ def write_demo_context(args, sample_rate: int) -> tuple[str, str]:
 
 
 def plot_metrics(run_dir: str) -> str:
-    """Draw loss and validation accuracy curves of a run's metrics.jsonl to curves.png."""
+    """Draw the training loss and the validation NLL curves of a run's metrics.jsonl to curves.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -263,14 +512,13 @@ def plot_metrics(run_dir: str) -> str:
         raise TrainError(f"no metrics file at {path}; train first")
     rows = [json.loads(line) for line in open(path)]
     tr = [r for r in rows if r.get("kind") == "train"]
-    va = [r for r in rows if r.get("kind") == "val"]
+    va = [r for r in rows if r.get("kind") == "val" and "nll" in r]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
     ax[0].set(xlabel="step", ylabel="masked-token loss", title="training loss")
-    ax[1].plot([r["step"] for r in va], [r["acc"] for r in va], label="with context")
-    if va and "acc_no_context" in va[0]:
-        ax[1].plot([r["step"] for r in va], [r["acc_no_context"] for r in va], label="context dropped")
-    ax[1].set(xlabel="step", ylabel="accuracy", title="validation masked-token accuracy")
+    ax[1].plot([r["step"] for r in va], [r["nll"] for r in va], label="with context")
+    ax[1].plot([r["step"] for r in va], [r["nll_no_context"] for r in va], label="context dropped")
+    ax[1].set(xlabel="step", ylabel="NLL (nats)", title="validation: level 0, whole target masked")
     ax[1].legend()
     out = os.path.join(run_dir, "curves.png")
     fig.tight_layout()
@@ -280,234 +528,61 @@ def plot_metrics(run_dir: str) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Train StemGen. Without --data: the built-in CPU demo (renders a synthetic Slakh-layout "
-                    "dataset, fits the offline spectral codec, trains the tiny preset). With --data: the "
-                    "paper's recipe (Sec. 3) on a Slakh-layout dataset. Unset knobs take the recipe's values.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Train StemGen. Without --data: the built-in CPU demo (renders synthetic songs, fits the "
+                    "offline spectral codec, trains the tiny preset from a pool of pre-tokenised pairs, and "
+                    "reports whether it listens). With --data: the paper's recipe (Sec. 3) on a Slakh-layout "
+                    "dataset. Each knob below defaults to the recipe's value, shown as (paper | demo).")
     p.add_argument("--data", help="Slakh-layout dataset folder (TrackNNNNN/metadata.yaml + stems/SNN.flac)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="run folder: ckpt.pt, metrics.jsonl, curves.png")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="model size (paper: 1024 x 20 layers, ~250 M)")
-    p.add_argument("--codec", choices=["encodec_32khz", "spectral"], help="audio tokenizer (paper: encodec_32khz)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"run folder: ckpt.pt, metrics.jsonl, curves.png (default: {DEFAULT_OUT})")
+    paper, demo = recipe_values("paper"), recipe_values("demo")
+    types = {"int": int, "float": float, "str": str, "float | None": float}   # the knobs' annotations
+    choices = {"preset": sorted(PRESETS), "codec": ["encodec_32khz", "spectral"]}
+    for f in knob_fields():
+        p.add_argument("--" + f.name.replace("_", "-"), type=types[f.type], choices=choices.get(f.name),
+                       help=f"{f.metadata['help']} ({paper[f.name]} | {demo[f.name]})")
     p.add_argument("--codec-weights", help="local folder/file with facebook/encodec_32khz weights (offline use)")
     p.add_argument("--codec-file", help="fitted spectral codec file (default: DATA/spectral_codec.pt, fitted if absent)")
-    p.add_argument("--codec-bins", type=int, help="spectral codec: codebook size per level when it is fitted here")
-    p.add_argument("--batch", type=int, help="global batch size in examples (paper: 40)")
-    p.add_argument("--micro-batch", type=int, help="at most this many examples per forward pass per process "
-                   "(the largest divisor of the per-process batch up to it); the rest is gradient accumulation")
-    p.add_argument("--crop-seconds", type=float, help="training crop length (paper: 20 s)")
-    p.add_argument("--lr", type=float, help="peak learning rate (paper: 5e-4)")
-    p.add_argument("--warmup", type=int, help="linear warm-up steps (paper: 10k)")
-    p.add_argument("--hold", type=int, help="steps at the peak LR (paper: 50k)")
-    p.add_argument("--decay", type=int, help="exponential decay steps (paper: 300k)")
-    p.add_argument("--final-lr-frac", type=float, help="LR at the end of the decay, as a fraction of the peak")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--patience", type=int, help="early stop after this many steps without a better val accuracy (paper: 20k)")
-    p.add_argument("--eval-every", type=int, help="validate every N steps")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps")
-    p.add_argument("--val-pairs", type=int, help="fixed validation pairs")
-    p.add_argument("--p-drop-context", type=float, help="probability of dropping the context-mix (Sec. 2.1.2)")
-    p.add_argument("--p-drop-instrument", type=float, help="probability of dropping the instrument (Sec. 2.1.2)")
-    p.add_argument("--prefix-prob", type=float, help="probability of an unmasked target prefix (window continuation)")
-    p.add_argument("--max-prefix", type=float, help="longest unmasked prefix, as a fraction of the crop")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, help="seed of the model init, the data and the masks (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue OUT/ckpt.pt bit-for-bit (model, optimizer, schedule, step)")
     p.add_argument("--init-from", help="start from a checkpoint's weights only (fresh optimizer and schedule)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--tracks", type=int, default=80, help="demo only: synthetic tracks to render")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--plot", action="store_true", help="only draw OUT/metrics.jsonl to OUT/curves.png and exit")
     return p.parse_args(argv)
 
 
-def train(args, resume: dict | None = None) -> dict:
-    rank, world, device = setup_distributed()
-    if args.device:
-        device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    out = args.out
-    ckpt_path = os.path.join(out, "ckpt.pt")
-    if is_main():
-        os.makedirs(out, exist_ok=True)
-
-    # data: the demo renders its dataset on first use
-    if args.demo and not os.path.isdir(args.data):
-        if not is_main():
-            raise TrainError("render the demo data first (python synth.py)")
-        print(f"rendering the built-in synthetic dataset into {args.data} ({args.tracks} tracks)", file=sys.stderr)
-        synth.make_dataset(args.data, tracks=args.tracks, seed=args.seed)
-    if not os.path.isdir(args.data):
-        raise TrainError(f"dataset folder not found: {args.data}")
-
-    codec = prepare_codec(args, device, resume)
-    train_ds = data.StemPairDataset(args.data, "train", codec.sample_rate, args.crop_seconds, seed=args.seed,
-                                    length=10**12, verbose=is_main())
-
-    if resume is not None:
-        cfg = ModelConfig.from_dict(resume["model_config"])
-    else:
-        cfg = replace(PRESETS[args.preset], n_q=codec.n_q, bins=codec.bins,
-                      max_len=max(PRESETS[args.preset].max_len, math.ceil(args.crop_seconds * codec.frame_rate)))
-        if os.path.isfile(ckpt_path) and is_main():
-            raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
-    if math.ceil(args.crop_seconds * codec.frame_rate) > cfg.max_len:
-        raise TrainError(f"--crop-seconds {args.crop_seconds} is longer than the model's max_len ({cfg.max_len} frames)")
-    model = StemGen(cfg).to(device)
-    if args.init_from:
-        src = load_checkpoint(args.init_from, "cpu")
-        try:
-            model.load_state_dict(src["model"])
-        except RuntimeError as e:
-            raise TrainError(f"--init-from {args.init_from} does not fit this model (preset/codec differ): "
-                             f"{str(e).splitlines()[0]}") from None
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
-                            fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: tri_stage_lr(s, args.warmup, args.hold, args.decay, args.final_lr_frac))
-    step, best, best_step, nonfinite = 0, -1.0, 0, 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        step, best, best_step = resume["step"], resume["best_val_acc"], resume["best_step"]
-        nonfinite = resume.get("nonfinite_steps", 0)
-        torch.set_rng_state(resume["rng"]["torch"])
-    fwd = torch.compile(model) if args.compile else model
-    if world > 1:
-        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
-
-    if args.batch % world:
-        raise TrainError(f"--batch {args.batch} is not a multiple of the {world} processes")
-    per_rank = args.batch // world
-    micro = max(d for d in range(1, min(args.micro_batch, per_rank) + 1) if per_rank % d == 0)
-    accum = per_rank // micro
-    val = build_validation(codec, args.data, args, device) if is_main() else None
-    if is_main():
-        print(f"model: {args.preset} preset, {count_parameters(model) / 1e6:.1f} M parameters; codec "
-              f"{codec.spec()['name']} ({cfg.n_q} x {cfg.bins}); device {device}; batch {args.batch} "
-              f"({world} x {micro} x {accum} accumulation); crop {args.crop_seconds} s", file=sys.stderr)
-
-    def item_indices():
-        """Item indices are global: step s uses items [s*batch, (s+1)*batch), this rank its own slice."""
-        s = step
-        while True:
-            first = s * args.batch + rank * accum * micro
-            yield from range(first, first + accum * micro)
-            s += 1
-
-    def batches():
-        loader = torch.utils.data.DataLoader(
-            train_ds, batch_size=micro, num_workers=args.workers, pin_memory=device.type == "cuda",
-            sampler=item_indices(), persistent_workers=args.workers > 0,
-            prefetch_factor=4 if args.workers > 0 else None)
-        it = iter(loader)
-        while True:
-            yield [next(it) for _ in range(accum)]
-
-    metrics = open(os.path.join(out, "metrics.jsonl"), "a") if is_main() else None
-    stop_reason = "max steps reached"
-    interrupted = False
-
-    def on_sigint(signum, frame):
-        nonlocal interrupted
-        interrupted = True
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
-    bar = tqdm(total=args.max_steps, initial=step, desc="training", unit="step",
-               disable=args.no_progress or not is_main())
-    g = torch.Generator(device=device)
-    t0, tokens_seen, in_a_row = time.time(), 0, 0
-    model.train()
-    data_iter = batches()
-    try:
-        while step < args.max_steps:
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for j, (ctx_w, tgt_w, inst) in enumerate(next(data_iter)):
-                # masks and dropout of micro-batch j are a function of (seed, step, its global index), so a
-                # resumed run, and N processes versus N-fold accumulation, draw the same ones
-                g.manual_seed((args.seed * 1_000_003 + step) * 4096 + rank * accum + j)
-                ctx_tok, tgt_tok = tokenize(codec, ctx_w), tokenize(codec, tgt_w)   # [b, Q, T]
-                with autocast(device):
-                    loss = masked_loss(fwd, ctx_tok.to(device), tgt_tok.to(device), inst.to(device), args, g)
-                (loss / accum).backward()
-                loss_sum += loss.detach() / accum
-                tokens_seen += tgt_tok.numel()
-            loss_val = loss_sum.item()
-            if world > 1:
-                t = torch.tensor([loss_val], device=device)
-                dist.all_reduce(t)
-                loss_val = t.item() / world
-            if not math.isfinite(loss_val):                       # skip the step, count it
-                nonfinite += 1
-                in_a_row += 1
-                if in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                    raise TrainError(f"{in_a_row} non-finite losses in a row at step {step}; stopping "
-                                     f"(lower --lr, or check the data for NaN audio)")
-                opt.zero_grad(set_to_none=True)
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-            else:
-                in_a_row = 0
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            if is_main():
-                rate = tokens_seen * world / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{best:.3f}" if best >= 0 else "-",
-                                lr=f"{sched.get_last_lr()[0]:.2e}", tok_s=f"{rate:.0f}")
-                metrics.write(json.dumps({"kind": "train", "step": step, "loss": loss_val,
-                                          "lr": sched.get_last_lr()[0], "tokens_per_s": rate}) + "\n")
-                if step % args.eval_every == 0 or step == args.max_steps:
-                    v = validate(model, val, micro)
-                    v0 = validate(model, val, micro, drop_context=True)
-                    if v["acc"] > best:
-                        best, best_step = v["acc"], step
-                    metrics.write(json.dumps({"kind": "val", "step": step, **v, "acc_no_context": v0["acc"],
-                                              "acc_per_level_no_context": v0["acc_per_level"]}) + "\n")
-                    metrics.flush()
-                if step % args.save_every == 0:
-                    save_checkpoint(ckpt_path, make_checkpoint(model, cfg, codec, opt, sched, step, best,
-                                                               best_step, args, nonfinite))
-            # one agreement per step: Ctrl-C on any process, or rank 0's early stop (it alone validates)
-            early = is_main() and best_step > 0 and step - best_step >= args.patience
-            if stop_all(interrupted or early, device):
-                stop_reason = ("interrupted (Ctrl-C); checkpoint saved" if interrupted else
-                               f"early stop: no better validation accuracy for {args.patience} steps")
-                break
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-        bar.close()
-        if is_main():
-            save_checkpoint(ckpt_path, make_checkpoint(model, cfg, codec, opt, sched, step, best, best_step,
-                                                       args, nonfinite))
-            metrics.close()
-    result = {"step": step, "best_val_acc": best, "sample_rate": codec.sample_rate, "stop_reason": stop_reason, "nonfinite_steps": nonfinite}
-    if is_main():
-        report = listening_report(model, val, micro)
-        result["listening"] = report
-        with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps({"kind": "final", "step": step, **report}) + "\n")
-        print(f"\n{stop_reason} at step {step}; checkpoint {ckpt_path}", file=sys.stderr)
-        print("validation masked-token accuracy (overall | per level):", file=sys.stderr)
-        for name, r in report.items():
-            print(f"  {name:>18}: {r['acc']:.3f} | {' '.join(f'{a:.3f}' for a in r['acc_per_level'])}",
-                  file=sys.stderr)
-    return result
+def resolve_args(args, saved: dict | None = None) -> argparse.Namespace:
+    """Fill unset knobs: from the resumed run's settings, else the paper's recipe (--data) or the CPU demo."""
+    demo = args.data is None
+    if saved:
+        for k, v in saved.items():
+            if hasattr(args, k) and getattr(args, k) is None:
+                setattr(args, k, v)
+        demo = saved.get("demo", demo)
+    for k, v in recipe_values("demo" if demo else "paper").items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.demo = demo
+    args.data = DEMO_DATA if args.data is None else args.data
+    if args.decay <= 0 or args.warmup < 0 or args.hold < 0 or args.batch < 1 or args.micro_batch < 1:
+        raise TrainError("need --decay > 0, --warmup >= 0, --hold >= 0, --batch >= 1 and --micro-batch >= 1")
+    if args.val_pairs < 2 or args.pool_pairs < 0:
+        raise TrainError("need --val-pairs >= 2 and --pool-pairs >= 0")
+    args.objective = Objective(**{f.name: getattr(args, f.name) for f in fields(Objective)})
+    args.objective.check()
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    ok = False
     try:
         if args.plot:
             print(plot_metrics(args.out))
             return 0
         resume = None
         if args.resume:
-            path = os.path.join(args.out, "ckpt.pt")
+            path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))
             if not os.path.isfile(path):
                 raise TrainError(f"--resume: no checkpoint at {path}")
             resume = load_checkpoint(path, "cpu")
@@ -516,13 +591,14 @@ def main(argv=None) -> int:
         if is_main() and args.demo:
             ctx, name = write_demo_context(args, result["sample_rate"])
             print(f"\ntry: python generate.py --context {ctx} --instrument {name.lower()!r}", file=sys.stderr)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        ok = True
         return 0
     except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, synth.SynthError, FileNotFoundError,
             FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        finish_distributed(ok)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def test_tiny_model_overfits_one_fixed_batch():
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
 
     def loss_fn():
-        masked, loss_mask = mask_target(tgt, cfg.mask_id, g)
+        masked, loss_mask, _ = mask_target(tgt, cfg.mask_id, g)
         logits = m(ctx, masked, inst)
         return torch.nn.functional.cross_entropy(logits[loss_mask], tgt[loss_mask])
 

@@ -159,7 +159,7 @@ def test_stems_of_a_song_agree_in_key_and_tempo(dataset):
 def test_render_is_deterministic_for_a_seed(tmp_path):
     a, b, c = (str(tmp_path / n) for n in "abc")
     for d, seed in ((a, 7), (b, 7), (c, 8)):
-        synth.render_song((0, d, 3.0, seed, 16000, synth.SOUNDFONT))
+        synth.render_song((0, d, 3.0, seed, 16000, synth.SOUNDFONT, False))
     sa, sb, sc = stems_of(a), stems_of(b), stems_of(c)
     assert sa.keys() == sb.keys() and all(np.array_equal(sa[k][1], sb[k][1]) for k in sa)
     assert [v[0] for v in sa.values()] == [v[0] for v in sb.values()]
