@@ -104,6 +104,9 @@ def listening_report(model, pairs: dict, batch: int = 32, min_shift: int = 75, s
         {"conditions": {name: {"nll", "acc"}}, "gains": {name: {"mean", "lo", "hi"}}, "pairs", "songs", "verdict"}
     """
     ctx, tgt, inst, song = pairs["context"], pairs["target"], pairs["instrument"], pairs["song"]
+    n_songs = int(len(torch.unique(song)))
+    if n_songs < 2:
+        raise ValueError("the listening report needs held-out pairs from at least two songs")
     g = torch.Generator().manual_seed(seed)
     contexts = {"true_context": (ctx, False), "context_dropped": (ctx, True),
                 "other_song": (ctx[other_song_order(song)], False), "shifted": (shift_context(ctx, min_shift, g), False)}
@@ -114,7 +117,7 @@ def listening_report(model, pairs: dict, batch: int = 32, min_shift: int = 75, s
         mean, lo, hi = song_bootstrap(per_pair[worse][0].numpy() - base, song.numpy(), seed=seed)
         gains[gain] = {"mean": mean, "lo": lo, "hi": hi}
     report = {"conditions": {k: {"nll": float(v[0].mean()), "acc": float(v[1].mean())} for k, v in per_pair.items()},
-              "gains": gains, "pairs": int(len(song)), "songs": int(len(torch.unique(song)))}
+              "gains": gains, "pairs": int(len(song)), "songs": n_songs, "min_shift_frames": int(min_shift)}
     report["verdict"] = verdict(report)
     return report
 
