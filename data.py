@@ -28,7 +28,6 @@ from itertools import combinations
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
 
@@ -40,6 +39,8 @@ INSTRUMENTS: list[str] = [
     "Brass", "Reed", "Pipe", "Synth Lead", "Synth Pad", "Synth Effects", "Ethnic", "Percussive",
     "Sound Effects", "Drums",
 ]
+# Classes without a definite pitch: the audio-level listening check (chroma) generates pitched stems only.
+UNPITCHED = frozenset(INSTRUMENTS.index(n) for n in ("Drums", "Percussive", "Sound Effects", "Synth Effects"))
 NULL_INSTRUMENT = len(INSTRUMENTS)  # 17: the entry used when the instrument condition is dropped
 N_INSTRUMENTS = len(INSTRUMENTS) + 1  # 18 embedding entries (Sec. 3)
 SPLITS = ("train", "validation", "test")
@@ -399,54 +400,3 @@ class StemPairDataset(torch.utils.data.Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         return self._draw(i, self._rng(i))
-
-
-# ------------------------------------------------------------------------------- pre-tokenised pools
-
-
-def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed: int, batch: int = 32,
-               progress: bool = True, desc: str = "tokenising pairs") -> dict:
-    """Draw n_pairs items segment by segment (in a seeded order, per_segment each) and tokenise them.
-
-    Args:
-        ds: the dataset whose pairs are drawn (its `segment_pairs`).
-        encode: waves FloatTensor [B, S] -> tokens LongTensor [B, Q, T] (the codec).
-    Returns:
-        dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]) and song (long [N],
-        the index of the pair's track in ds.tracks, for song-level statistics).
-    """
-    if n_pairs < 1 or per_segment < 1:
-        raise DatasetError("a token pool needs n_pairs >= 1 and per_segment >= 1")
-    rng = np.random.default_rng([seed, 2**31])
-    song_of = {id(t): i for i, t in enumerate(ds.tracks)}
-    order, cursor, empty_in_a_row = rng.permutation(len(ds.segments)), 0, 0
-    pending, out = [], {"context": [], "target": [], "instrument": [], "song": []}
-
-    def flush():
-        waves = torch.stack([c for c, _, _, _ in pending] + [t for _, t, _, _ in pending])   # [2b, S]
-        tok = encode(waves).to("cpu", torch.int16)                                         # [2b, Q, T]
-        out["context"].append(tok[:len(pending)])
-        out["target"].append(tok[len(pending):])
-        out["instrument"] += [k for _, _, k, _ in pending]
-        out["song"] += [s for _, _, _, s in pending]
-        pending.clear()
-
-    drawn = 0
-    with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not progress) as bar:
-        while drawn < n_pairs:
-            seg = int(order[cursor % len(order)])
-            cursor += 1
-            items = ds.segment_pairs(seg, min(per_segment, n_pairs - drawn), rng)
-            drawn += len(items)
-            empty_in_a_row = 0 if items else empty_in_a_row + 1
-            if empty_in_a_row > len(order):
-                raise DatasetError(f"no usable (context, target) pair in any segment of {ds.root} [{ds.split}]")
-            song = song_of[id(ds.segments[seg][0])]
-            pending += [(c, t, k, song) for c, t, k in items]
-            bar.update(len(items))
-            if len(pending) >= batch:
-                flush()
-    if pending:
-        flush()
-    return {"context": torch.cat(out["context"]), "target": torch.cat(out["target"]),
-            "instrument": torch.tensor(out["instrument"]), "song": torch.tensor(out["song"])}

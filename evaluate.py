@@ -39,7 +39,9 @@ import codec as codec_lib
 import data
 import decode
 import fad
+import listening
 import mir
+import pool
 
 EXIT_USER_ERROR = 2
 
@@ -92,6 +94,66 @@ class Reference:
         total, per = mir.mirdd(self.desc, desc, alpha)
         fd = fad.frechet_distance(*self.gaussian, *fad.gaussian_fit(emb, "generated stems"))
         return {"fad": fd, "mirdd": total, "mirdd_per_descriptor": per}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Listening (listening.py): the context's worth in nats, and in the chroma of generated stems
+
+def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_rate: int, seed: int):
+    """Up to n (context [S], real stem [S], instrument, song) examples with a pitched target, one per song."""
+    ds = data.StemPairDataset(data_root, split, sample_rate, seconds, seed=seed, verbose=False)
+    song_of = {id(t): i for i, t in enumerate(ds.tracks)}
+    rng, out, seen = np.random.default_rng([seed, 7]), [], set()
+    for seg in rng.permutation(len(ds.segments)):
+        song = song_of[id(ds.segments[seg][0])]
+        if song in seen:
+            continue
+        pitched = [x for x in ds.segment_pairs(int(seg), 8, rng) if x[2] not in data.UNPITCHED]
+        if pitched:
+            c, t, k = pitched[0]
+            out.append((c.numpy(), t.numpy(), int(k), song))
+            seen.add(song)
+        if len(out) == n:
+            break
+    if len(out) < 2:
+        raise EvaluateError(f"--data {data_root} --split {split}: fewer than two songs with a pitched stem")
+    return out
+
+
+def run_listening(args, net, tok, seconds: float, progress: bool) -> dict:
+    """The token-level report on held-out pairs and the paired chroma check on generated pitched stems."""
+    pairs = pool.split_pool(tok, args.data, args.split, seconds, max(args.n, 256), args.seed, progress,
+                            "tokenising pairs", verbose=False)
+    T = pairs["context"].shape[-1]
+    report = listening.listening_report(net, pairs, min_shift=min(round(1.5 * tok.frame_rate), T // 3), seed=args.seed)
+    examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
+    sampling = decode.Sampling(temperature=args.temperature, **({"steps": tuple(args.steps)} if args.steps else {}))
+    stems = generate_population(net, tok, [(c, t, k) for c, t, k, _ in examples], sampling, args.seed, seconds,
+                                progress, "generate pitched stems")
+    contexts, songs = [c for c, _, _, _ in examples], [s for _, _, _, s in examples]
+    report["chroma"] = {
+        "generated": listening.chroma_check(stems, contexts, songs, tok.sample_rate, args.seed),
+        "real stems": listening.chroma_check([t for _, t, _, _ in examples], contexts, songs, tok.sample_rate,
+                                             args.seed),
+        "n": len(examples), "instruments": [data.INSTRUMENTS[k] for _, _, k, _ in examples],
+        "sampling": asdict(sampling)}
+    return report
+
+
+def listening_markdown(report: dict) -> str:
+    """The listening report as Markdown: the NLL table, the verdict, and the chroma table."""
+    lines = ["| level 0, whole target masked | NLL (nats) | top-1 acc |", "| --- | --- | --- |"]
+    lines += [f"| {k.replace('_', ' ')} | {v['nll']:.3f} | {v['acc']:.3f} |" for k, v in report["conditions"].items()]
+    lines += [f"| gain {k.replace('_', ' ')} | {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}] | |"
+              for k, g in report["gains"].items()]
+    lines += ["", report["verdict"], "", f"Chroma agreement of {report['chroma']['n']} pitched stems with their own "
+              "context and with another song's (paired gain, 95 % bootstrap interval over songs):", "",
+              "| stems | measure | own context | other song's | gain |", "| --- | --- | --- | --- | --- |"]
+    for who in ("generated", "real stems"):
+        for m, r in report["chroma"][who].items():
+            lines.append(f"| {who} | {m} | {r['own']:.3f} | {r['other']:.3f} | {r['gain']:.3f} "
+                         f"[{r['lo']:.3f}, {r['hi']:.3f}] |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,8 +246,8 @@ def write_text_atomic(path: str, text: str) -> None:
     audio.atomic_write(path, write, overwrite=True)
 
 
-def output_paths(out_dir: str, sweep: str) -> tuple[str, str]:
-    stem = "results" if sweep == "none" else f"sweep-{sweep}"
+def output_paths(out_dir: str, sweep: str, listen: bool = False) -> tuple[str, str]:
+    stem = "listening" if listen else "results" if sweep == "none" else f"sweep-{sweep}"
     return os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
 
 
@@ -208,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing result files")
     p.add_argument("--sweep", default="none", choices=["none", "guidance", "causal-bias", "best-vs-naive"],
                    help="which table to produce; none = one run with the paper's best sampling")
+    p.add_argument("--listening", action="store_true",
+                   help="instead of FAD/MIRDD: does the model listen? Level-0 NLL with the true, a dropped, another "
+                        "song's and a shifted context on max(--n, 256) held-out pairs, and the chroma of "
+                        "--audio-n generated pitched stems against their own and another song's context")
+    p.add_argument("--audio-n", type=int, default=32, help="--listening: pitched stems to generate (one per song)")
     p.add_argument("--scales", default="2,3,4", help="guided values of lambda for --sweep guidance")
     p.add_argument("--ws-values", default="0,0.1,0.2,0.5", help="w_s values for --sweep causal-bias")
     p.add_argument("--embedding", default="logmel", choices=["logmel", "vggish"],
@@ -236,7 +303,7 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 def run(args) -> dict:
     if args.n < 2:
         raise EvaluateError("--n must be at least 2 (FAD fits a Gaussian to each population)")
-    json_path, md_path = output_paths(args.out, args.sweep)
+    json_path, md_path = output_paths(args.out, args.sweep, args.listening)
     for path in (json_path, md_path):
         if os.path.exists(path) and not args.force:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")
@@ -252,6 +319,15 @@ def run(args) -> dict:
         base = replace(base, steps=tuple(args.steps))
     settings = sweep_settings(args.sweep, base, _floats(args.scales, "--scales"), _floats(args.ws_values, "--ws-values"))
     progress = not args.no_progress
+    if args.listening:
+        result = {"listening": run_listening(args, net, tok, seconds, progress),
+                  "protocol": {"data": os.path.abspath(args.data), "split": args.split, "seconds": seconds,
+                               "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint),
+                               "step": ckpt.get("step")}, "versions": versions()}
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+        write_text_atomic(md_path, listening_markdown(result["listening"]))
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        return result
 
     examples = draw_examples(args.data, args.split, args.n, seconds, tok.sample_rate, args.seed)
     reference = Reference(examples, tok.sample_rate, embedding, progress)
@@ -293,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no results written", file=sys.stderr)
         return 130
-    print(markdown_table(result))
+    print(listening_markdown(result["listening"]) if args.listening else markdown_table(result))
     return 0
 
 

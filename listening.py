@@ -147,6 +147,47 @@ def format_report(report: dict) -> str:
     return "\n".join(lines + [report["verdict"]])
 
 
+# ------------------------------------------------------------ the paper's validation measure, for comparison
+
+
+@torch.no_grad()
+def masked_accuracy(model, val: dict, batch: int, null_instrument: int, drop_context: bool = False,
+                    drop_instrument: bool = False) -> dict:
+    """Masked-token accuracy per level and overall on fixed pairs and masks (Sec. 3; val["masks"]: one
+    (masked, loss_mask) per level). Partly visible targets make it a measure of copying, not of listening."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct, total = [0] * len(val["masks"]), [0] * len(val["masks"])
+    inst_all = torch.full_like(val["instrument"], null_instrument) if drop_instrument else val["instrument"]
+    for q, (masked, loss_mask) in enumerate(val["masks"]):
+        for i in range(0, len(inst_all), batch):
+            sl = slice(i, i + batch)
+            ctx, tgt = val["context"][sl].to(dev).long(), val["target"][sl, q].to(dev).long()
+            dropped = torch.full((ctx.shape[0],), drop_context, device=dev)
+            with autocast(dev):
+                logits = model(ctx, masked[sl].to(dev), inst_all[sl].to(dev), dropped, level=q)
+            lm = loss_mask[sl, q].to(dev)
+            correct[q] += (logits.argmax(-1)[lm] == tgt[lm]).sum().item()
+            total[q] += lm.sum().item()
+    model.train()
+    return {"acc": sum(correct) / max(sum(total), 1),
+            "acc_per_level": [c / max(t, 1) for c, t in zip(correct, total)]}
+
+
+def constant_baseline(val: dict) -> dict:
+    """The best input-ignoring predictor: each level's most frequent token among the scored positions.
+
+    Computed on the validation targets themselves, so it is an upper bound for any constant guess.
+    """
+    correct, total = [], []
+    for q, (_, loss_mask) in enumerate(val["masks"]):
+        scored = val["target"][:, q].long()[loss_mask[:, q]]
+        correct.append(torch.bincount(scored).max().item() if scored.numel() else 0)
+        total.append(scored.numel())
+    return {"acc": sum(correct) / max(sum(total), 1),
+            "acc_per_level": [c / max(n, 1) for c, n in zip(correct, total)]}
+
+
 # ------------------------------------------------------------------------------------ audio level
 
 

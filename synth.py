@@ -561,6 +561,23 @@ def read_info(out_dir: str) -> dict | None:
         return yaml.safe_load(f)
 
 
+DEMO_SONGS = dict(tracks=320, seconds=10.0, one_program=True)  # the built-in demo's songs (train.py, README)
+
+
+def demo_dataset(out_dir: str, seed: int = 0, progress: bool = True) -> str:
+    """The demo's songs (DEMO_SONGS: many short songs in all twelve keys, one program per class) at out_dir:
+    rendered on first use; a folder made with other settings is refused rather than used silently."""
+    if not os.path.isdir(out_dir):
+        print(f"rendering the built-in synthetic dataset into {out_dir} ({DEMO_SONGS['tracks']} songs of "
+              f"{DEMO_SONGS['seconds']:g} s)", file=sys.stderr)
+        return make_dataset(out_dir, seed=seed, progress=progress, **DEMO_SONGS)
+    made = read_info(out_dir)
+    if made != dataset_info(seed=seed, sample_rate=DEFAULT_SAMPLE_RATE, soundfont=None, **DEMO_SONGS):
+        raise SynthError(f"{out_dir} was made with other settings ({made}); delete it to render the demo's "
+                         "songs again, or pass --data")
+    return out_dir
+
+
 def make_dataset(out_dir: str, tracks: int = DEFAULT_TRACKS, seconds: float = DEFAULT_SECONDS, seed: int = 0,
                  soundfont: str | None = None, workers: int | None = None, progress: bool = True,
                  sample_rate: int = DEFAULT_SAMPLE_RATE, overwrite: bool = False, one_program: bool = False) -> str:

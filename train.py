@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
@@ -31,6 +32,7 @@ from tqdm import tqdm
 import codec as codec_lib
 import data
 import listening
+import pool
 import spectral
 import synth
 from checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, make_checkpoint, save_checkpoint
@@ -38,9 +40,8 @@ from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 
 DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
-DEMO_DATA = os.path.join("data", "demo")
-# The demo's built-in songs: many short songs in all twelve keys, one GM program per class (see README).
-DEMO_SONGS = dict(tracks=320, seconds=10.0, one_program=True)
+DEMO_DATA = os.path.join("data", "demo")  # synth.DEMO_SONGS, rendered on first use
+BEST = "best.pt"  # beside ckpt.pt: the weights with the lowest validation NLL
 MAX_NONFINITE_IN_A_ROW = 10
 
 
@@ -116,21 +117,11 @@ def tri_stage_lr(step: int, warmup: int, hold: int, decay: int, final_frac: floa
 
 
 def prepare_data(args) -> None:
-    """The demo renders its songs on first use; a folder of other songs is refused rather than used silently."""
-    if args.demo and not os.path.isdir(args.data):
-        if not is_main():
-            raise TrainError(f"render the demo data first: python train.py --max-steps 0 (makes {args.data})")
-        print(f"rendering the built-in synthetic dataset into {args.data} ({DEMO_SONGS['tracks']} songs of "
-              f"{DEMO_SONGS['seconds']:g} s)", file=sys.stderr)
-        synth.make_dataset(args.data, seed=args.seed, progress=not args.no_progress, **DEMO_SONGS)
+    """The demo's songs are rendered on first use (synth.demo_dataset); other data must exist."""
+    if args.demo and args.data == DEMO_DATA and (is_main() or os.path.isdir(args.data)):
+        synth.demo_dataset(args.data, args.seed, progress=not args.no_progress)
     if not os.path.isdir(args.data):
         raise TrainError(f"dataset folder not found: {args.data}")
-    if args.demo and args.data == DEMO_DATA:
-        made = synth.read_info(args.data)
-        want = synth.dataset_info(seed=args.seed, sample_rate=synth.DEFAULT_SAMPLE_RATE, soundfont=None, **DEMO_SONGS)
-        if made != want:
-            raise TrainError(f"{args.data} was made with other settings ({made}); delete it to re-render the "
-                             "demo's songs, or pass --data")
 
 
 def prepare_codec(args, device, resume: dict | None = None):
@@ -158,32 +149,18 @@ def tokenize(codec, wave: torch.Tensor) -> torch.Tensor:
     return codec.encode(wave.to(codec.device)[:, None, :])
 
 
-def pair_pool(codec, args, split: str, n: int, seed: int, desc: str) -> dict:
-    """n pairs of a split drawn as data.py draws them, tokenised once (data.token_pool), spread over its songs."""
-    ds = data.StemPairDataset(args.data, split, codec.sample_rate, args.crop_seconds, seed=seed, verbose=is_main())
-    per_segment = max(1, math.ceil(n / len(ds.segments)))
-    return data.token_pool(ds, lambda w: tokenize(codec, w), n, per_segment, seed,
-                           progress=not args.no_progress and is_main(), desc=desc)
-
-
 def build_validation(codec, args) -> dict:
     """Fixed held-out pairs (tokens kept on the CPU) and one fixed mask per level for the accuracy table."""
-    val = pair_pool(codec, args, "validation", args.val_pairs, 10_000 + args.seed, "validation pairs")
+    val = pool.split_pool(codec, args.data, "validation", args.crop_seconds, args.val_pairs, 10_000 + args.seed,
+                          not args.no_progress, "validation pairs")
+    if len(torch.unique(val["song"])) < 2:
+        raise TrainError(f"the validation split of {args.data} gives pairs from one song only; the listening "
+                         "report compares songs, so it needs at least two (add tracks to validation/)")
     g = torch.Generator().manual_seed(args.seed)
     tgt = val["target"].long()
     val["masks"] = [mask_target(tgt, codec.bins, g, level=torch.full_like(val["instrument"], q))[:2]
                     for q in range(codec.n_q)]
     return val
-
-
-def pool_batches(pool: dict, args, step: int, rank: int, accum: int, micro: int):
-    """Micro-batches of step s: pool items drawn by a generator seeded with (seed, s); this rank's slice."""
-    while True:
-        idx = np.random.default_rng([args.seed, step]).integers(len(pool["song"]), size=args.batch)
-        mine = torch.from_numpy(idx[rank * accum * micro:(rank + 1) * accum * micro])
-        yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j])
-               for j in mine.split(micro)]
-        step += 1
 
 
 def loader_batches(codec, args, device, step: int, rank: int, accum: int, micro: int):
@@ -208,58 +185,24 @@ def loader_batches(codec, args, device, step: int, rank: int, accum: int, micro:
 # ------------------------------------------------------------------------------------------ validation
 
 
-@torch.no_grad()
-def masked_accuracy(model, val: dict, batch: int, drop_context: bool = False, drop_instrument: bool = False) -> dict:
-    """Masked-token accuracy per level and overall on the fixed validation pairs and masks (Sec. 3)."""
-    model.eval()
-    dev = next(model.parameters()).device
-    correct, total = [0] * len(val["masks"]), [0] * len(val["masks"])
-    inst_all = torch.full_like(val["instrument"], data.NULL_INSTRUMENT) if drop_instrument else val["instrument"]
-    for q, (masked, loss_mask) in enumerate(val["masks"]):
-        for i in range(0, len(inst_all), batch):
-            sl = slice(i, i + batch)
-            ctx, tgt = val["context"][sl].to(dev).long(), val["target"][sl, q].to(dev).long()
-            dropped = torch.full((ctx.shape[0],), drop_context, device=dev)
-            with autocast(dev):
-                logits = model(ctx, masked[sl].to(dev), inst_all[sl].to(dev), dropped, level=q)
-            lm = loss_mask[sl, q].to(dev)
-            correct[q] += (logits.argmax(-1)[lm] == tgt[lm]).sum().item()
-            total[q] += lm.sum().item()
-    model.train()
-    return {"acc": sum(correct) / max(sum(total), 1),
-            "acc_per_level": [c / max(t, 1) for c, t in zip(correct, total)]}
-
-
-def constant_baseline(val: dict) -> dict:
-    """The best input-ignoring predictor: each level's most frequent token among the scored positions.
-
-    Computed on the validation targets themselves, so it is an upper bound for any constant guess.
-    """
-    correct, total = [], []
-    for q, (_, loss_mask) in enumerate(val["masks"]):
-        scored = val["target"][:, q].long()[loss_mask[:, q]]
-        correct.append(torch.bincount(scored).max().item() if scored.numel() else 0)
-        total.append(scored.numel())
-    return {"acc": sum(correct) / max(sum(total), 1),
-            "acc_per_level": [c / max(n, 1) for c, n in zip(correct, total)]}
-
-
 def validate(model, val: dict, batch: int) -> dict:
     """What training tracks: level-0 NLL with the whole target masked, with and without the context."""
     nll, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], batch=batch)
     nll0, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], True, batch)
-    return {"nll": float(nll.mean()), "nll_no_context": float(nll0.mean()), **masked_accuracy(model, val, batch)}
+    return {"nll": float(nll.mean()), "nll_no_context": float(nll0.mean()),
+            **listening.masked_accuracy(model, val, batch, data.NULL_INSTRUMENT)}
 
 
 def final_report(model, val: dict, batch: int, frame_rate: float) -> dict:
     """The listening report (listening.py) and the masked-accuracy table, scored four ways."""
     T = val["context"].shape[-1]
     report = listening.listening_report(model, val, batch, min_shift=min(round(1.5 * frame_rate), T // 3))
+    null = data.NULL_INSTRUMENT
     report["masked_accuracy"] = {
-        "with_context": masked_accuracy(model, val, batch),
-        "context_dropped": masked_accuracy(model, val, batch, drop_context=True),
-        "both_dropped": masked_accuracy(model, val, batch, drop_context=True, drop_instrument=True),
-        "constant_baseline": constant_baseline(val)}
+        "with_context": listening.masked_accuracy(model, val, batch, null),
+        "context_dropped": listening.masked_accuracy(model, val, batch, null, drop_context=True),
+        "both_dropped": listening.masked_accuracy(model, val, batch, null, drop_context=True, drop_instrument=True),
+        "constant_baseline": listening.constant_baseline(val)}
     return report
 
 
@@ -388,7 +331,8 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
         state.in_a_row = 0
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    else:
+    else:                                                  # skip the step, count it; the schedule moves on
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
         state.nonfinite += 1
         state.in_a_row += 1
         if state.in_a_row >= MAX_NONFINITE_IN_A_ROW:
@@ -399,13 +343,15 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
     return loss_val
 
 
-def log_validation(model, val, micro, state: RunState, metrics) -> None:
-    """Validate, keep the best NLL, and append the row to metrics.jsonl."""
+def log_validation(model, val, micro, state: RunState, metrics) -> bool:
+    """Validate, append the row to metrics.jsonl, and say whether this is the lowest NLL so far."""
     v = validate(model, val, micro)
-    if v["nll"] < state.best:
-        state.best, state.best_step = v["nll"], state.step
     metrics.write(json.dumps({"kind": "val", "step": state.step, **v}) + "\n")
     metrics.flush()
+    if v["nll"] < state.best:
+        state.best, state.best_step = v["nll"], state.step
+        return True
+    return False
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -417,7 +363,8 @@ def train(args, resume: dict | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    ckpt_path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))
+    ckpt_path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))   # the latest state, for --resume
+    best_path = os.path.join(args.out, BEST)                                     # the lowest validation NLL
     if resume is None and os.path.isfile(ckpt_path) and is_main():
         raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
     os.makedirs(args.out, exist_ok=True) if is_main() else None
@@ -430,8 +377,9 @@ def train(args, resume: dict | None = None) -> dict:
         fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
     micro, accum = split_batch(args.batch, args.micro_batch, world)
     if args.pool_pairs:
-        pool = pair_pool(codec, args, "train", args.pool_pairs, args.seed, "training pairs")
-        batches = pool_batches(pool, args, state.step, rank, accum, micro)
+        train_pool = pool.split_pool(codec, args.data, "train", args.crop_seconds, args.pool_pairs, args.seed,
+                                     not args.no_progress and is_main(), "training pairs", is_main())
+        batches = pool.pool_batches(train_pool, args.batch, args.seed, state.step, rank, accum, micro)
     else:
         batches = loader_batches(codec, args, device, state.step, rank, accum, micro)
     val = build_validation(codec, args) if is_main() else None
@@ -458,8 +406,9 @@ def train(args, resume: dict | None = None) -> dict:
                                 lr=f"{sched.get_last_lr()[0]:.2e}", tok_s=f"{tokens / (time.time() - t0):.0f}")
                 metrics.write(json.dumps({"kind": "train", "step": state.step, "loss": loss,
                                           "lr": sched.get_last_lr()[0]}) + "\n")
-                if state.step % args.eval_every == 0 or state.step == args.max_steps:
-                    log_validation(model, val, micro, state, metrics)
+                if (state.step % args.eval_every == 0 or state.step == args.max_steps) and \
+                        log_validation(model, val, micro, state, metrics):
+                    save_checkpoint(best_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
                 if state.step % args.save_every == 0:
                     save_checkpoint(ckpt_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
             # one agreement per step: Ctrl-C on any process, or rank 0's early stop (it alone validates)
@@ -477,10 +426,13 @@ def train(args, resume: dict | None = None) -> dict:
     result = {"step": state.step, "best_val_nll": state.best, "sample_rate": codec.sample_rate,
               "stop_reason": stop_reason, "nonfinite_steps": state.nonfinite}
     if is_main():
-        result["report"] = final_report(model, val, micro, codec.frame_rate)
+        if os.path.isfile(best_path):    # report on (and point generate.py at) the weights with the lowest NLL
+            model.load_state_dict(load_checkpoint(best_path, device)["model"])
+        result.update(report=final_report(model, val, micro, codec.frame_rate), best_step=state.best_step)
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"kind": "final", "step": state.step, **result["report"]}) + "\n")
-        print(f"\n{stop_reason} at step {state.step}; checkpoint {ckpt_path}", file=sys.stderr)
+        print(f"\n{stop_reason} at step {state.step}; checkpoint {ckpt_path}; lowest validation NLL at step "
+              f"{state.best_step}: {best_path} (scored below)", file=sys.stderr)
         print_report(result["report"])
     return result
 
@@ -493,8 +445,7 @@ def write_demo_context(args, sample_rate: int) -> tuple[str, str]:
     import audio
     ds = data.StemPairDataset(args.data, "test", sample_rate, crop_seconds=10.0, seed=args.seed, length=64,
                               verbose=False)
-    unpitched = {data.instrument_id(n) for n in ("drums", "percussive", "sound effects", "synth effects")}
-    context, _, inst = next((item for item in (ds[i] for i in range(len(ds))) if item[2] not in unpitched), ds[0])
+    context, _, inst = next((item for item in (ds[i] for i in range(len(ds))) if item[2] not in data.UNPITCHED), ds[0])
     context = context.numpy()
     context *= min(1.0, 0.9 / max(float(abs(context).max()), 1e-9))   # a sum of stems may exceed full scale
     path = os.path.join(args.out, "demo_context.wav")
@@ -590,7 +541,9 @@ def main(argv=None) -> int:
         result = train(args, resume)
         if is_main() and args.demo:
             ctx, name = write_demo_context(args, result["sample_rate"])
-            print(f"\ntry: python generate.py --context {ctx} --instrument {name.lower()!r}", file=sys.stderr)
+            best = os.path.join(args.out, BEST)
+            print(f"\ntry: python generate.py --checkpoint {best} --context {ctx} --instrument {name.lower()!r}",
+                  file=sys.stderr)
         ok = True
         return 0
     except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, synth.SynthError, FileNotFoundError,

@@ -201,3 +201,23 @@ def test_refuses_to_overwrite_user_folders(tmp_path, capsys):
     synth.make_dataset(ours, tracks=2, seconds=1.0, seed=0, workers=1, progress=False, overwrite=True)
     assert len(tracks_of(ours)) == 2
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]  # no temporary folder left behind
+
+
+def test_one_program_per_class_fixes_each_class_to_its_first_program_in_the_same_songs():
+    """The demo setting changes the programs only: same classes, roles and notes as the default songs."""
+    for i in range(5):
+        _, default = synth.compose(np.random.default_rng([0, i]), 4.0)
+        _, fixed = synth.compose(np.random.default_rng([0, i]), 4.0, one_program=True)
+        assert [p.inst_class for p in default] == [p.inst_class for p in fixed]
+        assert [p.notes for p in default] == [p.notes for p in fixed]
+        for p in fixed:
+            if not p.is_drum:
+                assert p.program == synth.CLASS_PARTS[p.inst_class][1][0]
+
+
+def test_demo_dataset_refuses_a_folder_made_with_other_settings(tmp_path):
+    """train.py's demo never trains silently on songs that are not the demo's."""
+    other = str(tmp_path / "other")
+    synth.make_dataset(other, tracks=1, seconds=1.0, seed=0, workers=1, progress=False)
+    with pytest.raises(synth.SynthError, match="other settings"):
+        synth.demo_dataset(other, seed=0, progress=False)

@@ -1,0 +1,84 @@
+"""Pre-tokenised training pairs: a pool drawn the way data.py draws pairs, tokenised once, and batches from it.
+
+On a small machine reading and mixing about ten stems per item, and tokenising it, costs more than the model
+step; the demo therefore draws a pool of pairs once (reading each song segment once for several crops),
+tokenises it, and trains from it, with fresh masks and condition dropout at every use. The paper's recipe
+draws fresh pairs on the fly instead (train.py). Validation pairs are drawn the same way, kept with the song
+each comes from, for song-level statistics (listening.py).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data import DatasetError, StemPairDataset
+
+
+def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed: int, batch: int = 32,
+               progress: bool = True, desc: str = "tokenising pairs") -> dict:
+    """Draw n_pairs items segment by segment (in a seeded order, per_segment each) and tokenise them.
+
+    Args:
+        ds: the dataset whose pairs are drawn (its `segment_pairs`).
+        encode: waves FloatTensor [B, S] -> tokens LongTensor [B, Q, T] (the codec).
+    Returns:
+        dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]) and song (long [N],
+        the index of the pair's track in ds.tracks, for song-level statistics).
+    """
+    if n_pairs < 1 or per_segment < 1:
+        raise DatasetError("a token pool needs n_pairs >= 1 and per_segment >= 1")
+    rng = np.random.default_rng([seed, 2**31])
+    song_of = {id(t): i for i, t in enumerate(ds.tracks)}
+    order, cursor, empty_in_a_row = rng.permutation(len(ds.segments)), 0, 0
+    pending, out = [], {"context": [], "target": [], "instrument": [], "song": []}
+
+    def flush():
+        waves = torch.stack([c for c, _, _, _ in pending] + [t for _, t, _, _ in pending])   # [2b, S]
+        tok = encode(waves).to("cpu", torch.int16)                                         # [2b, Q, T]
+        out["context"].append(tok[:len(pending)])
+        out["target"].append(tok[len(pending):])
+        out["instrument"] += [k for _, _, k, _ in pending]
+        out["song"] += [s for _, _, _, s in pending]
+        pending.clear()
+
+    drawn = 0
+    with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not progress) as bar:
+        while drawn < n_pairs:
+            seg = int(order[cursor % len(order)])
+            cursor += 1
+            items = ds.segment_pairs(seg, min(per_segment, n_pairs - drawn), rng)
+            drawn += len(items)
+            empty_in_a_row = 0 if items else empty_in_a_row + 1
+            if empty_in_a_row > len(order):
+                raise DatasetError(f"no usable (context, target) pair in any segment of {ds.root} [{ds.split}]")
+            song = song_of[id(ds.segments[seg][0])]
+            pending += [(c, t, k, song) for c, t, k in items]
+            bar.update(len(items))
+            if len(pending) >= batch:
+                flush()
+    if pending:
+        flush()
+    return {"context": torch.cat(out["context"]), "target": torch.cat(out["target"]),
+            "instrument": torch.tensor(out["instrument"]), "song": torch.tensor(out["song"])}
+
+
+def split_pool(codec, root: str, split: str, crop_seconds: float, n: int, seed: int, progress: bool = True,
+               desc: str = "tokenising pairs", verbose: bool = True) -> dict:
+    """n pairs of one split of a Slakh-layout folder, spread over its song segments, tokenised with the codec."""
+    ds = StemPairDataset(root, split, codec.sample_rate, crop_seconds, seed=seed, verbose=verbose)
+    per_segment = max(1, math.ceil(n / len(ds.segments)))
+    encode = lambda wave: codec.encode(wave.to(codec.device)[:, None, :])     # [B, S] -> [B, Q, T]
+    return token_pool(ds, encode, n, per_segment, seed, progress=progress, desc=desc)
+
+
+def pool_batches(pool: dict, batch: int, seed: int, step: int, rank: int, accum: int, micro: int):
+    """The micro-batches of each step from `step` on: step s draws `batch` pool items with a generator
+    seeded by (seed, s), so a resumed run and N processes draw what one process would; each rank takes its slice."""
+    while True:
+        idx = np.random.default_rng([seed, step]).integers(len(pool["song"]), size=batch)
+        mine = torch.from_numpy(idx[rank * accum * micro:(rank + 1) * accum * micro])
+        yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j]) for j in mine.split(micro)]
+        step += 1
