@@ -120,6 +120,27 @@ def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_
     return out
 
 
+@torch.no_grad()
+def generate_batched(net, tok, contexts: list[np.ndarray], instruments: list[int], sampling, seed: int,
+                     batch: int = 16, progress: bool = False) -> list[np.ndarray]:
+    """Stems for equal-length contexts (one window each), `batch` examples per decoding loop; batch j is
+    seeded with (seed, j)."""
+    device = next(net.parameters()).device
+    out = []
+    bar = tqdm(total=len(contexts) * sum(sampling.steps), desc="generate pitched stems", unit="step",
+               disable=not progress)
+    for j in range(0, len(contexts), batch):
+        wave = torch.as_tensor(np.stack(contexts[j:j + batch]), device=device)[:, None]      # [b, 1, S]
+        inst = torch.tensor(instruments[j:j + batch], device=device)
+        g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
+        tokens = decode.generate_tokens(net, tok.encode(wave), inst, sampling, generator=g,
+                                        on_step=lambda n: bar.update(n * len(inst)))
+        stems = tok.decode(tokens)[:, 0].float().cpu().numpy()                              # [b, S']
+        out += [audio.fit_length(s, wave.shape[-1]) for s in stems]
+    bar.close()
+    return out
+
+
 def run_listening(args, net, tok, seconds: float, progress: bool) -> dict:
     """The token-level report on held-out pairs and the paired chroma check on generated pitched stems."""
     pairs = pool.split_pool(tok, args.data, args.split, seconds, max(args.n, 256), args.seed, progress,
@@ -128,8 +149,8 @@ def run_listening(args, net, tok, seconds: float, progress: bool) -> dict:
     report = listening.listening_report(net, pairs, min_shift=min(round(1.5 * tok.frame_rate), T // 3), seed=args.seed)
     examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
     sampling = decode.Sampling(temperature=args.temperature, **({"steps": tuple(args.steps)} if args.steps else {}))
-    stems = generate_population(net, tok, [(c, t, k) for c, t, k, _ in examples], sampling, args.seed, seconds,
-                                progress, "generate pitched stems")
+    stems = generate_batched(net, tok, [c for c, _, _, _ in examples], [k for _, _, k, _ in examples], sampling,
+                             args.seed, progress=progress)
     contexts, songs = [c for c, _, _, _ in examples], [s for _, _, _, s in examples]
     report["chroma"] = {
         "generated": listening.chroma_check(stems, contexts, songs, tok.sample_rate, args.seed),

@@ -30,3 +30,8 @@ def random_triads(seconds_each, n, sr, rng):
         third = 4 if rng.random() < 0.5 else 3
         parts.append(chord([root, root + third, root + 7], seconds_each, sr, rng))
     return np.concatenate(parts)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end and subprocess tests; `-m 'not slow'` runs the property "
+                                       "tests alone, in seconds")

@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 import bench
 
 
+@pytest.mark.slow
 def test_generate_bench_prints_real_time_factor_and_its_split(capsys):
     res = bench.main(["generate", "--preset", "tiny", "--seconds", "0.5", "--steps", "2", "2", "2", "2",
                       "--codec", "spectral", "--json", "--device", "cpu"])
@@ -15,6 +18,7 @@ def test_generate_bench_prints_real_time_factor_and_its_split(capsys):
     assert res["real_time_factor"] > 0 and res["total_s"] >= res["codec_decode_s"]
 
 
+@pytest.mark.slow
 def test_train_bench_prints_throughput_mfu_and_tokenize_share(capsys):
     res = bench.main(["train", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--batch", "2",
                       "--crop-seconds", "0.5", "--codec", "spectral", "--device", "cpu"])

@@ -70,6 +70,7 @@ def _args(ds, ckpt, out, *extra):
             "--no-progress", "--device", "cpu", *extra]
 
 
+@pytest.mark.slow
 def test_protocol_runs_end_to_end_and_records_provenance(tiny_setup, capsys):
     ds, ckpt, root = tiny_setup
     out = root / "out"
@@ -92,6 +93,7 @@ def test_protocol_runs_end_to_end_and_records_provenance(tiny_setup, capsys):
     assert (out / "sweep-causal-bias.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_generated_population_is_repeatable_for_a_seed(tiny_setup):
     ds, ckpt, _ = tiny_setup
     net, tok, _ = checkpoint.load_model(ckpt, "cpu")
@@ -105,6 +107,7 @@ def test_generated_population_is_repeatable_for_a_seed(tiny_setup):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+@pytest.mark.slow
 def test_user_errors_end_in_one_message(tiny_setup, capsys):
     ds, ckpt, root = tiny_setup
     assert evaluate.main(_args(ds, ckpt, root / "o1", "--embedding", "vggish")) == evaluate.EXIT_USER_ERROR

@@ -102,6 +102,7 @@ def spy_generate_tokens(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stem_and_mix_match_input_rate_length_and_channels(random_ckpt, tmp_path, capsys):
     ctx = tmp_path / "song.wav"
     x = write_context(ctx, seconds=1.3, sr=22050, channels=2)
@@ -120,6 +121,7 @@ def test_stem_and_mix_match_input_rate_length_and_channels(random_ckpt, tmp_path
     np.testing.assert_allclose(mix, gain * x.T + stem[:, None], atol=2 / 2 ** 15)  # PCM-16 rounding
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ext,subtype", [(".wav", "PCM_24"), (".wav", "FLOAT"), (".flac", "PCM_24")])
 def test_outputs_keep_the_context_format_and_are_readable_by_others(random_ckpt, tmp_path, capsys, ext, subtype):
     """A 48 kHz 24-bit stereo context gives 24-bit stem and mix (float gives float, flac gives flac), written
@@ -141,6 +143,7 @@ def test_outputs_keep_the_context_format_and_are_readable_by_others(random_ckpt,
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_audio(random_ckpt, tmp_path, capsys):
     ctx = tmp_path / "ctx.wav"
     write_context(ctx, seconds=1.0, sr=SR, channels=1)
@@ -155,6 +158,7 @@ def test_same_seed_gives_identical_audio(random_ckpt, tmp_path, capsys):
     assert not np.array_equal(outs["a"], outs["c"])
 
 
+@pytest.mark.slow
 def test_long_context_goes_through_windows_with_decoded_prompts(random_ckpt, tmp_path, monkeypatch, capsys):
     ctx = tmp_path / "long.wav"
     write_context(ctx, seconds=2.3, sr=SR, channels=1)
@@ -182,6 +186,7 @@ def level_jump_db(x, at, width):
     return abs(10 * np.log10(np.mean(before ** 2) + 1e-10) - 10 * np.log10(np.mean(after ** 2) + 1e-10))
 
 
+@pytest.mark.slow
 def test_windowed_stem_has_no_seam(copy_ckpt, random_ckpt, tiny_codec, tmp_path, capsys):
     """Windows are stitched at token level: the copy model's windowed stem equals its one-pass stem (the
     codec round trip), and a generated stem jumps in level at window boundaries no more than elsewhere."""
@@ -210,6 +215,7 @@ def test_windowed_stem_has_no_seam(copy_ckpt, random_ckpt, tiny_codec, tmp_path,
     assert max(at_boundary) <= max(elsewhere), (at_boundary, max(elsewhere))
 
 
+@pytest.mark.slow
 def test_several_instruments_in_turn_write_stems_and_mix(random_ckpt, tiny_codec, tmp_path, monkeypatch,
                                                          capsys):
     ctx = tmp_path / "band.wav"
@@ -270,6 +276,7 @@ def _bad(tmp_path, kind, random_ckpt):
 
 @pytest.mark.parametrize("kind", ["missing file", "unreadable file", "empty audio", "silent audio", "NaN samples",
                                   "unknown instrument", "missing checkpoint", "codec unavailable"])
+@pytest.mark.slow
 def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_path, capsys):
     argv, words = _bad(tmp_path, kind, random_ckpt)
     before = set(os.listdir(tmp_path))
@@ -281,6 +288,7 @@ def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_pat
     assert set(os.listdir(tmp_path)) == before                # nothing written, no temporary left
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(random_ckpt, tmp_path, capsys):
     ctx = tmp_path / "c.wav"
     write_context(ctx, seconds=0.5, sr=SR, channels=1)
@@ -308,6 +316,7 @@ def test_naive_setting_and_flag_overrides():
     assert s.guidance == "none" and s.w_s == 0.2 and s.steps == (4, 4)
 
 
+@pytest.mark.slow
 def test_command_line_error_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "generate.py"), "--context",
                         str(tmp_path / "missing.wav"), "--instrument", "piano"],

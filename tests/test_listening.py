@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 import listening
@@ -54,6 +55,7 @@ def test_a_model_that_ignores_its_context_scores_zero_and_does_not_listen():
     assert r["verdict"].startswith("does not listen yet")
 
 
+@pytest.mark.slow
 def test_a_tiny_stemgen_trained_where_the_context_determines_the_target_listens():
     """The real network and the real report: 150 steps on level 0 with target = f(context) give a gain."""
     torch.manual_seed(0)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model import PRESETS, ModelConfig, StemGen, count_parameters
@@ -70,6 +71,7 @@ def test_model_has_no_bias_parameters():
     assert not any(n.endswith(".bias") for n in names)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_fixed_batch():
     """The pieces fit together: masked-token loss on one batch falls by a clear margin."""
     from masking import mask_target

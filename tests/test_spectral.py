@@ -109,6 +109,7 @@ def test_a_spec_without_arrays_loads_them_from_its_file_or_says_what_is_missing(
         C.load_codec({"name": "spectral", "source": str(tmp_path / "gone.pt")})
 
 
+@pytest.mark.slow
 def test_fit_reads_only_the_train_split_and_never_overwrites(chord_data, spectral, tmp_path):
     _, path = spectral
     before = os.path.getmtime(path)
@@ -137,6 +138,7 @@ def test_spectral_config_is_the_one_home_of_the_defaults():
         S.fit_spectral("unused", None, n_bins=8)  # a misspelt setting is refused, not ignored
 
 
+@pytest.mark.slow
 def test_fit_command_matches_the_function_and_measure_command_reports(chord_data, spectral, tmp_path, capsys):
     """`python spectral.py fit` writes the codec fit_spectral makes; `python codec.py measure` measures it."""
     codec, _ = spectral

@@ -85,6 +85,7 @@ def beat_period(x, sr):
 
 # --- tests -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_output_is_slakh_layout_that_the_dataset_reads(dataset):
     splits = {os.path.basename(t): os.path.basename(os.path.dirname(t)) for t in tracks_of(dataset)}
     assert splits == {"Track00001": "train", "Track00002": "validation", "Track00003": "test"}
@@ -106,6 +107,7 @@ def test_output_is_slakh_layout_that_the_dataset_reads(dataset):
         assert ctx.shape == tgt.shape == (64000,) and 0 <= inst < 17
 
 
+@pytest.mark.slow
 def test_mix_equals_sum_of_stems(dataset):
     for t in tracks_of(dataset):
         stems = stems_of(t)
@@ -116,6 +118,7 @@ def test_mix_equals_sum_of_stems(dataset):
         assert np.abs(mix).max() <= 0.91
 
 
+@pytest.mark.slow
 def test_every_stem_sounds_where_its_midi_has_notes(dataset):
     for t in tracks_of(dataset):
         for name, (info, x, sr) in stems_of(t).items():
@@ -129,6 +132,7 @@ def test_every_stem_sounds_where_its_midi_has_notes(dataset):
                 assert np.abs(x[: int((first - 0.05) * sr)]).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_stems_of_a_song_agree_in_key_and_tempo(dataset):
     """Measured from audio: each tonal stem lies in the scale heard in the mix, and every stem's onsets lock
     to the beat heard in the drums far more than to a 5% detuned beat or to another song's beat."""
@@ -156,6 +160,7 @@ def test_stems_of_a_song_agree_in_key_and_tempo(dataset):
     assert len({round(p, 2) for _, _, p, _ in songs}) > 1  # the songs do differ in tempo
 
 
+@pytest.mark.slow
 def test_render_is_deterministic_for_a_seed(tmp_path):
     a, b, c = (str(tmp_path / n) for n in "abc")
     for d, seed in ((a, 7), (b, 7), (c, 8)):
@@ -167,6 +172,7 @@ def test_render_is_deterministic_for_a_seed(tmp_path):
         not all(np.array_equal(sa[k][1], sc[k][1]) for k in sa if k in sc)
 
 
+@pytest.mark.slow
 def test_midi_mode_renders_fixture_parts_with_slakh_classes(tmp_path):
     src = tmp_path / "midi"
     os.makedirs(src)
@@ -185,6 +191,7 @@ def test_midi_mode_renders_fixture_parts_with_slakh_classes(tmp_path):
         assert x.shape == (30 * 32000,) and np.abs(x).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_user_folders(tmp_path, capsys):
     user = tmp_path / "mine"
     os.makedirs(user)
@@ -215,6 +222,7 @@ def test_one_program_per_class_fixes_each_class_to_its_first_program_in_the_same
                 assert p.program == synth.CLASS_PARTS[p.inst_class][1][0]
 
 
+@pytest.mark.slow
 def test_demo_dataset_refuses_a_folder_made_with_other_settings(tmp_path):
     """train.py's demo never trains silently on songs that are not the demo's."""
     other = str(tmp_path / "other")

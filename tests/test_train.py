@@ -42,6 +42,7 @@ def test_tri_stage_schedule_warms_up_holds_and_decays_to_a_floor():
     assert max(ratios) - min(ratios) < 1e-9                           # constant ratio: exponential
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["0", "12"], ids=["on-the-fly", "token-pool"])
 def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool):
     """A run stopped at step 3 and resumed to 6 ends with the same weights as a run of 6 steps."""
@@ -80,6 +81,7 @@ def test_help_shows_each_knob_with_the_paper_and_demo_values(capsys):
     assert "(40 | 16)" in out and "(paper | tiny)" in out
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_resume(tiny_data, tmp_path, capsys):
     data_dir, codec_file = tiny_data
     assert train.main(argv(data_dir, codec_file, tmp_path, "--max-steps", "1")) == 0
@@ -89,6 +91,7 @@ def test_existing_run_is_not_overwritten_without_resume(tiny_data, tmp_path, cap
     assert os.path.getmtime(tmp_path / "ckpt.pt") == before
 
 
+@pytest.mark.slow
 def test_dataset_without_usable_pairs_fails_at_start(tiny_data, tmp_path, capsys):
     _, codec_file = tiny_data
     fixture = os.path.join(FIXTURE, "slakh2100_flac_redux")
@@ -98,6 +101,7 @@ def test_dataset_without_usable_pairs_fails_at_start(tiny_data, tmp_path, capsys
     assert not os.path.exists(tmp_path / "ckpt.pt")
 
 
+@pytest.mark.slow
 def test_repeated_non_finite_losses_stop_the_run_with_a_clear_message(tiny_data, tmp_path, monkeypatch, capsys):
     data_dir, codec_file = tiny_data
     monkeypatch.setattr(train, "masked_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
@@ -107,6 +111,7 @@ def test_repeated_non_finite_losses_stop_the_run_with_a_clear_message(tiny_data,
     assert ck["nonfinite_steps"] == train.MAX_NONFINITE_IN_A_ROW and ck["step"] < 50
 
 
+@pytest.mark.slow
 def test_two_processes_on_gloo_match_gradient_accumulation(tiny_data, tmp_path):
     """torchrun with 2 CPU processes (DDP, gloo) trains the same model as one process accumulating 2 micro-batches."""
     data_dir, codec_file = tiny_data
@@ -129,6 +134,7 @@ def test_two_processes_on_gloo_match_gradient_accumulation(tiny_data, tmp_path):
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_data, tmp_path):
     import signal
     import time
