@@ -9,6 +9,7 @@ import soundfile as sf
 import yaml
 
 from conftest import FIXTURE
+import compose
 import data
 import synth
 
@@ -213,13 +214,13 @@ def test_refuses_to_overwrite_user_folders(tmp_path, capsys):
 def test_one_program_per_class_fixes_each_class_to_its_first_program_in_the_same_songs():
     """The demo setting changes the programs only: same classes, roles and notes as the default songs."""
     for i in range(5):
-        _, default = synth.compose(np.random.default_rng([0, i]), 4.0)
-        _, fixed = synth.compose(np.random.default_rng([0, i]), 4.0, one_program=True)
+        _, default = compose.compose(np.random.default_rng([0, i]), 4.0)
+        _, fixed = compose.compose(np.random.default_rng([0, i]), 4.0, one_program=True)
         assert [p.inst_class for p in default] == [p.inst_class for p in fixed]
         assert [p.notes for p in default] == [p.notes for p in fixed]
         for p in fixed:
             if not p.is_drum:
-                assert p.program == synth.CLASS_PARTS[p.inst_class][1][0]
+                assert p.program == compose.CLASS_PARTS[p.inst_class][1][0]
 
 
 @pytest.mark.slow
