@@ -23,6 +23,8 @@ from model import PRESETS, StemGen, autocast, count_parameters
 from data import NULL_INSTRUMENT
 from masking import Objective, masked_loss
 
+FRAME_RATE = 50  # token frames per second of both codecs (Encodec 32 kHz and SpectralConfig.frame_rate)
+
 # Dense bf16 peak (TFLOP/s) from the vendors' datasheets.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 
@@ -90,17 +92,17 @@ def build(args, device):
 def make_codec(args, device):
     """The codec whose encode/decode cost is measured, with random parameters (timing does not need weights)."""
     import codec as codec_lib
-    from spectral import SpectralCodec
+    from spectral import SpectralCodec, SpectralConfig
     if args.codec == "encodec_random":
         from transformers import EncodecConfig, EncodecModel
         model = EncodecModel(EncodecConfig(**codec_lib.ENCODEC_32KHZ_CONFIG))
         return codec_lib.EncodecCodec(model).to(device), "encodec_32khz architecture, random weights"
-    g = torch.Generator().manual_seed(0)
-    n_freq, dim = 1025, 64
-    basis = torch.linalg.qr(torch.randn(n_freq, dim, generator=g))[0].T.contiguous()   # [D, F] orthonormal
+    g, c = torch.Generator().manual_seed(0), SpectralConfig()
+    n_freq = c.n_fft // 2 + 1
+    basis = torch.linalg.qr(torch.randn(n_freq, c.dim, generator=g))[0].T.contiguous()   # [D, F] orthonormal
     spectral = SpectralCodec(torch.rand(n_freq, generator=g), basis,
-                             torch.randn(4, 1024, dim, generator=g) * 0.1)
-    return spectral.to(device), (f"spectral 4 x 1024, random codebooks, {spectral.griffin_lim_iters} "
+                             torch.randn(c.n_q, c.bins, c.dim, generator=g) * 0.1)
+    return spectral.to(device), (f"spectral {c.n_q} x {c.bins}, random codebooks, {spectral.griffin_lim_iters} "
                                  "Griffin-Lim iterations")
 
 
@@ -108,14 +110,14 @@ def bench_train(args):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, cfg = build(args, device)
-    T = math.ceil(args.crop_seconds * 50)
+    T = math.ceil(args.crop_seconds * FRAME_RATE)
     B = args.batch
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     fwd = torch.compile(model) if args.compile else model
     g = torch.Generator(device=device).manual_seed(0)
     ctx = torch.randint(0, cfg.bins, (B, cfg.n_q, T), device=device, generator=g)
     tgt = torch.randint(0, cfg.bins, (B, cfg.n_q, T), device=device, generator=g)
-    inst = torch.randint(0, 17, (B,), device=device, generator=g)
+    inst = torch.randint(0, NULL_INSTRUMENT, (B,), device=device, generator=g)   # the 17 classes
 
     def step():
         with autocast(device):
@@ -158,7 +160,7 @@ def bench_generate(args):
     model, cfg = build(args, device)
     model.eval()
     fwd = torch.compile(model, mode="reduce-overhead") if args.compile else model   # CUDA graphs
-    T = math.ceil(args.seconds * 50)
+    T = math.ceil(args.seconds * FRAME_RATE)
     steps = tuple(args.steps[: cfg.n_q])
     g = torch.Generator(device=device).manual_seed(0)
     ctx = torch.randint(0, cfg.bins, (1, cfg.n_q, T), device=device, generator=g)
@@ -226,11 +228,11 @@ def main(argv=None):
         s.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     t = sub.choices["train"]
     t.add_argument("--batch", type=int, default=16)
-    t.add_argument("--crop-seconds", type=float, default=20.0)
+    t.add_argument("--crop-seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS)
     t.add_argument("--steps", type=int, default=10, help="timed steps")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     g = sub.choices["generate"]
-    g.add_argument("--seconds", type=float, default=20.0, help="stem length")
+    g.add_argument("--seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS, help="stem length")
     g.add_argument("--steps", type=int, nargs="+", default=list(decode.Sampling.steps), help="decoding steps per level")
     g.add_argument("--guidance", default=decode.Sampling.guidance, choices=list(decode.GUIDANCE_MODES))
     args = p.parse_args(argv)

@@ -17,6 +17,7 @@ sounding stem is the target; crops whose context or target is below `silence_db`
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import math
 import os
@@ -45,6 +46,7 @@ NULL_INSTRUMENT = len(INSTRUMENTS)  # 17: the entry used when the instrument con
 N_INSTRUMENTS = len(INSTRUMENTS) + 1  # 18 embedding entries (Sec. 3)
 SPLITS = ("train", "validation", "test")
 AUDIO_EXTS = (".flac", ".wav")
+CROP_SECONDS = 20.0  # the paper's training crop (Sec. 3); generation's window defaults to it (decode.py)
 DEFAULT_SILENCE_DB = -50.0  # RMS over the whole crop, dBFS; digital silence and faint noise fall below
 
 
@@ -226,6 +228,49 @@ def summarize(tracks: list[Track], skips: Counter, split: str) -> str:
     return line
 
 
+def find_tracks(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
+    """Audio files of a Slakh-layout folder grouped by track: [[stems/S00.flac, ..., mix.flac], ...].
+
+    Tracks and their splits come from scan_tracks (split folders, or the hash split without them), so
+    the codec is fitted (spectral.py) on the same training tracks the model sees and measured (codec.py
+    measure) on held-out ones. Folders without metadata.yaml fall back to audio_files_by_track.
+    """
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data folder not found: {data_dir}")
+    tracks = []
+    for split in splits:
+        try:
+            found, _ = scan_tracks(data_dir, split)
+        except DatasetError:
+            found = []
+        for t in found:
+            mix = [p for p in glob.glob(os.path.join(t.path, "mix.*")) if p.lower().endswith(AUDIO_EXTS)]
+            tracks.append([s.path for s in t.stems] + sorted(mix)[:1])
+    return tracks or audio_files_by_track(data_dir, splits)
+
+
+def audio_files_by_track(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
+    """Audio files of a folder without metadata, grouped by track folder (stems/ and mix.*), else one per file."""
+    present = [s for s in SPLITS if os.path.isdir(os.path.join(data_dir, s))]
+    roots = [os.path.join(data_dir, s) for s in splits if s in present] if present else [data_dir]
+    files = sorted(p for r in roots for p in glob.glob(os.path.join(r, "**", "*"), recursive=True)
+                   if p.lower().endswith(AUDIO_EXTS) and os.path.isfile(p))
+    tracks: dict[str, list[str]] = {}
+    for p in files:
+        parent = os.path.dirname(p)
+        if os.path.basename(parent) == "stems":
+            tracks.setdefault(os.path.dirname(parent), []).append(p)
+        elif os.path.basename(p).lower().startswith("mix") and os.path.isdir(os.path.join(parent, "stems")):
+            tracks.setdefault(parent, []).append(p)
+        else:
+            tracks.setdefault(p, []).append(p)
+    if not tracks:
+        where = f"the {'/'.join(splits)} split of " if present else ""
+        raise FileNotFoundError(f"no .flac/.wav audio found under {where}{data_dir} "
+                                "(expected TrackNNNNN/stems/SNN.flac, optionally under train/ validation/ test/)")
+    return list(tracks.values())
+
+
 # ---------------------------------------------------------------------------------------------- pairs
 
 
@@ -288,7 +333,7 @@ class StemPairDataset(torch.utils.data.Dataset):
     Items: (context FloatTensor [S], target FloatTensor [S], instrument int).
     """
 
-    def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = 20.0,
+    def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = CROP_SECONDS,
                  segment_seconds: float = 60.0, silence_db: float = DEFAULT_SILENCE_DB, seed: int | None = None,
                  length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True):
         if crop_seconds <= 0 or segment_seconds <= 0 or sample_rate <= 0:

@@ -23,10 +23,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from data import CROP_SECONDS
 from guidance import GUIDANCE_MODES, combine_branches, guidance_branches
 from model import autocast
 
-DEFAULT_WINDOW_SECONDS = 20.0  # the paper's training crop (Sec. 3): the window when a checkpoint does not say
+DEFAULT_WINDOW_SECONDS = CROP_SECONDS  # the paper's training crop (Sec. 3): the window when a checkpoint does not say
 
 OnStep = Callable[[int], object]  # progress callback, called with 1 after every decoding step (tqdm.update)
 

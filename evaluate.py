@@ -145,8 +145,7 @@ def run_listening(args, net, tok, seconds: float, progress: bool) -> dict:
     """The token-level report on held-out pairs and the paired chroma check on generated pitched stems."""
     pairs = pool.split_pool(tok, args.data, args.split, seconds, max(args.n, 256), args.seed, progress,
                             "tokenising pairs", verbose=False)
-    T = pairs["context"].shape[-1]
-    report = listening.listening_report(net, pairs, min_shift=min(round(1.5 * tok.frame_rate), T // 3), seed=args.seed)
+    report = listening.listening_report(net, pairs, frame_rate=tok.frame_rate, seed=args.seed)
     examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
     sampling = decode.Sampling(temperature=args.temperature, **({"steps": tuple(args.steps)} if args.steps else {}))
     stems = generate_batched(net, tok, [c for c, _, _, _ in examples], [k for _, _, k, _ in examples], sampling,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from model import autocast
 
 CONDITIONS = ("true_context", "context_dropped", "other_song", "shifted")
+MIN_SHIFT_SECONDS = 1.5  # the shifted context moves at least this far (a third of the crop when it is shorter)
 GAINS = {"over_dropped": "context_dropped", "over_other_song": "other_song", "over_shifted": "shifted"}
 
 
@@ -94,12 +95,15 @@ def song_bootstrap(values: np.ndarray, song: np.ndarray, n_boot: int = 2000, see
     return float(values.mean()), float(lo), float(hi)
 
 
-def listening_report(model, pairs: dict, batch: int = 32, min_shift: int = 75, seed: int = 0) -> dict:
+def listening_report(model, pairs: dict, batch: int = 32, frame_rate: float = 50.0, seed: int = 0,
+                     min_shift: int | None = None) -> dict:
     """Score held-out pairs four ways (module docstring) and bootstrap each gain over songs.
 
     Args:
-        pairs: dict of context, target [N, Q, T], instrument [N], song [N] (data.token_pool's layout).
-        min_shift: least circular shift of the shifted context, in frames (75 = 1.5 s at 50 Hz).
+        pairs: dict of context, target [N, Q, T], instrument [N], song [N] (pool.token_pool's layout).
+        frame_rate: token frames per second, for the shift.
+        min_shift: least circular shift of the shifted context in frames; default MIN_SHIFT_SECONDS, at most
+            a third of the crop.
     Returns:
         {"conditions": {name: {"nll", "acc"}}, "gains": {name: {"mean", "lo", "hi"}}, "pairs", "songs", "verdict"}
     """
@@ -107,6 +111,8 @@ def listening_report(model, pairs: dict, batch: int = 32, min_shift: int = 75, s
     n_songs = int(len(torch.unique(song)))
     if n_songs < 2:
         raise ValueError("the listening report needs held-out pairs from at least two songs")
+    if min_shift is None:
+        min_shift = min(round(MIN_SHIFT_SECONDS * frame_rate), ctx.shape[-1] // 3)
     g = torch.Generator().manual_seed(seed)
     contexts = {"true_context": (ctx, False), "context_dropped": (ctx, True),
                 "other_song": (ctx[other_song_order(song)], False), "shifted": (shift_context(ctx, min_shift, g), False)}
@@ -137,14 +143,19 @@ def verdict(report: dict, bound: float = 0.0) -> str:
 
 
 def format_report(report: dict) -> str:
-    """The listening table as plain text lines (what train.py prints and evaluate.py writes)."""
+    """The listening table (and the masked-accuracy table, when there) as plain text lines."""
     lines = ["level 0, whole target masked    NLL (nats)   top-1 acc"]
     for name in CONDITIONS:
         c = report["conditions"][name]
         lines.append(f"  {name.replace('_', ' '):<30} {c['nll']:8.3f}   {c['acc']:8.3f}")
     for name, g in report["gains"].items():
         lines.append(f"  gain {name.replace('_', ' '):<25} {g['mean']:8.3f}   [{g['lo']:.3f}, {g['hi']:.3f}]")
-    return "\n".join(lines + [report["verdict"]])
+    lines.append(report["verdict"])
+    if "masked_accuracy" in report:
+        lines.append("masked-token accuracy, partly visible targets (overall | per level):")
+        lines += [f"  {name:>18}: {r['acc']:.3f} | {' '.join(f'{a:.3f}' for a in r['acc_per_level'])}"
+                  for name, r in report["masked_accuracy"].items()]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------ the paper's validation measure, for comparison
@@ -186,6 +197,25 @@ def constant_baseline(val: dict) -> dict:
         total.append(scored.numel())
     return {"acc": sum(correct) / max(sum(total), 1),
             "acc_per_level": [c / max(n, 1) for c, n in zip(correct, total)]}
+
+
+def validation_scores(model, val: dict, batch: int, null_instrument: int) -> dict:
+    """What training tracks (train.py): the level-0 NLL with and without the context, and masked accuracy."""
+    nll, _ = level0_nll(model, val["context"], val["target"], val["instrument"], batch=batch)
+    nll0, _ = level0_nll(model, val["context"], val["target"], val["instrument"], True, batch)
+    return {"nll": float(nll.mean()), "nll_no_context": float(nll0.mean()),
+            **masked_accuracy(model, val, batch, null_instrument)}
+
+
+def full_report(model, val: dict, batch: int, frame_rate: float, null_instrument: int) -> dict:
+    """The listening report and the masked-accuracy table scored four ways (the end of a training run)."""
+    report = listening_report(model, val, batch, frame_rate)
+    report["masked_accuracy"] = {
+        "with_context": masked_accuracy(model, val, batch, null_instrument),
+        "context_dropped": masked_accuracy(model, val, batch, null_instrument, drop_context=True),
+        "both_dropped": masked_accuracy(model, val, batch, null_instrument, drop_context=True, drop_instrument=True),
+        "constant_baseline": constant_baseline(val)}
+    return report
 
 
 # ------------------------------------------------------------------------------------ audio level

@@ -166,6 +166,25 @@ class StemGen(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
 
+    @torch.no_grad()
+    def init_from_codewords(self, codewords: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Start both channels' level embeddings from the codec's codewords [Q, bins, D] (ours, not the paper's).
+
+        Every table row becomes its codeword through one fixed random orthogonal projection to the channel
+        width, scaled to the default init's size; a frame's summed level embedding (Fig. 3) then starts as a
+        projection of its latent vector, so the model starts out knowing which tokens sound alike.
+        """
+        Q, K, D = codewords.shape
+        if (Q, K) != (self.cfg.n_q, self.cfg.bins):
+            raise ValueError(f"codewords {Q} x {K} do not fit the model's {self.cfg.n_q} x {self.cfg.bins} tokens")
+        n = max(D, self.cfg.channel_dim)
+        proj = torch.linalg.qr(torch.randn(n, n, generator=generator))[0][:D, :self.cfg.channel_dim]   # [D, ch]
+        rows = codewords.detach().float().cpu() @ proj                                                  # [Q, K, ch]
+        rows = rows * (0.02 / rows.std())
+        for q in range(Q):
+            self.context_embed.tables[q].weight.copy_(rows[q])
+            self.target_embed.tables[q].weight[:K].copy_(rows[q])
+
     def embed(self, context, target, instrument, context_dropped=None):
         """Fig. 3: per-channel level sums, instrument summed into each channel, channels concatenated."""
         ctx = self.context_embed(context)                       # [B, T, ch]

@@ -1,10 +1,12 @@
-"""Pre-tokenised training pairs: a pool drawn the way data.py draws pairs, tokenised once, and batches from it.
+"""Where training tokens come from: pairs tokenised on the fly, or a pool of pairs tokenised once.
 
-On a small machine reading and mixing about ten stems per item, and tokenising it, costs more than the model
-step; the demo therefore draws a pool of pairs once (reading each song segment once for several crops),
-tokenises it, and trains from it, with fresh masks and condition dropout at every use. The paper's recipe
-draws fresh pairs on the fly instead (train.py). Validation pairs are drawn the same way, kept with the song
-each comes from, for song-level statistics (listening.py).
+The paper's recipe draws fresh (context-mix, target) pairs on the fly and tokenises them on the training
+device (`loader_batches`). On a small machine, reading and mixing about ten stems per item costs more than the
+model step; the demo therefore draws a pool of pairs once (`token_pool`: each song segment read once for
+several crops, drawn as data.py draws pairs), tokenises it, and trains from it (`pool_batches`), with fresh
+masks and condition dropout at every use. Validation pairs are drawn the same way, each kept with the song it
+comes from, for song-level statistics (listening.py). Either way step s uses items that are a function of
+(seed, s), so a resumed run, and N processes, draw what one uninterrupted process would.
 """
 from __future__ import annotations
 
@@ -70,8 +72,7 @@ def split_pool(codec, root: str, split: str, crop_seconds: float, n: int, seed: 
     """n pairs of one split of a Slakh-layout folder, spread over its song segments, tokenised with the codec."""
     ds = StemPairDataset(root, split, codec.sample_rate, crop_seconds, seed=seed, verbose=verbose)
     per_segment = max(1, math.ceil(n / len(ds.segments)))
-    encode = lambda wave: codec.encode(wave.to(codec.device)[:, None, :])     # [B, S] -> [B, Q, T]
-    return token_pool(ds, encode, n, per_segment, seed, progress=progress, desc=desc)
+    return token_pool(ds, lambda wave: tokenize(codec, wave), n, per_segment, seed, progress=progress, desc=desc)
 
 
 def pool_batches(pool: dict, batch: int, seed: int, step: int, rank: int, accum: int, micro: int):
@@ -82,3 +83,29 @@ def pool_batches(pool: dict, batch: int, seed: int, step: int, rank: int, accum:
         mine = torch.from_numpy(idx[rank * accum * micro:(rank + 1) * accum * micro])
         yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j]) for j in mine.split(micro)]
         step += 1
+
+
+@torch.no_grad()
+def tokenize(codec, wave: torch.Tensor) -> torch.Tensor:
+    """[B, S] waves -> [B, Q, T] tokens on the codec's device."""
+    return codec.encode(wave.to(codec.device)[:, None, :])
+
+
+def loader_batches(codec, root: str, crop_seconds: float, batch: int, seed: int, workers: int, device,
+                   step: int, rank: int, accum: int, micro: int, verbose: bool = True):
+    """Micro-batches of pairs read and tokenised on the fly; item indices are global: step s uses items
+    [s * batch, (s + 1) * batch), each a pure function of (seed, index); each rank takes its slice."""
+    ds = StemPairDataset(root, "train", codec.sample_rate, crop_seconds, seed=seed, length=10**12, verbose=verbose)
+
+    def indices(s=step):
+        while True:
+            first = s * batch + rank * accum * micro
+            yield from range(first, first + accum * micro)
+            s += 1
+
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=micro, num_workers=workers, pin_memory=device.type == "cuda", sampler=indices(),
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    it = iter(loader)
+    while True:
+        yield [(tokenize(codec, c), tokenize(codec, t), k) for c, t, k in (next(it) for _ in range(accum))]

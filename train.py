@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 import codec as codec_lib
@@ -35,9 +34,11 @@ import listening
 import pool
 import spectral
 import synth
+from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all
 from checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, make_checkpoint, save_checkpoint
 from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
+from spectral import SpectralConfig
 
 DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
 DEMO_DATA = os.path.join("data", "demo")  # synth.DEMO_SONGS, rendered on first use
@@ -50,11 +51,11 @@ class Recipe:
     """Training knobs; defaults are the paper's recipe (Sec. 3). The objective's knobs are masking.Objective."""
     preset: str = field(default="paper", metadata={"help": "model size (paper: 1024 x 20 layers, ~250 M)"})
     codec: str = field(default="encodec_32khz", metadata={"help": "audio tokenizer: encodec_32khz (paper) or spectral"})
-    codec_bins: int = field(default=1024, metadata={"help": "spectral codec: codebook size when it is fitted here"})
+    codec_bins: int = field(default=SpectralConfig.bins, metadata={"help": "spectral codec: codebook size when it is fitted here"})
     batch: int = field(default=40, metadata={"help": "global batch size in examples"})
     micro_batch: int = field(default=8, metadata={
         "help": "at most this many examples per forward pass per process; the rest is gradient accumulation"})
-    crop_seconds: float = field(default=20.0, metadata={"help": "training crop length in seconds"})
+    crop_seconds: float = field(default=data.CROP_SECONDS, metadata={"help": "training crop length in seconds"})
     lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     warmup: int = field(default=10_000, metadata={"help": "linear warm-up steps"})
     hold: int = field(default=50_000, metadata={"help": "steps at the peak learning rate"})
@@ -66,6 +67,8 @@ class Recipe:
     eval_every: int = field(default=1000, metadata={"help": "validate every N steps"})
     save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps"})
     val_pairs: int = field(default=400, metadata={"help": "fixed held-out validation pairs (the listening report needs >= 256)"})
+    codeword_init: bool = field(default=False, metadata={
+        "help": "start the token embeddings from the codec's codewords (ours; model.init_from_codewords)"})
     pool_pairs: int = field(default=0, metadata={
         "help": "0: draw and tokenise pairs on the fly (paper); N: train from a pool of N pairs tokenised once"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -80,7 +83,7 @@ RECIPES = {
     # would dominate a CPU step); level 0, where listening shows, trained 70 % of the time; 2 threads, no workers.
     "demo": Recipe(preset="tiny", codec="spectral", batch=16, micro_batch=16, crop_seconds=5.0, lr=2e-3,
                    warmup=100, hold=1000, decay=700, final_lr_frac=0.1, max_steps=1800, patience=1800,
-                   eval_every=300, save_every=300, val_pairs=256, pool_pairs=4096, threads=2, workers=0,
+                   eval_every=300, save_every=300, val_pairs=256, codeword_init=True, pool_pairs=4096, threads=2, workers=0,
                    objective=Objective(coarse_prob=0.7)),
 }
 
@@ -143,12 +146,6 @@ def prepare_codec(args, device, resume: dict | None = None):
     return codec_lib.open_codec(args.codec, args.codec_weights, device)
 
 
-@torch.no_grad()
-def tokenize(codec, wave: torch.Tensor) -> torch.Tensor:
-    """[B, S] waves -> [B, Q, T] tokens on the codec's device."""
-    return codec.encode(wave.to(codec.device)[:, None, :])
-
-
 def build_validation(codec, args) -> dict:
     """Fixed held-out pairs (tokens kept on the CPU) and one fixed mask per level for the accuracy table."""
     val = pool.split_pool(codec, args.data, "validation", args.crop_seconds, args.val_pairs, 10_000 + args.seed,
@@ -163,96 +160,18 @@ def build_validation(codec, args) -> dict:
     return val
 
 
-def loader_batches(codec, args, device, step: int, rank: int, accum: int, micro: int):
-    """Micro-batches read and tokenised on the fly; item indices are global: step s uses [s*batch, (s+1)*batch)."""
-    ds = data.StemPairDataset(args.data, "train", codec.sample_rate, args.crop_seconds, seed=args.seed,
-                              length=10**12, verbose=is_main())
-
-    def indices(s=step):
-        while True:
-            first = s * args.batch + rank * accum * micro
-            yield from range(first, first + accum * micro)
-            s += 1
-
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=micro, num_workers=args.workers, pin_memory=device.type == "cuda", sampler=indices(),
-        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None)
-    it = iter(loader)
-    while True:
-        yield [(tokenize(codec, c), tokenize(codec, t), k) for c, t, k in (next(it) for _ in range(accum))]
-
-
 # ------------------------------------------------------------------------------------------ validation
 
 
-def validate(model, val: dict, batch: int) -> dict:
-    """What training tracks: level-0 NLL with the whole target masked, with and without the context."""
-    nll, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], batch=batch)
-    nll0, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], True, batch)
-    return {"nll": float(nll.mean()), "nll_no_context": float(nll0.mean()),
-            **listening.masked_accuracy(model, val, batch, data.NULL_INSTRUMENT)}
-
-
-def final_report(model, val: dict, batch: int, frame_rate: float) -> dict:
-    """The listening report (listening.py) and the masked-accuracy table, scored four ways."""
-    T = val["context"].shape[-1]
-    report = listening.listening_report(model, val, batch, min_shift=min(round(1.5 * frame_rate), T // 3))
-    null = data.NULL_INSTRUMENT
-    report["masked_accuracy"] = {
-        "with_context": listening.masked_accuracy(model, val, batch, null),
-        "context_dropped": listening.masked_accuracy(model, val, batch, null, drop_context=True),
-        "both_dropped": listening.masked_accuracy(model, val, batch, null, drop_context=True, drop_instrument=True),
-        "constant_baseline": listening.constant_baseline(val)}
-    return report
-
-
-def print_report(report: dict) -> None:
+def report_best(model, val: dict, batch: int, frame_rate: float, best_path: str, out: str, step: int) -> dict:
+    """Score the weights with the lowest validation NLL (what generate.py is pointed at), print and log it."""
+    if os.path.isfile(best_path):
+        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device)["model"])
+    report = listening.full_report(model, val, batch, frame_rate, data.NULL_INSTRUMENT)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"kind": "final", "step": step, **report}) + "\n")
     print(listening.format_report(report), file=sys.stderr)
-    print("masked-token accuracy, partly visible targets (overall | per level):", file=sys.stderr)
-    for name, r in report["masked_accuracy"].items():
-        print(f"  {name:>18}: {r['acc']:.3f} | {' '.join(f'{a:.3f}' for a in r['acc_per_level'])}", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------------------- distributed
-
-
-def stop_all(local: bool, device) -> bool:
-    """True on every process when any process wants to stop (keeps DDP ranks in step)."""
-    if not dist.is_initialized():
-        return bool(local)
-    flag = torch.tensor([float(local)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def setup_distributed():
-    """DDP from torchrun's environment; returns (rank, world, device)."""
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
-def finish_distributed(ok: bool) -> None:
-    """Tear down the process group; after a good run all ranks meet first, so none exits while another talks.
-
-    (Without the meeting, a rank that finished first could tear gloo down while rank 0 was still busy with
-    its report; that rank then died at exit with "terminate called without an active exception".)
-    """
-    if dist.is_initialized():
-        if ok:
-            dist.barrier()
-        dist.destroy_process_group()
+    return report
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -278,7 +197,10 @@ def build_model(args, codec, device, resume: dict | None):
                       max_len=max(base.max_len, math.ceil(args.crop_seconds * codec.frame_rate)))
     if math.ceil(args.crop_seconds * codec.frame_rate) > cfg.max_len:
         raise TrainError(f"--crop-seconds {args.crop_seconds} is longer than the model's max_len ({cfg.max_len} frames)")
-    model = StemGen(cfg).to(device)
+    model = StemGen(cfg)
+    if args.codeword_init and resume is None:
+        model.init_from_codewords(codec.codewords(), torch.Generator().manual_seed(args.seed))
+    model = model.to(device)
     if args.init_from:
         try:
             model.load_state_dict(load_checkpoint(args.init_from, "cpu")["model"])
@@ -322,11 +244,7 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
                                data.NULL_INSTRUMENT, g)
         (loss / accum).backward()
         loss_sum += loss.detach() / accum
-    loss_val = float(loss_sum)
-    if world > 1:
-        t = torch.tensor([loss_val], device=device)
-        dist.all_reduce(t)
-        loss_val = t.item() / world
+    loss_val = mean_over_processes(float(loss_sum), device)
     if math.isfinite(loss_val):
         state.in_a_row = 0
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -343,9 +261,35 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
     return loss_val
 
 
+def wrap_model(model, compile: bool, world: int, device):
+    """What the loop calls: the model, compiled (--compile) and wrapped for DDP when there are processes."""
+    fwd = torch.compile(model) if compile else model
+    if world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    return fwd
+
+
+def log_step(bar, metrics, loss: float, state: RunState, lr: float, tokens_per_s: float) -> None:
+    """The progress bar's figures and the step's row in metrics.jsonl."""
+    bar.set_postfix(loss=f"{loss:.3f}", val_nll=f"{state.best:.3f}" if state.best < math.inf else "-",
+                    lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
+    metrics.write(json.dumps({"kind": "train", "step": state.step, "loss": loss, "lr": lr}) + "\n")
+
+
+def training_batches(codec, args, device, step: int, rank: int, world: int):
+    """The micro-batches of every step from `step` on: from a pool tokenised once (--pool-pairs) or on the fly."""
+    micro, accum = split_batch(args.batch, args.micro_batch, world)
+    if args.pool_pairs:
+        train_pool = pool.split_pool(codec, args.data, "train", args.crop_seconds, args.pool_pairs, args.seed,
+                                     not args.no_progress and is_main(), "training pairs", is_main())
+        return pool.pool_batches(train_pool, args.batch, args.seed, step, rank, accum, micro), micro
+    return pool.loader_batches(codec, args.data, args.crop_seconds, args.batch, args.seed, args.workers, device,
+                               step, rank, accum, micro, is_main()), micro
+
+
 def log_validation(model, val, micro, state: RunState, metrics) -> bool:
     """Validate, append the row to metrics.jsonl, and say whether this is the lowest NLL so far."""
-    v = validate(model, val, micro)
+    v = listening.validation_scores(model, val, micro, data.NULL_INSTRUMENT)
     metrics.write(json.dumps({"kind": "val", "step": state.step, **v}) + "\n")
     metrics.flush()
     if v["nll"] < state.best:
@@ -358,35 +302,26 @@ def log_validation(model, val, micro, state: RunState, metrics) -> bool:
 
 
 def train(args, resume: dict | None = None) -> dict:
+    # set-up: processes, data, codec, model, optimizer and schedule, batches, validation pairs
     rank, world, device = setup_distributed()
     device = torch.device(args.device) if args.device else device
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads) if args.threads else None
     torch.manual_seed(args.seed)
     ckpt_path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))   # the latest state, for --resume
     best_path = os.path.join(args.out, BEST)                                     # the lowest validation NLL
     if resume is None and os.path.isfile(ckpt_path) and is_main():
         raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
     os.makedirs(args.out, exist_ok=True) if is_main() else None
-
     prepare_data(args)
     codec = prepare_codec(args, device, resume)
     model, cfg, opt, sched, state = build_model(args, codec, device, resume)
-    fwd = torch.compile(model) if args.compile else model
-    if world > 1:
-        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
-    micro, accum = split_batch(args.batch, args.micro_batch, world)
-    if args.pool_pairs:
-        train_pool = pool.split_pool(codec, args.data, "train", args.crop_seconds, args.pool_pairs, args.seed,
-                                     not args.no_progress and is_main(), "training pairs", is_main())
-        batches = pool.pool_batches(train_pool, args.batch, args.seed, state.step, rank, accum, micro)
-    else:
-        batches = loader_batches(codec, args, device, state.step, rank, accum, micro)
+    fwd = wrap_model(model, args.compile, world, device)
+    batches, micro = training_batches(codec, args, device, state.step, rank, world)
     val = build_validation(codec, args) if is_main() else None
     if is_main():
         print(f"model: {args.preset} preset, {count_parameters(model) / 1e6:.1f} M parameters; codec "
               f"{codec.spec()['name']} ({cfg.n_q} x {cfg.bins}); device {device}; batch {args.batch} "
-              f"({world} x {micro} x {accum} accumulation); crop {args.crop_seconds} s", file=sys.stderr)
+              f"({world} processes x {micro} per forward pass); crop {args.crop_seconds} s", file=sys.stderr)
 
     metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if is_main() else None
     stop_reason, interrupted = "max steps reached", []
@@ -402,10 +337,7 @@ def train(args, resume: dict | None = None) -> dict:
             tokens += args.batch * cfg.n_q * math.ceil(args.crop_seconds * codec.frame_rate)
             bar.update(1)
             if is_main():
-                bar.set_postfix(loss=f"{loss:.3f}", val_nll=f"{state.best:.3f}" if state.best < math.inf else "-",
-                                lr=f"{sched.get_last_lr()[0]:.2e}", tok_s=f"{tokens / (time.time() - t0):.0f}")
-                metrics.write(json.dumps({"kind": "train", "step": state.step, "loss": loss,
-                                          "lr": sched.get_last_lr()[0]}) + "\n")
+                log_step(bar, metrics, loss, state, sched.get_last_lr()[0], tokens / (time.time() - t0))
                 if (state.step % args.eval_every == 0 or state.step == args.max_steps) and \
                         log_validation(model, val, micro, state, metrics):
                     save_checkpoint(best_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
@@ -423,17 +355,12 @@ def train(args, resume: dict | None = None) -> dict:
         if is_main():
             save_checkpoint(ckpt_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
             metrics.close()
-    result = {"step": state.step, "best_val_nll": state.best, "sample_rate": codec.sample_rate,
-              "stop_reason": stop_reason, "nonfinite_steps": state.nonfinite}
+    result = {"step": state.step, "best_val_nll": state.best, "best_step": state.best_step,
+              "sample_rate": codec.sample_rate, "stop_reason": stop_reason, "nonfinite_steps": state.nonfinite}
     if is_main():
-        if os.path.isfile(best_path):    # report on (and point generate.py at) the weights with the lowest NLL
-            model.load_state_dict(load_checkpoint(best_path, device)["model"])
-        result.update(report=final_report(model, val, micro, codec.frame_rate), best_step=state.best_step)
-        with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps({"kind": "final", "step": state.step, **result["report"]}) + "\n")
         print(f"\n{stop_reason} at step {state.step}; checkpoint {ckpt_path}; lowest validation NLL at step "
               f"{state.best_step}: {best_path} (scored below)", file=sys.stderr)
-        print_report(result["report"])
+        result["report"] = report_best(model, val, micro, codec.frame_rate, best_path, args.out, state.step)
     return result
 
 
@@ -477,6 +404,14 @@ def plot_metrics(run_dir: str) -> str:
     return out
 
 
+def yes_no(text: str) -> bool:
+    """A boolean knob's value on the command line: yes/no, true/false, 1/0."""
+    value = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give yes or no")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train StemGen. Without --data: the built-in CPU demo (renders synthetic songs, fits the "
@@ -486,7 +421,7 @@ def parse_args(argv=None):
     p.add_argument("--data", help="Slakh-layout dataset folder (TrackNNNNN/metadata.yaml + stems/SNN.flac)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"run folder: ckpt.pt, metrics.jsonl, curves.png (default: {DEFAULT_OUT})")
     paper, demo = recipe_values("paper"), recipe_values("demo")
-    types = {"int": int, "float": float, "str": str, "float | None": float}   # the knobs' annotations
+    types = {"int": int, "float": float, "str": str, "float | None": float, "bool": yes_no}   # the knobs' annotations
     choices = {"preset": sorted(PRESETS), "codec": ["encodec_32khz", "spectral"]}
     for f in knob_fields():
         p.add_argument("--" + f.name.replace("_", "-"), type=types[f.type], choices=choices.get(f.name),

@@ -98,3 +98,20 @@ def test_tiny_model_overfits_one_fixed_batch():
         opt.step()
     last = sum(loss_fn().item() for _ in range(5)) / 5
     assert last < 0.3 * first
+
+
+def test_codeword_init_makes_a_frames_embedding_a_scaled_rotation_of_its_latent():
+    """Distances between frames' summed level embeddings are their latents' distances times one scale."""
+    cfg = ModelConfig(n_q=3, bins=32, dim=64, n_heads=4, n_layers=1, max_len=16)    # channel width 32
+    g = torch.Generator().manual_seed(0)
+    codewords = torch.randn(3, 32, 24, generator=g) * torch.tensor([4.0, 2.0, 1.0])[:, None, None]
+    m = StemGen(cfg)
+    m.init_from_codewords(codewords, g)
+    codes = torch.randint(0, 32, (1, 3, 16), generator=g)                            # [1, Q, T]
+    emb = m.context_embed(codes)[0]                                                  # [T, ch]
+    latent = sum(codewords[q][codes[0, q]] for q in range(3))                        # [T, D]
+    ratio = torch.pdist(emb) / torch.pdist(latent)
+    assert torch.allclose(ratio, ratio.mean(), rtol=1e-4)
+    assert torch.allclose(m.target_embed(codes)[0], emb)                             # both channels alike
+    with pytest.raises(ValueError, match="do not fit"):
+        m.init_from_codewords(torch.randn(2, 32, 24), g)
