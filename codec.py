@@ -12,7 +12,6 @@ held-out audio (spectral convergence and chroma similarity).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import socket
 import sys
@@ -38,8 +37,6 @@ ENCODEC_32KHZ_CONFIG = dict(
     trim_right_ratio=1.0, codebook_size=2048, codebook_dim=128, use_conv_shortcut=False,
     target_bandwidths=[2.2],
 )
-
-AUDIO_EXTENSIONS = (".flac", ".wav")
 
 
 class CodecUnavailable(RuntimeError):
@@ -316,50 +313,7 @@ def open_codec(name: str, weights: str | None = None, device="cpu") -> Codec:
     raise ValueError(f"unknown codec {name!r}: choose encodec_32khz or spectral")
 
 
-# ---- the audio a codec is fitted on (spectral.py) and measured on; measuring its round trip ----------------
-
-def find_tracks(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
-    """Audio files of a Slakh-layout folder grouped by track: [[stems/S00.flac, ..., mix.flac], ...].
-
-    Tracks and their splits come from data.scan_tracks (split folders, or data.py's hash split without
-    them), so the codec is fitted on the same training tracks the model sees and measured on held-out ones.
-    Folders without metadata.yaml fall back to audio_files_by_track.
-    """
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data folder not found: {data_dir}")
-    tracks = []
-    for split in splits:
-        try:
-            found, _ = data.scan_tracks(data_dir, split)
-        except data.DatasetError:
-            found = []
-        for t in found:
-            mix = [p for p in glob.glob(os.path.join(t.path, "mix.*")) if p.lower().endswith(AUDIO_EXTENSIONS)]
-            tracks.append([s.path for s in t.stems] + sorted(mix)[:1])
-    return tracks or audio_files_by_track(data_dir, splits)
-
-
-def audio_files_by_track(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
-    """Audio files of a folder without metadata, grouped by track folder (stems/ and mix.*), else one per file."""
-    present = [s for s in data.SPLITS if os.path.isdir(os.path.join(data_dir, s))]
-    roots = [os.path.join(data_dir, s) for s in splits if s in present] if present else [data_dir]
-    files = sorted(p for r in roots for p in glob.glob(os.path.join(r, "**", "*"), recursive=True)
-                   if p.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(p))
-    tracks: dict[str, list[str]] = {}
-    for p in files:
-        parent = os.path.dirname(p)
-        if os.path.basename(parent) == "stems":
-            tracks.setdefault(os.path.dirname(parent), []).append(p)
-        elif os.path.basename(p).lower().startswith("mix") and os.path.isdir(os.path.join(parent, "stems")):
-            tracks.setdefault(parent, []).append(p)
-        else:
-            tracks.setdefault(p, []).append(p)
-    if not tracks:
-        where = f"the {'/'.join(splits)} split of " if present else ""
-        raise FileNotFoundError(f"no .flac/.wav audio found under {where}{data_dir} "
-                                "(expected TrackNNNNN/stems/SNN.flac, optionally under train/ validation/ test/)")
-    return list(tracks.values())
-
+# ---- measuring a codec's round trip (on the held-out tracks of data.find_tracks) ---------------------------
 
 def magnitude_frames(x: np.ndarray, n_fft: int, hop: int) -> torch.Tensor:
     """|STFT| [F, T] of a mono buffer [S]: Hann window, a frame centred on every multiple of hop (zero padding).
@@ -397,7 +351,7 @@ def chroma_similarity(ref: np.ndarray, est: np.ndarray, sample_rate: int, n_fft:
 def measure(codec: Codec, data_dir: str, seconds: float = 20.0, max_files: int | None = None, seed: int = 0,
             progress: bool = True) -> list[dict]:
     """Round-trip every held-out file (the test split; loose files as they are): one row of metrics per file."""
-    files = [p for track in find_tracks(data_dir, ("test",)) for p in track]
+    files = [p for track in data.find_tracks(data_dir, ("test",)) for p in track]
     rng = np.random.default_rng(seed)
     if max_files is not None and len(files) > max_files:
         files = sorted(rng.choice(files, max_files, replace=False))

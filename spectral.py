@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from audio import AudioError, atomic_write, audio_info, load_mono
-from codec import Codec, CodecUnavailable, find_tracks, pad_to_frames
+from codec import Codec, CodecUnavailable, pad_to_frames
+from data import find_tracks
 
 FIT_HINT = "python spectral.py fit --data DATA_DIR --out FILE"
 
