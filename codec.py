@@ -111,6 +111,10 @@ class Codec:
     def spec(self) -> dict:
         raise NotImplementedError
 
+    def codewords(self) -> torch.Tensor:
+        """[n_q, bins, D] the codeword vectors; a frame's latent is about the sum of its tokens' codewords."""
+        raise NotImplementedError
+
     def _encode(self, wav: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -226,6 +230,9 @@ class EncodecCodec(Codec):
     def to(self, device) -> "EncodecCodec":
         self.model.to(device)
         return self
+
+    def codewords(self) -> torch.Tensor:
+        return torch.stack([layer.codebook.embed for layer in self.model.quantizer.layers[:self.n_q]])
 
     def spec(self) -> dict:
         return {"name": self.name, "weights": self.source or ENCODEC_HUB_ID,

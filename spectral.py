@@ -169,6 +169,9 @@ class SpectralCodec(Codec):
         self.mean, self.basis, self.codebooks = (t.to(device) for t in (self.mean, self.basis, self.codebooks))
         return self
 
+    def codewords(self) -> torch.Tensor:
+        return self.codebooks                   # [n_q, bins, dim], in PCA coordinates of the compressed magnitude
+
     def spec(self) -> dict:
         return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
                 "n_fft": self.n_fft, "power": self.power, "griffin_lim_iters": self.griffin_lim_iters,
