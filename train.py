@@ -250,7 +250,7 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     else:                                                  # skip the step, count it; the schedule moves on
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
         state.nonfinite += 1
         state.in_a_row += 1
         if state.in_a_row >= MAX_NONFINITE_IN_A_ROW:
