@@ -28,8 +28,10 @@ import soundfile as sf
 import yaml
 from tqdm import tqdm
 
+import listening
+from audio import write_audio
 from compose import Part, compose
-from data import INSTRUMENTS
+from data import INSTRUMENTS, StemPairDataset, instrument_id
 
 SOUNDFONT = os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
 MARKER = "synth.yaml"  # written at the dataset root; marks a folder this script may replace with overwrite=True
@@ -284,6 +286,27 @@ def demo_dataset(out_dir: str, seed: int = 0, progress: bool = True) -> str:
         raise SynthError(f"{out_dir} was made with other settings ({made}); delete it to render the demo's "
                          "songs again, or pass --data")
     return out_dir
+
+
+def demo_context(data_dir: str, out_path: str, sample_rate: int, seed: int = 0) -> tuple[str, str]:
+    """Write a held-out (test split) context-mix to try, and return it with the class of its missing stem.
+
+    The first of 64 seeded test pairs whose missing stem is a piano (the class the README's examples use)
+    sharing the context's key (the real stem's time-averaged chroma correlates with the context's by at least
+    0.5): a context whose harmony a new piano part can be heard to follow. No model plays a part in the choice.
+    """
+    ds = StemPairDataset(data_dir, "test", sample_rate, crop_seconds=10.0, seed=seed, length=64, verbose=False)
+
+    def harmonic(item):
+        context, target, inst = item[0].numpy(), item[1].numpy(), item[2]
+        key = listening.chroma_agreement(listening.chroma(target, sample_rate), listening.chroma(context, sample_rate))[1]
+        return inst == instrument_id("piano") and key >= 0.5
+
+    context, _, inst = next((item for item in (ds[i] for i in range(len(ds))) if harmonic(item)), ds[0])
+    context = context.numpy()
+    context *= min(1.0, 0.9 / max(float(abs(context).max()), 1e-9))   # a sum of stems may exceed full scale
+    write_audio(out_path, context, sample_rate, overwrite=True)
+    return out_path, INSTRUMENTS[inst]
 
 
 def make_dataset(out_dir: str, tracks: int = DEFAULT_TRACKS, seconds: float = DEFAULT_SECONDS, seed: int = 0,

@@ -367,30 +367,6 @@ def train(args, resume: dict | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def write_demo_context(args, sample_rate: int) -> tuple[str, str]:
-    """Write a held-out (test split) context-mix to try, and return it with the class of its missing stem.
-
-    The first of 64 seeded test pairs whose missing stem is a piano (the class the README's examples use)
-    sharing the context's key (the real stem's time-averaged chroma correlates with the context's by at least
-    0.5): a context whose harmony a new piano part can be heard to follow. The model plays no part in the choice.
-    """
-    import audio
-    ds = data.StemPairDataset(args.data, "test", sample_rate, crop_seconds=10.0, seed=args.seed, length=64,
-                              verbose=False)
-
-    def harmonic(item):
-        context, target, inst = (x.numpy() if torch.is_tensor(x) else x for x in item)
-        key = listening.chroma_agreement(listening.chroma(target, sample_rate), listening.chroma(context, sample_rate))[1]
-        return inst == data.instrument_id("piano") and key >= 0.5
-
-    context, _, inst = next((item for item in (ds[i] for i in range(len(ds))) if harmonic(item)), ds[0])
-    context = context.numpy()
-    context *= min(1.0, 0.9 / max(float(abs(context).max()), 1e-9))   # a sum of stems may exceed full scale
-    path = os.path.join(args.out, "demo_context.wav")
-    audio.write_audio(path, context, sample_rate, overwrite=True)
-    return path, data.INSTRUMENTS[inst]
-
-
 def plot_metrics(run_dir: str) -> str:
     """Draw the training loss and the validation NLL curves of a run's metrics.jsonl to curves.png."""
     import matplotlib
@@ -486,7 +462,8 @@ def main(argv=None) -> int:
         args = resolve_args(args, resume["train_args"] if resume else None)
         result = train(args, resume)
         if is_main() and args.demo:
-            ctx, name = write_demo_context(args, result["sample_rate"])
+            ctx, name = synth.demo_context(args.data, os.path.join(args.out, "demo_context.wav"),
+                                           result["sample_rate"], args.seed)
             best = os.path.join(args.out, BEST)
             print(f"\ntry: python generate.py --checkpoint {best} --context {ctx} --instrument {name.lower()!r}",
                   file=sys.stderr)
