@@ -216,7 +216,8 @@ def build_model(args, codec, device, resume: dict | None):
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
-        state = RunState(resume["step"], resume["best_val_nll"], resume["best_step"], resume["nonfinite_steps"])
+        state = RunState(resume["step"], resume.get("best_val_nll", math.inf),   # older checkpoints: accuracy
+                         resume["best_step"], resume.get("nonfinite_steps", 0))
         torch.set_rng_state(resume["rng"]["torch"])
     return model, cfg, opt, sched, state
 
@@ -305,13 +306,15 @@ def train(args, resume: dict | None = None) -> dict:
     # set-up: processes, data, codec, model, optimizer and schedule, batches, validation pairs
     rank, world, device = setup_distributed()
     device = torch.device(args.device) if args.device else device
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     ckpt_path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))   # the latest state, for --resume
     best_path = os.path.join(args.out, BEST)                                     # the lowest validation NLL
     if resume is None and os.path.isfile(ckpt_path) and is_main():
         raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
-    os.makedirs(args.out, exist_ok=True) if is_main() else None
+    if is_main():
+        os.makedirs(args.out, exist_ok=True)
     prepare_data(args)
     codec = prepare_codec(args, device, resume)
     model, cfg, opt, sched, state = build_model(args, codec, device, resume)
