@@ -259,3 +259,27 @@ def chroma_check(stems: list[np.ndarray], contexts: list[np.ndarray], song: list
         mean, lo, hi = song_bootstrap(own[:, k] - oth[:, k], np.asarray(song), seed=seed)
         out[name] = {"own": float(own[:, k].mean()), "other": float(oth[:, k].mean()), "gain": mean, "lo": lo, "hi": hi}
     return out
+
+
+def plot_curves(metrics_path: str, out_png: str) -> str:
+    """Draw a run's training loss and its validation NLL with and without the context (when the two part,
+    the model has started to listen) from metrics.jsonl to a PNG; returns its path."""
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in open(metrics_path)]
+    tr = [r for r in rows if r.get("kind") == "train"]
+    va = [r for r in rows if r.get("kind") == "val" and "nll" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
+    ax[0].set(xlabel="step", ylabel="masked-token loss", title="training loss")
+    ax[1].plot([r["step"] for r in va], [r["nll"] for r in va], label="with context")
+    ax[1].plot([r["step"] for r in va], [r["nll_no_context"] for r in va], label="context dropped")
+    ax[1].set(xlabel="step", ylabel="NLL (nats)", title="validation: level 0, whole target masked")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -79,12 +79,13 @@ class Recipe:
 
 RECIPES = {
     "paper": Recipe(),
-    # The CPU demo: small model and short crops; a pool of pre-tokenised pairs (reading ~10 stems per item
-    # would dominate a CPU step); level 0, where listening shows, trained 70 % of the time; 2 threads, no workers.
+    # The CPU demo: small model and short crops; embeddings started from the codewords; a pool of pre-tokenised
+    # pairs (reading ~10 stems per item would dominate a CPU step); level 0, where listening shows, trained 70 %
+    # of the time; 2 threads, no workers. README "The demo" has the measurements behind each.
     "demo": Recipe(preset="tiny", codec="spectral", batch=16, micro_batch=16, crop_seconds=5.0, lr=2e-3,
                    warmup=100, hold=1000, decay=700, final_lr_frac=0.1, max_steps=1800, patience=1800,
-                   eval_every=300, save_every=300, val_pairs=256, codeword_init=True, pool_pairs=4096, threads=2, workers=0,
-                   objective=Objective(coarse_prob=0.7)),
+                   eval_every=300, save_every=300, val_pairs=256, codeword_init=True, pool_pairs=4096,
+                   threads=2, workers=0, objective=Objective(coarse_prob=0.7)),
 }
 
 
@@ -370,30 +371,6 @@ def train(args, resume: dict | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def plot_metrics(run_dir: str) -> str:
-    """Draw the training loss and the validation NLL curves of a run's metrics.jsonl to curves.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise TrainError(f"no metrics file at {path}; train first")
-    rows = [json.loads(line) for line in open(path)]
-    tr = [r for r in rows if r.get("kind") == "train"]
-    va = [r for r in rows if r.get("kind") == "val" and "nll" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
-    ax[0].set(xlabel="step", ylabel="masked-token loss", title="training loss")
-    ax[1].plot([r["step"] for r in va], [r["nll"] for r in va], label="with context")
-    ax[1].plot([r["step"] for r in va], [r["nll_no_context"] for r in va], label="context dropped")
-    ax[1].set(xlabel="step", ylabel="NLL (nats)", title="validation: level 0, whole target masked")
-    ax[1].legend()
-    out = os.path.join(run_dir, "curves.png")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    return out
-
-
 def yes_no(text: str) -> bool:
     """A boolean knob's value on the command line: yes/no, true/false, 1/0."""
     value = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}.get(text.lower())
@@ -454,7 +431,9 @@ def main(argv=None) -> int:
     ok = False
     try:
         if args.plot:
-            print(plot_metrics(args.out))
+            if not os.path.isfile(os.path.join(args.out, "metrics.jsonl")):
+                raise TrainError(f"no metrics file in {args.out}; train first")
+            print(listening.plot_curves(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "curves.png")))
             return 0
         resume = None
         if args.resume:
