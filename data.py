@@ -351,7 +351,11 @@ class StemPairDataset(torch.utils.data.Dataset):
         if not self.tracks:
             raise DatasetError(f"no usable tracks in split {split!r} of {root} ({self.summary}); a track needs "
                                "metadata.yaml and at least 2 stems with audio in stems/SNN.flac|wav")
-        self.segments = [(t, a, b) for t in self.tracks for a, b in segments(t, self.segment_seconds, self.crop_seconds)]
+        self.segments, self.segment_song = [], []   # (track, start, end) and the index of its track in self.tracks
+        for song, t in enumerate(self.tracks):
+            for a, b in segments(t, self.segment_seconds, self.crop_seconds):
+                self.segments.append((t, a, b))
+                self.segment_song.append(song)
         self.length = len(self.segments) if length is None else int(length)
         self._draws = 0
         if check:

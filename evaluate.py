@@ -102,10 +102,9 @@ class Reference:
 def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_rate: int, seed: int):
     """Up to n (context [S], real stem [S], instrument, song) examples with a pitched target, one per song."""
     ds = data.StemPairDataset(data_root, split, sample_rate, seconds, seed=seed, verbose=False)
-    song_of = {id(t): i for i, t in enumerate(ds.tracks)}
     rng, out, seen = np.random.default_rng([seed, 7]), [], set()
     for seg in rng.permutation(len(ds.segments)):
-        song = song_of[id(ds.segments[seg][0])]
+        song = ds.segment_song[seg]
         if song in seen:
             continue
         pitched = [x for x in ds.segment_pairs(int(seg), 8, rng) if x[2] not in data.UNPITCHED]

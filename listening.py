@@ -225,7 +225,7 @@ def chroma(wave: np.ndarray, sample_rate: int, hop: int = 2048) -> np.ndarray:
     """12 x frames chroma of a mono wave (librosa's STFT chroma)."""
     import librosa
     return librosa.feature.chroma_stft(y=np.asarray(wave, dtype=np.float32), sr=sample_rate, hop_length=hop,
-                                       n_fft=4 * hop if hop < 2048 else 8192)
+                                       n_fft=4 * hop)
 
 
 def chroma_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -33,7 +33,6 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
     if n_pairs < 1 or per_segment < 1:
         raise DatasetError("a token pool needs n_pairs >= 1 and per_segment >= 1")
     rng = np.random.default_rng([seed, 2**31])
-    song_of = {id(t): i for i, t in enumerate(ds.tracks)}
     order, cursor, empty_in_a_row = rng.permutation(len(ds.segments)), 0, 0
     pending, out = [], {"context": [], "target": [], "instrument": [], "song": []}
 
@@ -56,7 +55,7 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
             empty_in_a_row = 0 if items else empty_in_a_row + 1
             if empty_in_a_row > len(order):
                 raise DatasetError(f"no usable (context, target) pair in any segment of {ds.root} [{ds.split}]")
-            song = song_of[id(ds.segments[seg][0])]
+            song = ds.segment_song[seg]
             pending += [(c, t, k, song) for c, t, k in items]
             bar.update(len(items))
             if len(pending) >= batch:

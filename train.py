@@ -24,7 +24,6 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

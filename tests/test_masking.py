@@ -1,7 +1,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from masking import Objective, mask_target, masked_loss, sample_levels
 
