@@ -13,7 +13,9 @@ unreadable file) are skipped and counted in a one-line summary (`StemPairDataset
 
 Pairs (Sec. 2, Sec. 3): songs are cut into 1-minute segments; an item is a random 20 s crop of a segment
 in which a random non-empty subset of the sounding stems is summed into the context-mix and one other
-sounding stem is the target; crops whose context or target is below `silence_db` are redrawn.
+sounding stem is the target; crops whose context or target is below `silence_db` are redrawn. Which stems
+may sound in a crop is read from per-second activity maps made once at scan time (activity.py, cached), so
+an item decodes the crops of its chosen stems only.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from activity import activity_maps, crop_may_sound
 from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
 
 # The 17 Slakh `inst_class` values: the 16 General MIDI program families in GM order (Slakh spelling),
@@ -287,10 +290,14 @@ def segments(track: Track, segment_seconds: float, crop_seconds: float) -> list[
     return bounds
 
 
+def crop_frames(stem: Stem, start_s: float, seconds: float) -> tuple[int, int]:
+    """(first frame, frame count) of a crop in the file's own frames."""
+    return int(round(start_s * stem.sample_rate)), int(round(seconds * stem.sample_rate))
+
+
 def read_crop(stem: Stem, start_s: float, seconds: float) -> np.ndarray:
     """Read a crop (seeking, in the file's own frames), downmix to mono; [S] at the file's rate."""
-    start = int(round(start_s * stem.sample_rate))
-    frames = int(round(seconds * stem.sample_rate))
+    start, frames = crop_frames(stem, start_s, seconds)
     x, _ = read_audio(stem.path, start, frames)
     x = to_mono(x)
     if not np.all(np.isfinite(x)):
@@ -330,12 +337,17 @@ class StemPairDataset(torch.utils.data.Dataset):
         max_tries: crops drawn per item before giving up with DatasetError (never an endless loop).
         check: draw one item at construction so that a dataset with no usable pair fails at once.
         verbose: print the one-line summary of used and skipped tracks/stems to stderr.
+        use_activity: find the sounding stems of a crop from per-second activity maps (activity.py, cached)
+            and read only the stems of the chosen pair. False reads every stem of every crop (the older
+            path, kept for bench.py data); both draw pairs from the same distribution, not the same pairs.
+        cache_dir: folder for the activity cache (default: ROOT/.stemgen-cache, else the user's cache).
     Items: (context FloatTensor [S], target FloatTensor [S], instrument int).
     """
 
     def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = CROP_SECONDS,
                  segment_seconds: float = 60.0, silence_db: float = DEFAULT_SILENCE_DB, seed: int | None = None,
-                 length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True):
+                 length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True,
+                 use_activity: bool = True, cache_dir: str | None = None):
         if crop_seconds <= 0 or segment_seconds <= 0 or sample_rate <= 0:
             raise DatasetError("crop_seconds, segment_seconds and sample_rate must be positive")
         if max_tries < 1:
@@ -358,6 +370,8 @@ class StemPairDataset(torch.utils.data.Dataset):
                 self.segment_song.append(song)
         self.length = len(self.segments) if length is None else int(length)
         self._draws = 0
+        self.activity = (activity_maps(root, [s for t in self.tracks for s in t.stems], cache_dir, progress=verbose)
+                         if use_activity else None)   # {stem path: mean square per second}
         if check:
             self._draw(0, np.random.default_rng([0 if seed is None else seed, 2**32]), any_segment=True)
 
@@ -371,8 +385,39 @@ class StemPairDataset(torch.utils.data.Dataset):
         return np.random.default_rng([torch.initial_seed() % 2**63, i, self._draws])
 
     def _try_crop(self, track: Track, start: float, rng: np.random.Generator):
-        """Read one crop of every stem; return (context, target, instrument) or None when it is unusable."""
+        """One crop: (context, target, instrument) or None when it is unusable."""
+        if self.activity is not None:
+            return self._pair_from_activity(track, start, rng)
         return self._pair_from_crops(track, [read_crop(s, start, self.crop_seconds) for s in track.stems], rng)
+
+    def _may_sound(self, stem: Stem, start: int, n: int) -> bool:
+        """False when the activity map shows the stem silent over file frames [start, start + n)."""
+        ms = self.activity.get(stem.path) if self.activity is not None else None
+        return ms is None or crop_may_sound(ms, stem.sample_rate, stem.frames, start, n, self.silence_db)
+
+    def _pair_from_activity(self, track: Track, start: float, rng: np.random.Generator):
+        """Pick a pair as _pair_from_crops does, reading the crops of the chosen stems only.
+
+        The candidates are the stems the activity map does not rule out. A pair is drawn uniformly among
+        the candidates' pairs and its crops are read; a stem that is silent after all (rms_db) leaves the
+        candidates and the pair is drawn again. Every draw is uniform over pairs of a set that holds all
+        sounding stems, and is kept only when it lies among them, so the pair kept is uniform over the pairs
+        of the sounding stems, as in _pair_from_crops; a crop with fewer than two gives None, as there.
+        """
+        candidates = [k for k, s in enumerate(track.stems) if self._may_sound(s, *crop_frames(s, start, self.crop_seconds))]
+        crops, level = {}, {}
+        while len(candidates) >= 2:
+            ctx_idx, tgt = choose_pair(len(candidates), rng)
+            ctx_idx, tgt = [candidates[k] for k in ctx_idx], candidates[tgt]
+            for k in ctx_idx + [tgt]:
+                if k not in crops:
+                    crops[k] = read_crop(track.stems[k], start, self.crop_seconds)
+                    level[k] = rms_db(crops[k])
+            silent = {k for k in ctx_idx + [tgt] if level[k] < self.silence_db}
+            if not silent:
+                return self._mix_pair(track, crops, ctx_idx, tgt)
+            candidates = [k for k in candidates if k not in silent]
+        return None
 
     def _pair_from_crops(self, track: Track, crops: list[np.ndarray], rng: np.random.Generator):
         """Pick a pair among the sounding stems of one crop (each crop at its file's rate), mix and check it."""
@@ -380,7 +425,10 @@ class StemPairDataset(torch.utils.data.Dataset):
         if len(sounding) < 2:
             return None
         ctx_idx, tgt = choose_pair(len(sounding), rng)
-        ctx_idx, tgt = [sounding[k] for k in ctx_idx], sounding[tgt]
+        return self._mix_pair(track, crops, [sounding[k] for k in ctx_idx], sounding[tgt])
+
+    def _mix_pair(self, track: Track, crops, ctx_idx: list[int], tgt: int):
+        """Sum the context stems' crops and take the target's, at self.sample_rate; None when either is silent."""
 
         def at_rate(k):  # [S] at self.sample_rate
             return fit_length(resample(crops[k], track.stems[k].sample_rate, self.sample_rate), self.n_samples)
@@ -392,28 +440,41 @@ class StemPairDataset(torch.utils.data.Dataset):
         return torch.from_numpy(context.astype(np.float32)), torch.from_numpy(target.astype(np.float32)), track.stems[tgt].instrument
 
     def segment_pairs(self, index: int, k: int, rng: np.random.Generator) -> list[tuple]:
-        """Up to k items from segment `index`, drawn as __getitem__ draws them but reading each stem once.
+        """Up to k items from segment `index`, drawn from the distribution __getitem__ draws from, reading each
+        stem once.
 
         For pools of pre-tokenised pairs: one read of the segment serves k crops. Returns fewer than k
         items when max_tries * k crops do not give them (a mostly silent segment).
+        With activity maps, a stem's segment is read only once a crop needs it: stems the map shows silent in
+        a crop take part as empty (silent) crops, so the items are the ones reading every stem would give.
         """
         track, a, b = self.segments[index]
+        whole: dict[int, np.ndarray] = {}
+        items = []
         try:
-            whole = [read_crop(s, a, b - a) for s in track.stems]
+            for _ in range(self.max_tries * k):
+                start = float(rng.random()) * max(0.0, b - a - self.crop_seconds)
+                crops = [self._segment_crop(track.stems[j], j, whole, a, b, start) for j in range(len(track.stems))]
+                item = self._pair_from_crops(track, crops, rng)
+                if item is not None:
+                    items.append(item)
+                    if len(items) == k:
+                        break
         except AudioError as e:
             self._skip_bad_stem(track, e)
             return []
-        items = []
-        for _ in range(self.max_tries * k):
-            start = float(rng.random()) * max(0.0, b - a - self.crop_seconds)
-            crops = [x[int(round(start * s.sample_rate)):][:int(round(self.crop_seconds * s.sample_rate))]
-                     for x, s in zip(whole, track.stems)]
-            item = self._pair_from_crops(track, crops, rng)
-            if item is not None:
-                items.append(item)
-                if len(items) == k:
-                    break
         return items
+
+    def _segment_crop(self, stem: Stem, j: int, whole: dict, a: float, b: float, start: float) -> np.ndarray:
+        """The crop at `start` s into segment [a, b) of stem j, sliced from its segment (read on first need,
+        kept in `whole`); an empty crop when the activity map shows it silent there."""
+        seg_start, seg_len = crop_frames(stem, a, b - a)
+        offset, n = int(round(start * stem.sample_rate)), int(round(self.crop_seconds * stem.sample_rate))
+        if not self._may_sound(stem, seg_start + offset, max(0, min(n, seg_len - offset))):
+            return np.zeros(0, np.float32)
+        if j not in whole:
+            whole[j] = read_crop(stem, a, b - a)
+        return whole[j][offset:][:n]
 
     def _skip_bad_stem(self, track: Track, error: AudioError) -> None:
         """Drop the stem named in the error from its track, count it and say so once."""

@@ -33,5 +33,9 @@ def random_triads(seconds_each, n, sr, rng):
 
 
 def pytest_configure(config):
+    # activity caches (activity.py) of the datasets the tests read go to one temporary folder, not beside the
+    # fixtures in the repository nor into the user's cache; tests of the default location unset this
+    import tempfile
+    os.environ["STEMGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="stemgen-test-cache-")
     config.addinivalue_line("markers", "slow: end-to-end and subprocess tests; `-m 'not slow'` runs the property "
                                        "tests alone, in seconds")
