@@ -2,6 +2,7 @@
 
     python bench.py train --preset paper --batch 16 --crop-seconds 20      # tokens/s, MFU, peak memory
     python bench.py generate --preset paper --seconds 20                   # time per 20 s stem, RTF
+    python bench.py data --data slakh/ --workers 4                        # training items/s, activity map on/off
 
 Random weights are used (timing does not depend on them); every figure is printed with the device, dtype
 and settings it was measured with. Model FLOPs utilisation (MFU) counts 6 x parameters x tokens plus the
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import tempfile
 import time
 from dataclasses import replace
 
@@ -93,9 +96,13 @@ def make_codec(args, device):
     """The codec whose encode/decode cost is measured, with random parameters (timing does not need weights)."""
     import codec as codec_lib
     from spectral import SpectralCodec, SpectralConfig
+    if args.codec == "encodec_32khz":
+        return codec_lib.load_encodec(args.codec_weights, device), "encodec_32khz, trained weights"
     if args.codec == "encodec_random":
         from transformers import EncodecConfig, EncodecModel
         model = EncodecModel(EncodecConfig(**codec_lib.ENCODEC_32KHZ_CONFIG))
+        for layer in model.quantizer.layers:      # the init leaves the codebooks at zero: every token would be 0
+            layer.codebook.embed.normal_()
         return codec_lib.EncodecCodec(model).to(device), "encodec_32khz architecture, random weights"
     g, c = torch.Generator().manual_seed(0), SpectralConfig()
     n_freq = c.n_fft // 2 + 1
@@ -149,9 +156,35 @@ def bench_train(args):
     }
     if args.codec != "none":
         codec, what = make_codec(args, device)
-        wave = torch.randn(2 * B, 1, int(args.crop_seconds * codec.sample_rate), device=device) * 0.1
-        tok = timed_once(lambda: codec.encode(wave), device)         # context and target of a batch
-        out.update(codec=what, tokenize_s=round(tok, 4), tokenize_fraction=round(tok / (tok + dt), 3))
+        out.update(codec=what, **tokenize_shares(codec, B, args.crop_seconds, dt, device))
+    return out
+
+
+def tokenize_shares(codec, B: int, crop_seconds: float, step_s: float, device) -> dict:
+    """Time to tokenize a batch's contexts and targets, and their share of a step (model step + tokenizing):
+    fresh, with every target's tokens found in a pool.TokenCache, and (CUDA) under bf16 autocast, with the
+    agreement of bf16 and fp32 tokens per level (on noise; use --codec encodec_32khz for the trained codec)."""
+    import pool
+    g = torch.Generator(device=device).manual_seed(1)
+    context, target = (torch.randn(B, int(crop_seconds * codec.sample_rate), device=device, generator=g) * 0.1
+                       for _ in range(2))
+    ctx_s = timed_once(lambda: pool.tokenize(codec, context), device)
+    tgt_s = timed_once(lambda: pool.tokenize(codec, target), device)
+    cache, keys = pool.TokenCache(2**40), [f"bench-target-{i}" for i in range(B)]
+    cache.tokens(codec, target, keys)                                # fill it: every later lookup hits
+    cached_s = timed_once(lambda: cache.tokens(codec, target, keys), device)
+    out = {"tokenize_s": round(ctx_s + tgt_s, 4), "tokenize_context_s": round(ctx_s, 4),
+           "tokenize_target_s": round(tgt_s, 4), "tokenize_target_cached_s": round(cached_s, 4),
+           "tokenize_fraction": round((ctx_s + tgt_s) / (ctx_s + tgt_s + step_s), 3),
+           "tokenize_fraction_context": round(ctx_s / (ctx_s + tgt_s + step_s), 3),
+           "tokenize_fraction_target": round(tgt_s / (ctx_s + tgt_s + step_s), 3),
+           "tokenize_fraction_all_targets_cached": round((ctx_s + cached_s) / (ctx_s + cached_s + step_s), 3)}
+    if device.type != "cuda":
+        out["bf16_encode"] = "not measured: bf16 encode timing and agreement need a CUDA device"
+        return out
+    bf_s = timed_once(lambda: (pool.tokenize(codec, context, "bf16"), pool.tokenize(codec, target, "bf16")), device)
+    out.update(tokenize_bf16_s=round(bf_s, 4), tokenize_fraction_bf16=round(bf_s / (bf_s + step_s), 3),
+               bf16_agreement_per_level=[round(a, 4) for a in pool.token_agreement(codec, context)])
     return out
 
 
@@ -208,6 +241,52 @@ def bench_generate(args):
     return out
 
 
+def items_per_second(ds, items: int, first: int, batch: int, workers: int) -> float:
+    """Items [first, first + items) of a seeded dataset through a DataLoader, per second (worker start included)."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers,
+                                         sampler=range(first, first + items))
+    t = time.perf_counter()
+    n = sum(len(b[2]) for b in loader)
+    return n / (time.perf_counter() - t)
+
+
+def bench_data(args):
+    """Training items per second with the activity map (only the chosen stems read) and without (every stem read).
+
+    Both datasets are seeded and draw from the same distribution; the rounds alternate between them on fresh
+    item indices, so that neither gains from the other's file reads. The activity cache goes to a temporary
+    folder unless --cache-dir is given, so that the map's build time is measured and the data folder is not written.
+    """
+    from data import StemPairDataset
+    cache = args.cache_dir or tempfile.mkdtemp(prefix="stemgen-bench-cache-")
+    kw = dict(split=args.split, sample_rate=args.sample_rate, crop_seconds=args.crop_seconds, seed=0,
+              length=10**9, verbose=False, cache_dir=cache)
+    t = time.perf_counter()
+    new = StemPairDataset(**kw, root=args.data)
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    new = StemPairDataset(**kw, root=args.data)
+    load = time.perf_counter() - t
+    t = time.perf_counter()
+    old = StemPairDataset(**kw, root=args.data, use_activity=False)
+    scan = time.perf_counter() - t
+    rates = {"old": [], "activity": []}
+    for r in range(args.rounds):
+        for name, ds in (("old", old), ("activity", new)) if r % 2 == 0 else (("activity", new), ("old", old)):
+            first = (2 * r + (name == "activity")) * args.items
+            rates[name].append(items_per_second(ds, args.items, first, args.batch, args.workers))
+    n_stems = [len(t.stems) for t in new.tracks]
+    mean = {k: sum(v) / len(v) for k, v in rates.items()}
+    return {"bench": "data", "data": args.data, "split": args.split, "tracks": len(new.tracks),
+            "stems_per_track": round(sum(n_stems) / len(n_stems), 1), "crop_seconds": args.crop_seconds,
+            "sample_rate": args.sample_rate, "workers": args.workers, "batch": args.batch, "items": args.items,
+            "rounds": args.rounds, "cpu": device_name(torch.device("cpu")), "cpu_count": os.cpu_count(),
+            "scan_s": round(scan, 2), "scan_and_map_build_s": round(build, 2), "scan_and_cached_map_s": round(load, 2),
+            "items_per_s_every_stem": [round(x, 2) for x in rates["old"]],
+            "items_per_s_activity": [round(x, 2) for x in rates["activity"]],
+            "speedup": round(mean["activity"] / mean["old"], 2)}
+
+
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -223,21 +302,34 @@ def main(argv=None):
         s.add_argument("--preset", default="paper", choices=sorted(PRESETS))
         s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         s.add_argument("--compile", action="store_true", help="torch.compile the model")
-        s.add_argument("--codec", default="spectral", choices=["spectral", "encodec_random", "none"],
-                       help="codec whose encode/decode time is measured (random weights)")
+        s.add_argument("--codec", default="spectral", choices=["spectral", "encodec_random", "encodec_32khz", "none"],
+                       help="codec whose encode/decode time is measured (random weights, or the trained Encodec)")
+        s.add_argument("--codec-weights", default=None, help="local facebook/encodec_32khz folder (--codec encodec_32khz)")
         s.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     t = sub.choices["train"]
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--crop-seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS)
     t.add_argument("--steps", type=int, default=10, help="timed steps")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    d = sub.add_parser("data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="training items/s of a Slakh-layout folder, with and without the activity map")
+    d.add_argument("--data", required=True, help="Slakh-layout dataset folder (read only)")
+    d.add_argument("--split", default="train")
+    d.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (both paths)")
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--items", type=int, default=200, help="items per round")
+    d.add_argument("--rounds", type=int, default=2, help="rounds of each path, alternating")
+    d.add_argument("--crop-seconds", type=float, default=20.0)
+    d.add_argument("--sample-rate", type=int, default=32000)
+    d.add_argument("--cache-dir", default=None, help="activity cache folder (default: a temporary one)")
+    d.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     g = sub.choices["generate"]
     g.add_argument("--seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS, help="stem length")
     g.add_argument("--steps", type=int, nargs="+", default=list(decode.Sampling.steps), help="decoding steps per level")
     g.add_argument("--guidance", default=decode.Sampling.guidance, choices=list(decode.GUIDANCE_MODES))
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    res = bench_train(args) if args.cmd == "train" else bench_generate(args)
+    res = {"train": bench_train, "generate": bench_generate, "data": bench_data}[args.cmd](args)
     if args.json:
         print(json.dumps(res))
     else:

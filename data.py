@@ -305,6 +305,17 @@ def read_crop(stem: Stem, start_s: float, seconds: float) -> np.ndarray:
     return x
 
 
+def target_key(stem: Stem, start_s: float, seconds: float, sample_rate: int) -> str:
+    """The identity of a target crop: its file (path, size, mtime), its frames there and the output rate and length.
+
+    Equal keys mean equal target audio, so its tokens can be reused; a file rewritten since gets a new key.
+    """
+    st = os.stat(stem.path)
+    start, frames = crop_frames(stem, start_s, seconds)
+    return (f"{os.path.abspath(stem.path)}|{st.st_size}|{st.st_mtime_ns}|{stem.sample_rate}|{start}|{frames}|"
+            f"{sample_rate}|{int(round(seconds * sample_rate))}")
+
+
 def choose_pair(n_sounding: int, rng: np.random.Generator) -> tuple[list[int], int]:
     """Draw a (context subset, target) pair uniformly among the m/2 (2^m - 2) pairs of m stems (Sec. 2).
 
@@ -341,13 +352,17 @@ class StemPairDataset(torch.utils.data.Dataset):
             and read only the stems of the chosen pair. False reads every stem of every crop (the older
             path, kept for bench.py data); both draw pairs from the same distribution, not the same pairs.
         cache_dir: folder for the activity cache (default: ROOT/.stemgen-cache, else the user's cache).
-    Items: (context FloatTensor [S], target FloatTensor [S], instrument int).
+        start_grid: with a value (seconds), crops start at multiples of it from their segment's start, so
+            that a (stem, start) recurs and its target tokens can be cached (pool.TokenCache); None: anywhere.
+        target_keys: items carry a 4th element, the target crop's identity (`target_key`).
+    Items: (context FloatTensor [S], target FloatTensor [S], instrument int[, target key str]).
     """
 
     def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = CROP_SECONDS,
                  segment_seconds: float = 60.0, silence_db: float = DEFAULT_SILENCE_DB, seed: int | None = None,
                  length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True,
-                 use_activity: bool = True, cache_dir: str | None = None):
+                 use_activity: bool = True, cache_dir: str | None = None, start_grid: float | None = None,
+                 target_keys: bool = False):
         if crop_seconds <= 0 or segment_seconds <= 0 or sample_rate <= 0:
             raise DatasetError("crop_seconds, segment_seconds and sample_rate must be positive")
         if max_tries < 1:
@@ -356,6 +371,9 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.sample_rate, self.crop_seconds, self.segment_seconds = int(sample_rate), float(crop_seconds), float(segment_seconds)
         self.n_samples = int(round(crop_seconds * sample_rate))
         self.silence_db, self.seed, self.max_tries = float(silence_db), seed, int(max_tries)
+        if start_grid is not None and start_grid <= 0:
+            raise DatasetError("start_grid must be positive (or None for crops starting anywhere)")
+        self.start_grid, self.target_keys = start_grid, bool(target_keys)
         self.tracks, self.skips = scan_tracks(root, split)
         self.summary = summarize(self.tracks, self.skips, split)
         if verbose:
@@ -437,7 +455,8 @@ class StemPairDataset(torch.utils.data.Dataset):
         context = np.sum([at_rate(k) for k in ctx_idx], axis=0)
         if rms_db(context) < self.silence_db or rms_db(target) < self.silence_db:
             return None
-        return torch.from_numpy(context.astype(np.float32)), torch.from_numpy(target.astype(np.float32)), track.stems[tgt].instrument
+        return (torch.from_numpy(context.astype(np.float32)), torch.from_numpy(target.astype(np.float32)),
+                track.stems[tgt].instrument, tgt)
 
     def segment_pairs(self, index: int, k: int, rng: np.random.Generator) -> list[tuple]:
         """Up to k items from segment `index`, drawn from the distribution __getitem__ draws from, reading each
@@ -457,7 +476,7 @@ class StemPairDataset(torch.utils.data.Dataset):
                 crops = [self._segment_crop(track.stems[j], j, whole, a, b, start) for j in range(len(track.stems))]
                 item = self._pair_from_crops(track, crops, rng)
                 if item is not None:
-                    items.append(item)
+                    items.append(item[:3])
                     if len(items) == k:
                         break
         except AudioError as e:
@@ -486,6 +505,13 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.skips["unreadable or non-finite stem"] += len(bad)
         print(f"data: skipping {', '.join(s.path for s in bad)}: {error}", file=sys.stderr)
 
+    def _crop_offset(self, segment_seconds: float, rng: np.random.Generator) -> float:
+        """Where a crop starts in a segment: uniform, or uniform over the multiples of start_grid that fit."""
+        room = max(0.0, segment_seconds - self.crop_seconds)
+        if not self.start_grid:
+            return float(rng.random()) * room
+        return self.start_grid * int(rng.integers(int(room // self.start_grid) + 1))
+
     def _draw(self, i: int, rng: np.random.Generator, any_segment: bool = False):
         """Up to max_tries crops: the first ones from segment i, later ones from random segments."""
         for attempt in range(self.max_tries):
@@ -493,14 +519,16 @@ class StemPairDataset(torch.utils.data.Dataset):
                 track, a, b = self.segments[int(rng.integers(len(self.segments)))]
             else:
                 track, a, b = self.segments[i % len(self.segments)]
-            start = a + float(rng.random()) * max(0.0, b - a - self.crop_seconds)
+            start = a + self._crop_offset(b - a, rng)
             try:
                 item = self._try_crop(track, start, rng)
             except AudioError as e:  # a broken stem: skip and count it, never stop a long run
                 self._skip_bad_stem(track, e)
                 continue
             if item is not None:
-                return item
+                if self.target_keys:
+                    return item[:3] + (target_key(track.stems[item[3]], start, self.crop_seconds, self.sample_rate),)
+                return item[:3]
         raise DatasetError(
             f"no usable (context, target) pair in {self.max_tries} crops of {self.root} [{self.split}]: fewer than "
             f"two stems are above silence_db={self.silence_db} dBFS in them. Use a dataset where several stems "

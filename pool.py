@@ -7,10 +7,17 @@ several crops, drawn as data.py draws pairs), tokenises it, and trains from it (
 masks and condition dropout at every use. Validation pairs are drawn the same way, each kept with the song it
 comes from, for song-level statistics (listening.py). Either way step s uses items that are a function of
 (seed, s), so a resumed run, and N processes, draw what one uninterrupted process would.
+
+On the fly, the target of a pair is one stem's crop, so its tokens can be kept and reused when the same crop
+comes again (`TokenCache`, with crop starts on a grid: data.StemPairDataset(start_grid=...)); the context is
+a random sub-mix and is encoded at every step. Encoding can run under bf16 autocast (`encode_dtype`);
+`token_agreement` measures how often its tokens equal fp32's.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -84,17 +91,109 @@ def pool_batches(pool: dict, batch: int, seed: int, step: int, rank: int, accum:
         step += 1
 
 
+ENCODE_DTYPES = ("fp32", "bf16")
+
+
 @torch.no_grad()
-def tokenize(codec, wave: torch.Tensor) -> torch.Tensor:
-    """[B, S] waves -> [B, Q, T] tokens on the codec's device."""
-    return codec.encode(wave.to(codec.device)[:, None, :])
+def tokenize(codec, wave: torch.Tensor, encode_dtype: str = "fp32") -> torch.Tensor:
+    """[B, S] waves -> [B, Q, T] tokens on the codec's device; "bf16" encodes under bf16 autocast."""
+    if encode_dtype not in ENCODE_DTYPES:
+        raise ValueError(f"encode_dtype must be one of {ENCODE_DTYPES}, got {encode_dtype!r}")
+    with torch.autocast(codec.device.type, dtype=torch.bfloat16, enabled=encode_dtype == "bf16"):
+        return codec.encode(wave.to(codec.device)[:, None, :])
+
+
+def token_agreement(codec, wave: torch.Tensor) -> list[float]:
+    """Per RVQ level, the fraction of tokens of [B, S] waves that bf16 encoding gives as fp32 encoding does.
+
+    Runs wherever torch autocasts to bf16 (CUDA; CPU too, slowly). A level's codeword is chosen on the
+    residual of the levels before it, so a difference at one level tends to carry on to the finer ones.
+    """
+    a, b = tokenize(codec, wave, "fp32"), tokenize(codec, wave, "bf16")
+    return [float((a[:, q] == b[:, q]).float().mean()) for q in range(a.shape[1])]
+
+
+def codec_fingerprint(codec) -> str:
+    """A hash of everything that decides a codec's tokens: its scalar settings and every parameter tensor."""
+    h = hashlib.sha1(type(codec).__name__.encode())
+    tensors = dict(codec.model.state_dict()) if hasattr(codec, "model") else {}
+    for name, value in sorted(vars(codec).items()):
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value
+        elif isinstance(value, (int, float, str, bool)):
+            h.update(f"{name}={value!r};".encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class TokenCache:
+    """Tokens of target crops kept in memory, least recently used dropped first, up to max_bytes.
+
+    Keys are (codec fingerprint, encode dtype, data.target_key): the crop's file with its size and mtime, its
+    frames, the output rate. A rewritten stem file, another codec or other codec weights, or the other encode
+    dtype never hit an old entry. Entries are int16 on the CPU (int32 for codebooks over 32767 entries).
+    """
+
+    def __init__(self, max_bytes: int, encode_dtype: str = "fp32"):
+        if max_bytes <= 0:
+            raise ValueError("a token cache needs max_bytes > 0")
+        self.max_bytes, self.encode_dtype = int(max_bytes), encode_dtype
+        self.entries: OrderedDict = OrderedDict()
+        self.bytes = self.hits = self.misses = 0
+        self._fingerprints: dict[int, tuple] = {}   # id(codec) -> (codec, fingerprint): the codec is kept alive
+
+    def fingerprint(self, codec) -> str:
+        if id(codec) not in self._fingerprints:
+            self._fingerprints[id(codec)] = (codec, codec_fingerprint(codec))
+        return self._fingerprints[id(codec)][1]
+
+    def _put(self, key, tokens: torch.Tensor) -> None:
+        size = tokens.numel() * tokens.element_size()
+        if size > self.max_bytes:
+            return
+        self.entries[key] = tokens
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def tokens(self, codec, wave: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """[B, S] target waves with their keys -> [B, Q, T] tokens on the codec's device: cached ones reused,
+        the rest encoded together (in this cache's encode dtype) and kept."""
+        full = [(self.fingerprint(codec), self.encode_dtype, k) for k in keys]
+        found = []
+        for key in full:
+            t = self.entries.get(key)
+            if t is not None:
+                self.entries.move_to_end(key)
+            found.append(t)
+        missing = [i for i, t in enumerate(found) if t is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = tokenize(codec, wave[missing], self.encode_dtype)
+            small = fresh.to("cpu", torch.int16 if codec.bins <= 2**15 else torch.int32)
+            for i, t in zip(missing, small):
+                found[i] = t
+                self._put(full[i], t.clone())
+        return torch.stack(found).to(codec.device).long()
 
 
 def loader_batches(codec, root: str, crop_seconds: float, batch: int, seed: int, workers: int, device,
-                   step: int, rank: int, accum: int, micro: int, verbose: bool = True):
+                   step: int, rank: int, accum: int, micro: int, verbose: bool = True,
+                   token_cache: TokenCache | None = None, start_grid: float | None = None,
+                   encode_dtype: str = "fp32"):
     """Micro-batches of pairs read and tokenised on the fly; item indices are global: step s uses items
-    [s * batch, (s + 1) * batch), each a pure function of (seed, index); each rank takes its slice."""
-    ds = StemPairDataset(root, "train", codec.sample_rate, crop_seconds, seed=seed, length=10**12, verbose=verbose)
+    [s * batch, (s + 1) * batch), each a pure function of (seed, index); each rank takes its slice.
+
+    With a token cache, targets whose crop was encoded before take their kept tokens (crops start on
+    `start_grid` so that they recur); the context sub-mixes are encoded at every step.
+    """
+    ds = StemPairDataset(root, "train", codec.sample_rate, crop_seconds, seed=seed, length=10**12, verbose=verbose,
+                         start_grid=start_grid, target_keys=token_cache is not None)
 
     def indices(s=step):
         while True:
@@ -107,4 +206,9 @@ def loader_batches(codec, root: str, crop_seconds: float, batch: int, seed: int,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     it = iter(loader)
     while True:
-        yield [(tokenize(codec, c), tokenize(codec, t), k) for c, t, k in (next(it) for _ in range(accum))]
+        micro_batches = []
+        for _ in range(accum):
+            c, t, k, *keys = next(it)
+            target = token_cache.tokens(codec, t, keys[0]) if token_cache else tokenize(codec, t, encode_dtype)
+            micro_batches.append((tokenize(codec, c, encode_dtype), target, k))
+        yield micro_batches

@@ -72,6 +72,15 @@ class Recipe:
         "help": "0: draw and tokenise pairs on the fly (paper); N: train from a pool of N pairs tokenised once"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     workers: int = field(default=4, metadata={"help": "DataLoader worker processes (on-the-fly pairs)"})
+    crop_grid: float = field(default=0.0, metadata={
+        "help": "on-the-fly pairs: crops start at multiples of this many seconds into their segment (0: anywhere); "
+                "what --token-cache-gb needs for crops to recur"})
+    token_cache_gb: float = field(default=0.0, metadata={
+        "help": "on-the-fly pairs: keep the tokens of target crops, up to this many GB in memory, and reuse them "
+                "when a crop recurs (0: off; pool.TokenCache)"})
+    encode_dtype: str = field(default="fp32", metadata={
+        "help": "on-the-fly pairs: tokenize in fp32 or under bf16 autocast (bench.py train --encode-dtype bf16 "
+                "reports its agreement with fp32)"})
     seed: int = field(default=0, metadata={"help": "seed of the model init, the data and the masks"})
     objective: Objective = field(default_factory=Objective)
 
@@ -284,8 +293,10 @@ def training_batches(codec, args, device, step: int, rank: int, world: int):
         train_pool = pool.split_pool(codec, args.data, "train", args.crop_seconds, args.pool_pairs, args.seed,
                                      not args.no_progress and is_main(), "training pairs", is_main())
         return pool.pool_batches(train_pool, args.batch, args.seed, step, rank, accum, micro), micro
+    cache = pool.TokenCache(int(args.token_cache_gb * 1e9), args.encode_dtype) if args.token_cache_gb > 0 else None
     return pool.loader_batches(codec, args.data, args.crop_seconds, args.batch, args.seed, args.workers, device,
-                               step, rank, accum, micro, is_main()), micro
+                               step, rank, accum, micro, is_main(), cache, args.crop_grid or None,
+                               args.encode_dtype), micro
 
 
 def log_validation(model, val, micro, state: RunState, metrics) -> bool:
@@ -388,7 +399,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT, help=f"run folder: ckpt.pt, metrics.jsonl, curves.png (default: {DEFAULT_OUT})")
     paper, demo = recipe_values("paper"), recipe_values("demo")
     types = {"int": int, "float": float, "str": str, "float | None": float, "bool": yes_no}   # the knobs' annotations
-    choices = {"preset": sorted(PRESETS), "codec": ["encodec_32khz", "spectral"]}
+    choices = {"preset": sorted(PRESETS), "codec": ["encodec_32khz", "spectral"], "encode_dtype": list(pool.ENCODE_DTYPES)}
     for f in knob_fields():
         p.add_argument("--" + f.name.replace("_", "-"), type=types[f.type], choices=choices.get(f.name),
                        help=f"{f.metadata['help']} ({paper[f.name]} | {demo[f.name]})")
@@ -418,6 +429,11 @@ def resolve_args(args, saved: dict | None = None) -> argparse.Namespace:
     args.data = DEMO_DATA if args.data is None else args.data
     if args.decay <= 0 or args.warmup < 0 or args.hold < 0 or args.batch < 1 or args.micro_batch < 1:
         raise TrainError("need --decay > 0, --warmup >= 0, --hold >= 0, --batch >= 1 and --micro-batch >= 1")
+    if args.crop_grid < 0 or args.token_cache_gb < 0:
+        raise TrainError("need --crop-grid >= 0 and --token-cache-gb >= 0")
+    if args.token_cache_gb > 0 and not args.crop_grid:
+        raise TrainError("--token-cache-gb needs --crop-grid > 0: crops that start anywhere never recur, so no "
+                         "cached tokens would be used")
     if args.val_pairs < 2 or args.pool_pairs < 0:
         raise TrainError("need --val-pairs >= 2 and --pool-pairs >= 0")
     args.objective = Objective(**{f.name: getattr(args, f.name) for f in fields(Objective)})

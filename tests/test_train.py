@@ -43,12 +43,14 @@ def test_tri_stage_schedule_warms_up_holds_and_decays_to_a_floor():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pool", ["0", "12"], ids=["on-the-fly", "token-pool"])
-def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool):
-    """A run stopped at step 3 and resumed to 6 ends with the same weights as a run of 6 steps."""
+@pytest.mark.parametrize("pool, extra", [("0", []), ("12", []), ("0", ["--crop-grid", "0.5", "--token-cache-gb", "0.01"])],
+                         ids=["on-the-fly", "token-pool", "on-the-fly-token-cache"])
+def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra):
+    """A run stopped at step 3 and resumed to 6 ends with the same weights as a run of 6 steps (a resumed run's
+    token cache starts empty: its targets are encoded afresh, and give the tokens the cache held)."""
     data_dir, codec_file = tiny_data
-    assert train.main(argv(data_dir, codec_file, tmp_path / "full", "--max-steps", "6", "--pool-pairs", pool)) == 0
-    assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "3", "--pool-pairs", pool)) == 0
+    assert train.main(argv(data_dir, codec_file, tmp_path / "full", "--max-steps", "6", "--pool-pairs", pool, *extra)) == 0
+    assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "3", "--pool-pairs", pool, *extra)) == 0
     # the resumed run takes its data, codec and recipe from the checkpoint; only the new step limit is given
     assert train.main(["--out", str(tmp_path / "part"), "--resume", "--max-steps", "6", "--no-progress"]) == 0
     a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
