@@ -14,11 +14,15 @@ user's cache folder ($XDG_CACHE_HOME or ~/.cache)/stemgen/activity-<hash of ROOT
 named with `cache_dir` or $STEMGEN_CACHE_DIR. Entries are keyed by the stem's path relative to ROOT, checked
 against its size and mtime (nanoseconds) and frame count; an entry whose file changed is recomputed, and a
 file of another version is ignored. When no folder can be written the maps are kept in memory, said once.
+Many maps are computed in parallel processes (up to 8). Under torchrun every process computes the maps it
+lacks, so before a first multi-GPU run the cache is best built by one process:
+`python -c "import data; data.StemPairDataset('DIR')"`.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing as mp
 import os
 import sys
 
@@ -56,6 +60,23 @@ def stem_activity(path: str) -> np.ndarray:
     except Exception as e:
         raise AudioError(f"cannot read audio file {path}: {e}") from None
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+def _activity_or_none(path: str) -> np.ndarray | None:
+    try:
+        return stem_activity(path)
+    except AudioError:
+        return None                       # no map: the stem is read as before, and reading reports it
+
+
+def compute_maps(paths: list[str], progress: bool, workers: int | None = None) -> list[np.ndarray | None]:
+    """stem_activity of many files (None where one cannot be read), in parallel processes when there are many."""
+    workers = min(workers or os.cpu_count() or 1, 8, max(1, len(paths) // PROGRESS_FROM))
+    bar = dict(total=len(paths), desc="activity map", unit="stem", disable=not progress or len(paths) < PROGRESS_FROM)
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        return [_activity_or_none(p) for p in tqdm(paths, **bar)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        return list(tqdm(pool.imap(_activity_or_none, paths, chunksize=4), **bar))
 
 
 def crop_may_sound(ms: np.ndarray, sr: int, frames: int, start: int, n: int, silence_db: float) -> bool:
@@ -151,12 +172,9 @@ def activity_maps(root: str, stems: list, cache_dir: str | None = None, progress
             todo.append((s, rel, size, mtime))
     if not todo:
         return out
-    for s, rel, size, mtime in tqdm(todo, desc="activity map", unit="stem", disable=not progress or len(todo) < PROGRESS_FROM):
-        try:
-            out[s.path] = stem_activity(s.path)
-        except AudioError:
-            continue                      # no map: the stem is read as before, and reading reports it
-        entries[rel] = (size, mtime, s.frames, out[s.path])
+    for (s, rel, size, mtime), ms in zip(todo, compute_maps([s.path for s, *_ in todo], progress)):
+        if ms is not None:
+            out[s.path], entries[rel] = ms, (size, mtime, s.frames, ms)
     entries = {k: v for k, v in entries.items() if os.path.isfile(os.path.join(root, k))}
     for path in candidates:
         try:

@@ -174,7 +174,7 @@ def tokenize_shares(codec, B: int, crop_seconds: float, step_s: float, device) -
     cache.tokens(codec, target, keys)                                # fill it: every later lookup hits
     cached_s = timed_once(lambda: cache.tokens(codec, target, keys), device)
     out = {"tokenize_s": round(ctx_s + tgt_s, 4), "tokenize_context_s": round(ctx_s, 4),
-           "tokenize_target_s": round(tgt_s, 4), "tokenize_target_cached_s": round(cached_s, 4),
+           "tokenize_target_s": round(tgt_s, 4), "tokenize_target_cached_s": round(cached_s, 5),
            "tokenize_fraction": round((ctx_s + tgt_s) / (ctx_s + tgt_s + step_s), 3),
            "tokenize_fraction_context": round(ctx_s / (ctx_s + tgt_s + step_s), 3),
            "tokenize_fraction_target": round(tgt_s / (ctx_s + tgt_s + step_s), 3),

@@ -76,6 +76,20 @@ def test_a_crop_the_map_rules_out_is_silent_by_rms_db(tmp_path):
     assert ruled_out > 100
 
 
+def test_maps_computed_in_parallel_processes_equal_the_serial_ones(tmp_path, monkeypatch):
+    paths = []
+    for k in range(4):
+        paths.append(str(tmp_path / f"S{k:02d}.wav"))
+        write_stem(paths[-1], tone(2.5, 100 * (k + 1), amp=0.1 * (k + 1)))
+    bad = str(tmp_path / "bad.wav")
+    open(bad, "w").write("not audio")
+    monkeypatch.setattr(activity, "PROGRESS_FROM", 1)          # few files: processes all the same
+    parallel = activity.compute_maps(paths + [bad], progress=False, workers=2)
+    assert parallel[-1] is None
+    for p, ms in zip(paths, parallel):
+        assert np.array_equal(ms, activity.stem_activity(p))
+
+
 def test_cache_is_reused_and_entries_of_changed_files_are_rebuilt(tmp_path, monkeypatch):
     root = str(tmp_path / "ds")
     write_track(root, {"S00": ("Piano", tone(3, 220)), "S01": ("Bass", tone(3, 110))})
