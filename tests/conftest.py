@@ -32,10 +32,20 @@ def random_triads(seconds_each, n, sr, rng):
     return np.concatenate(parts)
 
 
+TEST_CACHE: list[str] = []
+
+
 def pytest_configure(config):
     # activity caches (activity.py) of the datasets the tests read go to one temporary folder, not beside the
     # fixtures in the repository nor into the user's cache; tests of the default location unset this
     import tempfile
-    os.environ["STEMGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="stemgen-test-cache-")
+    TEST_CACHE.append(tempfile.mkdtemp(prefix="stemgen-test-cache-"))
+    os.environ["STEMGEN_CACHE_DIR"] = TEST_CACHE[0]
     config.addinivalue_line("markers", "slow: end-to-end and subprocess tests; `-m 'not slow'` runs the property "
                                        "tests alone, in seconds")
+
+
+def pytest_unconfigure(config):
+    import shutil
+    if TEST_CACHE:
+        shutil.rmtree(TEST_CACHE[0], ignore_errors=True)
