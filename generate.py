@@ -31,7 +31,7 @@ import audio
 import codec as codec_lib
 import data
 import decode
-from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device
+from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device, trained_classes
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
 
@@ -60,6 +60,18 @@ def read_context(path: str) -> tuple[np.ndarray, int]:
 def instrument_ids(names: list[str]) -> list[int]:
     """Map user spellings to data.INSTRUMENTS ids (ValueError listing the valid names otherwise)."""
     return [data.instrument_id(n) for n in names]
+
+
+def check_trained(instruments: list[int], trained: dict[str, int] | None, checkpoint: str) -> None:
+    """Refuse a class the checkpoint never trained on: its embedding is still at its random start."""
+    if trained is None:
+        print(f"note: {checkpoint} does not record which classes it trained on (an older checkpoint)",
+              file=sys.stderr)
+        return
+    untrained = [data.INSTRUMENTS[i] for i in instruments if data.INSTRUMENTS[i] not in trained]
+    if untrained:
+        raise GenerateError(f"{checkpoint} never trained on {', '.join(untrained)}; it trained on: " +
+                            ", ".join(f"{name.lower()} ({n})" for name, n in trained.items()))
 
 
 def instrument_slug(iid: int) -> str:
@@ -147,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", required=True, metavar="PATH",
                    help="context mix (wav/flac, any rate, any number of channels, any length)")
     p.add_argument("--instrument", required=True, action="append", metavar="NAME",
-                   help="instrument class of the stem (Slakh class, case-insensitive, e.g. piano, bass, "
-                        "drums, 'synth lead'); repeat to make several stems in turn")
+                   help="instrument class of the stem (one of the 17 Slakh classes, case-insensitive, e.g. "
+                        "piano, bass, drums, 'synth lead'; 'synth effects' is GM programs 96-103, which Slakh "
+                        "labels 'Sound Effects', and 'sound effects' is programs 119-127); the checkpoint must "
+                        "have trained on it; repeat to make several stems in turn")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
                    help=f"model checkpoint written by train.py (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", action="append", metavar="PATH",
@@ -241,6 +255,7 @@ def run(args) -> list[str]:
     subtype = audio.audio_format(args.context)[1]                             # e.g. PCM_24: kept in the outputs
     device = pick_device(args.device)
     net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
+    check_trained(instruments, trained_classes(ckpt), args.checkpoint)
     if len(sampling.steps) != net.cfg.n_q:
         raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
                             f"token levels: give one per level")

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import data
 import decode
 import generate
 import model as model_lib
@@ -271,11 +272,18 @@ def _bad(tmp_path, kind, random_ckpt):
         ckpt = str(tmp_path / "nocodec.pt")
         save_checkpoint(ckpt, ck)
         words = ["gone_codec.pt", "spectral.py fit"]
+    elif kind == "untrained instrument":
+        ck = torch.load(random_ckpt, weights_only=True)
+        ck["class_counts"] = {name: {"Piano": 10, "Bass": 3}.get(name, 0) for name in data.INSTRUMENTS}
+        ckpt, inst = str(tmp_path / "counted.pt"), "synth effects"
+        save_checkpoint(ckpt, ck)
+        words = ["never trained on Synth Effects", "it trained on: piano (10), bass (3)"]
     return ["--context", ctx, "--instrument", inst, "--checkpoint", ckpt], words
 
 
 @pytest.mark.parametrize("kind", ["missing file", "unreadable file", "empty audio", "silent audio", "NaN samples",
-                                  "unknown instrument", "missing checkpoint", "codec unavailable"])
+                                  "unknown instrument", "missing checkpoint", "codec unavailable",
+                                  "untrained instrument"])
 @pytest.mark.slow
 def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_path, capsys):
     argv, words = _bad(tmp_path, kind, random_ckpt)
@@ -283,6 +291,8 @@ def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_pat
     rc, err = run_cli(argv + ["--out", str(tmp_path / "stem.wav"), *FAST], capsys)
     assert rc != 0
     assert err.startswith("error: ") and "Traceback" not in err
+    if kind == "untrained instrument":
+        assert err.count("\n") == 1                          # the refusal and its classes in one line
     for w in words:
         assert w in err, (w, err)
     assert set(os.listdir(tmp_path)) == before                # nothing written, no temporary left
