@@ -28,6 +28,13 @@ our MIRDD values are NOT comparable with the published ones:
 - structure: beat-synchronous chroma + MFCC, contiguous agglomerative segmentation into about one segment per
   8 s, segments sharing a label when their mean features are close; labels A, B, C... in order of first
   appearance. The paper's structure model gives functional labels (verse, chorus); ours are only letters.
+
+Histograms and smoothing. Each descriptor's histogram runs over exactly the values its analyser can produce
+(`DESCRIPTORS`), no wider: note pitches over the transcriber's MIDI 21-108, pitch range over 0-87, and so on.
+KL needs every bin the reference population fills to be non-zero in the generated one, so `kl_divergence`
+adds one pseudo-count to every bin of that support in both histograms (add-one smoothing, `alpha`) before
+normalising. A bin no clip can reach would take the same pseudo-count and only pull both distributions toward
+uniform, shrinking every score; this is why the supports are exact.
 """
 from __future__ import annotations
 
@@ -48,6 +55,7 @@ PITCH_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 KEYS = [f"{p} major" for p in PITCH_NAMES] + [f"{p} minor" for p in PITCH_NAMES] + ["N"]  # N: no key (silence)
 CHORDS = [f"{p}:maj" for p in PITCH_NAMES] + [f"{p}:min" for p in PITCH_NAMES] + ["N"]
 STRUCTURE_LABELS = [chr(ord("A") + i) for i in range(8)]
+METRES = (2, 3, 4)  # the beats-per-bar periods beats_per_bar chooses from (0: too few beats to tell)
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
 KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -71,20 +79,30 @@ NOTE_OUTPUT, ONSET_OUTPUT = "StatefulPartitionedCall:1", "StatefulPartitionedCal
 WINDOW_BATCH = 16  # model inputs per onnxruntime call: one at a time costs ~1.4x as much on 2 cores; 8-24 alike
 INSTALL_COMMAND = "pip install -r requirements.txt && pip install --no-deps -r requirements-nodeps.txt"
 
-# The eleven descriptors of Sec. 3.1 and the fixed support each one's histogram is taken over:
-# ("categorical", labels) or ("integer", max value; values are clipped into 0..max) or ("continuous", n bins in [0, 1]).
+# Percussive onsets (percussive_onsets) and their density (max_density).
+PERCUSSIVE_BAND_EDGES_HZ = (200, 4000)  # three bands: low / mid / high
+PERCUSSIVE_BANDS = len(PERCUSSIVE_BAND_EDGES_HZ) + 1
+PERCUSSIVE_WAIT = 4  # frames after an onset in which its band takes no other onset
+DENSITY_WINDOW = 0.6  # seconds (Sec. 3.1)
+# At most one onset every PERCUSSIVE_WAIT + 1 frames in each band, so a window holds at most this many.
+MAX_PERCUSSIVE_DENSITY = PERCUSSIVE_BANDS * int(np.ceil(DENSITY_WINDOW * ANALYSIS_SR / HOP / (PERCUSSIVE_WAIT + 1)))
+
+RATIO_BINS = 10  # chord_alteration_ratio, a share in [0, 1], is counted in ten equal bins
+
+# The eleven descriptors of Sec. 3.1 and the support each one's histogram is taken over, exactly the values
+# its analyser can produce: ("values", every possible value) or ("bins", n equal bins of [0, 1]).
 DESCRIPTORS = {
-    "key": ("categorical", KEYS),
-    "pitch_range": ("integer", 88),
-    "unique_pitch_classes": ("integer", 12),
-    "percussive_density": ("integer", 32),
-    "beats_per_bar": ("integer", 4),  # 0 when too few beats to tell
-    "chord_variety": ("integer", len(CHORDS)),
-    "chord_alteration_ratio": ("continuous", 10),
-    "note_pitches": ("integer", 127),
-    "note_pitch_classes": ("integer", 11),
-    "chord_labels": ("categorical", CHORDS),
-    "structure_labels": ("categorical", STRUCTURE_LABELS),
+    "key": ("values", tuple(KEYS)),
+    "pitch_range": ("values", tuple(range(NOTE_HIGH - NOTE_LOW + 1))),  # semitones, 0 when no note
+    "unique_pitch_classes": ("values", tuple(range(13))),
+    "percussive_density": ("values", tuple(range(MAX_PERCUSSIVE_DENSITY + 1))),
+    "beats_per_bar": ("values", (0,) + METRES),
+    "chord_variety": ("values", tuple(range(len(CHORDS)))),  # distinct chords other than N: 0..24
+    "chord_alteration_ratio": ("bins", RATIO_BINS),
+    "note_pitches": ("values", tuple(range(NOTE_LOW, NOTE_HIGH + 1))),
+    "note_pitch_classes": ("values", tuple(range(12))),
+    "chord_labels": ("values", tuple(CHORDS)),
+    "structure_labels": ("values", tuple(STRUCTURE_LABELS)),
 }
 
 # The CQT behind every chroma spans MIDI 24-132 (Nyquist permitting), as when the key and chord analysers were
@@ -299,7 +317,7 @@ def beats_per_bar(y: np.ndarray, beat_times: np.ndarray, chroma: np.ndarray | No
     z = lambda v: (v - v.mean()) / (v.std() + 1e-9)
     a = z(accent) + z(change[: accent.size]) if change.size == accent.size else z(accent)
     best, best_score = 0, 0.0
-    for m in (2, 3, 4):
+    for m in METRES:
         if len(a) < 2 * m:
             continue
         score = max(a[p::m].mean() - np.delete(a, np.s_[p::m]).mean() for p in range(m))
@@ -313,20 +331,20 @@ def percussive_onsets(y: np.ndarray) -> np.ndarray:
     perc = librosa.effects.percussive(y, margin=2.0)
     S = librosa.feature.melspectrogram(y=perc, sr=ANALYSIS_SR, hop_length=HOP, n_mels=64, fmax=ANALYSIS_SR / 2)
     mel_hz = librosa.mel_frequencies(n_mels=64, fmax=ANALYSIS_SR / 2)
-    bands = [slice(0, int(np.searchsorted(mel_hz, 200))), slice(int(np.searchsorted(mel_hz, 200)),
-             int(np.searchsorted(mel_hz, 4000))), slice(int(np.searchsorted(mel_hz, 4000)), 64)]
-    env = librosa.onset.onset_strength_multi(S=librosa.power_to_db(S), channels=[0] + [b.stop for b in bands],
-                                             sr=ANALYSIS_SR, hop_length=HOP)  # [3, T]
+    edges = [0] + [int(np.searchsorted(mel_hz, hz)) for hz in PERCUSSIVE_BAND_EDGES_HZ] + [64]
+    env = librosa.onset.onset_strength_multi(S=librosa.power_to_db(S), channels=edges, sr=ANALYSIS_SR,
+                                             hop_length=HOP)  # [PERCUSSIVE_BANDS, T]
     top = env.max() + 1e-9
     times = []
     for e in env:
-        peaks = librosa.util.peak_pick(e, pre_max=3, post_max=3, pre_avg=5, post_avg=5, delta=0.15 * top, wait=4)
+        peaks = librosa.util.peak_pick(e, pre_max=3, post_max=3, pre_avg=5, post_avg=5, delta=0.15 * top,
+                                       wait=PERCUSSIVE_WAIT)
         peaks = peaks[e[peaks] > 0.25 * top]
         times.append(librosa.frames_to_time(peaks, sr=ANALYSIS_SR, hop_length=HOP))
     return np.sort(np.concatenate(times))
 
 
-def max_density(times: np.ndarray, window: float = 0.6) -> int:
+def max_density(times: np.ndarray, window: float = DENSITY_WINDOW) -> int:
     """Largest number of events inside any window of `window` seconds."""
     if times.size == 0:
         return 0
@@ -393,7 +411,7 @@ def signal_descriptors(y: np.ndarray) -> dict[str, list]:
         chords = [c for _, _, c in estimate_chords(y, chroma=chroma)]
         return {
             "key": [estimate_key(y, chroma)],
-            "percussive_density": [max_density(percussive_onsets(y), 0.6)],
+            "percussive_density": [max_density(percussive_onsets(y), DENSITY_WINDOW)],
             "beats_per_bar": [beats_per_bar(y, beat_times, chroma)],
             "chord_variety": [len(set(c for c in chords if c != "N"))],
             "chord_alteration_ratio": [alteration_ratio(chords)],
@@ -427,24 +445,31 @@ def describe_population(wavs: list[np.ndarray], sample_rate: int, progress: bool
 
 
 def histogram(values: list, name: str) -> np.ndarray:
-    """Counts of one descriptor's values over its fixed support (DESCRIPTORS[name])."""
+    """Counts of one descriptor's values over its support (DESCRIPTORS[name]); a value outside the support
+    is a bug in an analyser and raises ValueError."""
     kind, support = DESCRIPTORS[name]
-    if kind == "categorical":
-        index = {label: i for i, label in enumerate(support)}
-        idx = [index[v] for v in values]
-        return np.bincount(np.asarray(idx, dtype=int), minlength=len(support)).astype(np.float64)
-    if kind == "integer":
-        idx = np.clip(np.asarray(values, dtype=int), 0, support)
-        return np.bincount(idx, minlength=support + 1).astype(np.float64)
-    idx = np.clip((np.asarray(values, dtype=float) * support).astype(int), 0, support - 1)
-    return np.bincount(idx, minlength=support).astype(np.float64)
+    if kind == "bins":
+        v = np.asarray(values, dtype=np.float64)
+        if np.any((v < 0) | (v > 1)) or np.any(~np.isfinite(v)):
+            raise ValueError(f"{name}: values outside [0, 1]: {v[(v < 0) | (v > 1) | ~np.isfinite(v)].tolist()}")
+        return np.bincount(np.minimum((v * support).astype(int), support - 1), minlength=support).astype(np.float64)
+    index = {value: i for i, value in enumerate(support)}
+    unknown = [v for v in values if v not in index]
+    if unknown:
+        raise ValueError(f"{name}: values outside its support {support[0]!r}..{support[-1]!r}: {unknown[:5]}")
+    return np.bincount(np.asarray([index[v] for v in values], dtype=int), minlength=len(support)).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # MIRDD (Sec. 3.1)
 
 def kl_divergence(p_counts: np.ndarray, q_counts: np.ndarray, alpha: float = 1.0) -> float:
-    """KL(P || Q) of two histograms over one support, additively smoothed by `alpha` pseudo-counts per bin."""
+    """KL(P || Q) of two histograms over one descriptor's support, with add-alpha smoothing.
+
+    Both histograms get `alpha` pseudo-counts in every one of the support's K bins, p_k = (P_k + alpha) /
+    (sum P + K alpha) and likewise q, and the result is sum_k p_k log(p_k / q_k): finite for alpha > 0 even
+    when the two populations share no value. MIRDD uses alpha = 1 (evaluate.py --kl-smoothing).
+    """
     p = np.asarray(p_counts, dtype=np.float64) + alpha
     q = np.asarray(q_counts, dtype=np.float64) + alpha
     if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
@@ -455,7 +480,7 @@ def kl_divergence(p_counts: np.ndarray, q_counts: np.ndarray, alpha: float = 1.0
 
 
 def population_histograms(descriptors: list[dict]) -> dict[str, np.ndarray]:
-    """Per descriptor, the counts of all clips' values pooled over the descriptor's fixed support."""
+    """Per descriptor, the counts of all clips' values pooled over the descriptor's support."""
     return {name: sum((histogram(d[name], name) for d in descriptors), histogram([], name))
             for name in DESCRIPTORS}
 

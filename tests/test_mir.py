@@ -1,5 +1,6 @@
 """The MIR analysers recover known content from synthetic audio (additive tones, noise clicks, MIDI parts rendered
-with synth.py); KL and MIRDD."""
+with synth.py); histogram supports; KL and MIRDD."""
+import librosa
 import mir_eval
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_structure_labels_of_aba_form():
     assert mir.segment_structure(y, beats) == ["A", "B", "A"]
 
 
-def test_silence_gives_defined_descriptors_on_fixed_supports():
+def test_silence_gives_defined_descriptors_within_their_supports():
     d = mir.describe(np.zeros(2 * 32000, np.float32), 32000)
     assert list(d) == list(mir.DESCRIPTORS)
     assert d["key"] == ["N"] and d["note_pitches"] == [] and d["chord_labels"] == ["N"]
@@ -89,13 +90,6 @@ def test_silence_gives_defined_descriptors_on_fixed_supports():
         h = mir.histogram(values, name)
         assert h.sum() == len(values)
         assert h.size == mir.histogram([], name).size  # support does not depend on the values
-
-
-def test_histogram_clips_into_support_and_rejects_unknown_labels():
-    assert mir.histogram([200, -3], "note_pitches")[[0, 127]].tolist() == [1, 1]
-    assert mir.histogram([1.0], "chord_alteration_ratio")[-1] == 1
-    with pytest.raises(KeyError):
-        mir.histogram(["H:dim"], "chord_labels")
 
 
 def test_too_short_audio_is_refused_with_a_clear_message():
@@ -123,6 +117,27 @@ def _desc(key, pitches):
             "percussive_density": [2], "beats_per_bar": [4], "chord_variety": [1], "chord_alteration_ratio": [0.0],
             "note_pitches": list(pitches), "note_pitch_classes": [p % 12 for p in pitches],
             "chord_labels": ["C:maj"], "structure_labels": ["A"]}
+
+
+def test_kl_of_populations_with_disjoint_values_is_finite_and_above_overlapping_ones():
+    ref = [_desc("C major", [40, 43, 47]), _desc("G major", [43, 47, 50])]
+    overlapping = [_desc("C major", [40, 44, 47]), _desc("G major", [43, 46, 52])]  # share some pitches, one range
+    disjoint = [_desc("C major", [80, 82, 84]), _desc("G major", [83, 95])]  # no pitch, no range in common
+    h_ref, h_over, h_dis = (mir.population_histograms(p) for p in (ref, overlapping, disjoint))
+    for name in ("note_pitches", "note_pitch_classes", "pitch_range"):
+        if name != "note_pitch_classes":  # pitch classes of the high notes overlap with the low ones'
+            assert not np.any((h_ref[name] > 0) & (h_dis[name] > 0))
+        disjoint_kl, overlapping_kl = (mir.kl_divergence(h_ref[name], h[name]) for h in (h_dis, h_over))
+        assert np.isfinite(disjoint_kl) and disjoint_kl > overlapping_kl > 0, name
+    assert mir.mirdd(ref, disjoint)[0] > mir.mirdd(ref, overlapping)[0]
+
+
+def test_bins_no_clip_can_reach_would_shrink_kl():
+    """Why supports are exact: pseudo-counts in unreachable bins pull both distributions toward uniform."""
+    p = mir.histogram([40, 43, 47, 43], "note_pitches")
+    q = mir.histogram([40, 44, 47, 52], "note_pitches")
+    padded = [np.concatenate([h, np.zeros(40)]) for h in (p, q)]  # e.g. MIDI 0-20 and 109-127
+    assert mir.kl_divergence(*padded) < mir.kl_divergence(p, q)
 
 
 def test_mirdd_is_zero_for_equal_populations_and_grows_with_mismatch():
@@ -220,3 +235,50 @@ def test_missing_transcriber_names_the_install_command(monkeypatch):
     finally:
         monkeypatch.undo()
         mir._transcriber.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------- supports
+
+def test_note_supports_are_the_transcribers_range():
+    session, _ = mir._transcriber()
+    assert session.get_inputs()[0].shape[1:] == [mir.TRANSCRIBER_WINDOW, 1]
+    shapes = {o.name: o.shape for o in session.get_outputs()}
+    for name in (mir.NOTE_OUTPUT, mir.ONSET_OUTPUT):
+        assert shapes[name][1:] == [mir.TRANSCRIBER_FRAMES, mir.NOTE_HIGH - mir.NOTE_LOW + 1]
+    # activations in the lowest and the highest of the model's bins become notes at NOTE_LOW and NOTE_HIGH
+    note, onset = np.zeros((100, 88), np.float32), np.zeros((100, 88), np.float32)
+    note[10:60, [0, 87]] = 0.9
+    onset[10, [0, 87]] = 0.9
+    notes = mir.activations_to_notes(note, onset)
+    assert sorted(notes[:, 2]) == [mir.NOTE_LOW, mir.NOTE_HIGH]
+    assert notes[0, 0] == pytest.approx(10 * mir.TRANSCRIBER_HOP / SR)
+    d = mir.note_descriptors(notes)
+    assert d["pitch_range"] == [mir.DESCRIPTORS["pitch_range"][1][-1]]  # the widest range is the last bin
+    assert mir.DESCRIPTORS["note_pitches"][1] == tuple(range(mir.NOTE_LOW, mir.NOTE_HIGH + 1))
+    assert mir.DESCRIPTORS["note_pitch_classes"][1] == tuple(range(12))
+    assert mir.DESCRIPTORS["unique_pitch_classes"][1] == tuple(range(13))
+
+
+def test_other_supports_are_what_their_analysers_can_produce():
+    assert mir.DESCRIPTORS["beats_per_bar"][1] == (0,) + mir.METRES
+    assert mir.DESCRIPTORS["chord_variety"][1][-1] == len(set(mir.CHORDS) - {"N"})
+    assert mir.DESCRIPTORS["key"][1] == tuple(mir.KEYS) and mir.DESCRIPTORS["chord_labels"][1] == tuple(mir.CHORDS)
+    # Percussive density: the densest onsets the peak picker allows (one every WAIT + 1 frames in every band)
+    # fill the last bin exactly, and a click track far faster than that stays inside the support.
+    frames = np.arange(0, 200, mir.PERCUSSIVE_WAIT + 1)
+    densest = np.tile(librosa.frames_to_time(frames, sr=SR, hop_length=mir.HOP), mir.PERCUSSIVE_BANDS)
+    assert mir.max_density(densest) == mir.DESCRIPTORS["percussive_density"][1][-1] == mir.MAX_PERCUSSIVE_DENSITY
+    assert mir.max_density(mir.percussive_onsets(clicks(1500, 3.0))) <= mir.MAX_PERCUSSIVE_DENSITY
+
+
+@pytest.mark.parametrize("name,value", [("note_pitches", mir.NOTE_LOW - 1), ("note_pitches", mir.NOTE_HIGH + 1),
+                                        ("pitch_range", mir.NOTE_HIGH - mir.NOTE_LOW + 1), ("beats_per_bar", 1),
+                                        ("percussive_density", mir.MAX_PERCUSSIVE_DENSITY + 1),
+                                        ("chord_alteration_ratio", 1.5), ("chord_labels", "H:dim")])
+def test_histogram_refuses_values_its_analyser_cannot_produce(name, value):
+    with pytest.raises(ValueError, match=name):
+        mir.histogram([value], name)
+
+
+def test_histogram_counts_ratios_in_ten_bins_of_the_unit_interval():
+    assert mir.histogram([0.0, 0.05, 0.5, 1.0], "chord_alteration_ratio").tolist() == [2, 0, 0, 0, 0, 1, 0, 0, 0, 1]
