@@ -311,6 +311,8 @@ def main(argv=None):
         s.add_argument("--codec", default="spectral", choices=["spectral", "encodec_random", "none"],
                        help="codec whose encode/decode time is measured (random weights)")
         s.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+        s.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0: torch's default); 1 is steadier on a CPU shared with other work")
     t = sub.choices["train"]
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--crop-seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS)
@@ -326,11 +328,13 @@ def main(argv=None):
     g.add_argument("--measured-windows", type=int, default=4,
                    help="windows of the long context actually decoded; its time is its forward passes x the "
                         "measured time per pass (0: decode them all)")
-    g.add_argument("--rounds", type=int, default=2,
+    g.add_argument("--rounds", type=int, default=3,
                    help="alternating before/after measurements; the least time per pass of each is kept")
     g.add_argument("--guidance", default=decode.Sampling.guidance, choices=list(decode.GUIDANCE_MODES))
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     res = bench_train(args) if args.cmd == "train" else bench_generate(args)
     if args.json:
         print(json.dumps(res))
