@@ -2,8 +2,11 @@
 
     python bench.py train --preset paper --batch 16 --crop-seconds 20      # tokens/s, MFU, peak memory
     python bench.py generate --preset paper --seconds 20                   # time per 20 s stem, RTF
-    python bench.py generate --preset tiny --seconds 5 --codec none        # the demo's windows: steps as
-                                                                           # given vs scaled (before/after)
+    python bench.py generate --preset tiny --seconds 5 --threads 1         # the demo's 5 s windows on a CPU
+
+`generate` also compares decoding steps per window as given ("before") with steps scaled to the frames each
+window decodes ("after", decode.steps_for) for one window and a 3-minute context (--context-seconds):
+forward passes, seconds per second of audio and the speed-up, in one run.
 
 Random weights are used (timing does not depend on them); every figure is printed with the device, dtype
 and settings it was measured with. Model FLOPs utilisation (MFU) counts 6 x parameters x tokens plus the
