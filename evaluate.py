@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -128,8 +129,9 @@ def generate_batched(net, tok, contexts: list[np.ndarray], instruments: list[int
     seeded with (seed, j)."""
     device = next(net.parameters()).device
     out = []
-    bar = tqdm(total=len(contexts) * sum(sampling.steps), desc="generate pitched stems", unit="step",
-               disable=not progress)
+    n_frames = math.ceil(len(contexts[0]) * tok.frame_rate / tok.sample_rate)
+    bar = tqdm(total=len(contexts) * sum(sampling.level_steps(n_frames)), desc="generate pitched stems",
+               unit="step", disable=not progress)
     for j in range(0, len(contexts), batch):
         wave = torch.as_tensor(np.stack(contexts[j:j + batch]), device=device)[:, None]      # [b, 1, S]
         inst = torch.tensor(instruments[j:j + batch], device=device)
@@ -203,8 +205,8 @@ def sweep_settings(kind: str, base, scales=(2.0, 3.0, 4.0), ws_values=(0.0, 0.1,
     if kind == "causal-bias":
         return [(f"w_s = {w:g}", f"w_s={w:g}", replace(base, w_s=w, w_c=0.1, w_r=1.0)) for w in ws_values]
     if kind == "best-vs-naive":
-        return [("naive", "naive", decode.Sampling.naive(steps=base.steps, temperature=base.temperature)),
-                ("best", "best", base)]
+        naive = decode.Sampling.naive(steps=base.steps, temperature=base.temperature, scale_steps=base.scale_steps)
+        return [("naive", "naive", naive), ("best", "best", base)]
     raise EvaluateError(f"unknown sweep {kind!r}: use none, guidance, causal-bias or best-vs-naive")
 
 
@@ -309,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-smoothing", type=float, default=1.0,
                    help="pseudo-count added to every bin of each descriptor's support before MIRDD's KL")
     p.add_argument("--steps", type=int, nargs="+", metavar="N",
-                   help=f"decoding steps per level, as generate.py (default: the paper's "
+                   help=f"decoding steps per level per {decode.STEPS_FRAMES} decoded frames, as generate.py "
+                        f"(default: the paper's "
                         f"{' '.join(map(str, decode.Sampling.steps))})")
     p.add_argument("--temperature", type=float, default=decode.Sampling.temperature, help="sampling temperature")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")

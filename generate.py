@@ -11,7 +11,9 @@ describes: each new stem is added to the context before the next one is generate
 
 Contexts longer than the model's training window go through overlapping windows (decode.py): the overlap
 with the previous window is given to the decoder as already-decoded target tokens, so the stem continues,
-and the codec decodes the whole stitched sequence once, so there is no audio seam to crossfade. The outputs
+and the codec decodes the whole stitched sequence once, so there is no audio seam to crossfade. Each window's
+decoding steps scale with the frames it adds (--steps are per 1000 new frames), so a long context costs about
+what its new audio costs. The outputs
 are written in the context's file type and sample format (a 24-bit wav gives 24-bit wavs, a flac gives flacs).
 """
 from __future__ import annotations
@@ -95,7 +97,7 @@ def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampli
         one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
     """
     n_frames = math.ceil(context.shape[-1] * tok.frame_rate / tok.sample_rate)
-    n_steps = len(decode.plan_windows(n_frames, window, overlap)) * sum(sampling.steps) * len(instruments)
+    n_steps = decode.planned_steps(sampling, decode.plan_windows(n_frames, window, overlap)) * len(instruments)
     mix, stems = np.asarray(context, dtype=np.float32), []
     with tqdm(total=n_steps, desc="decoding", unit="step", disable=not progress) as bar:
         for iid in instruments:
@@ -150,6 +152,10 @@ def check_outputs(paths: list[str], context_path: str, force: bool) -> None:
             raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
 
 
+def steps_text(steps) -> str:
+    return " ".join(map(str, steps))
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Sampling()
     p = argparse.ArgumentParser(
@@ -173,8 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "CONTEXT.with-INSTRUMENTS.EXT); always written with several --instrument")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     g = p.add_argument_group("sampling (defaults: the paper's best setting)")
-    g.add_argument("--steps", type=int, nargs="+", metavar="N", help=f"decoding steps per level, "
-                   f"coarsest first (default: {' '.join(map(str, d.steps))})")
+    g.add_argument("--steps", type=int, nargs="+", metavar="N",
+                   help=f"decoding steps per level, coarsest first, for {decode.STEPS_FRAMES} new frames (20 s at "
+                        f"the codecs' 50 Hz, as in the paper); a window that decodes fewer frames takes "
+                        f"proportionally fewer, rounded up, at least 1: with the defaults a 5 s window takes "
+                        f"{steps_text(decode.steps_for(d.steps, 250))}, and "
+                        f"{steps_text(decode.steps_for(d.steps, 125))} past a 2.5 s prompt (default: {steps_text(d.steps)})")
     g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
     g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
     g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
