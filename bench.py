@@ -2,7 +2,12 @@
 
     python bench.py train --preset paper --batch 16 --crop-seconds 20      # tokens/s, MFU, peak memory
     python bench.py generate --preset paper --seconds 20                   # time per 20 s stem, RTF
+    python bench.py generate --preset tiny --seconds 5 --threads 1         # the demo's 5 s windows on a CPU
     python bench.py data --data slakh/ --workers 4                        # training items/s, activity map on/off
+
+`generate` also compares decoding steps per window as given ("before") with steps scaled to the frames each
+window decodes ("after", decode.steps_for) for one window and a 3-minute context (--context-seconds):
+forward passes, seconds per second of audio and the speed-up, in one run.
 
 Random weights are used (timing does not depend on them); every figure is printed with the device, dtype
 and settings it was measured with. Model FLOPs utilisation (MFU) counts 6 x parameters x tokens plus the
@@ -188,6 +193,77 @@ def tokenize_shares(codec, B: int, crop_seconds: float, step_s: float, device) -
     return out
 
 
+def forward_passes(n_free: int, level_steps: tuple[int, ...]) -> int:
+    """Forward passes of one decode.generate_tokens call decoding n_free frames: its steps that fix a token
+    (a step whose schedule fixes nothing is skipped)."""
+    n = 0
+    for s in level_steps:
+        left = [n_free] + decode.cosine_schedule(n_free, s)
+        n += sum(a > b for a, b in zip(left, left[1:]))
+    return n
+
+
+def plan_passes(plan: list[tuple[int, int, int]], sampling: decode.Sampling) -> int:
+    """Forward passes of decode.generate_stem_tokens over a window plan (decode.plan_windows)."""
+    return sum(forward_passes(end - start - p, sampling.level_steps(end - start - p)) for start, end, p in plan)
+
+
+class PassCounter(torch.nn.Module):
+    """The model, counting its forward passes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.cfg, self.passes = model, model.cfg, 0
+
+    def forward(self, *args, **kwargs):
+        self.passes += 1
+        return self.model(*args, **kwargs)
+
+
+def seconds_per_pass(fwd, ctx, sampling, window: int, overlap: int, measured: int, device) -> float:
+    """Seconds per forward pass of generate_stem_tokens over the first `measured` windows of context tokens
+    ctx [1, Q, T] (0: all of them), decoding steps and sampling included."""
+    plan = decode.plan_windows(ctx.shape[-1], window, overlap)
+    measured = len(plan) if measured <= 0 else min(measured, len(plan))
+    counter, g = PassCounter(fwd), torch.Generator(device=device).manual_seed(0)
+    sync(device)
+    t = time.perf_counter()
+    decode.generate_stem_tokens(counter, ctx[..., :plan[measured - 1][1]], 0, sampling, window, overlap, generator=g)
+    sync(device)
+    assert counter.passes == plan_passes(plan[:measured], sampling)   # exactly those windows ran
+    return (time.perf_counter() - t) / counter.passes
+
+
+def steps_before_after(fwd, cfg, sampling, window_seconds: float, context_seconds: float, measured: int,
+                       rounds: int, device) -> dict:
+    """Steps per window as given ("before": scale_steps off) against steps scaled to the frames each window
+    decodes ("after"), for one window and for a context of context_seconds with half-window overlaps.
+
+    Lists are [before, after]: forward passes, and decoding seconds per second of audio = passes x seconds per
+    pass (every pass has the window's shape), the least of `rounds` alternating measurements of the first
+    `measured` windows; speed-up = before / after.
+    """
+    window, overlap = decode.window_frames(FRAME_RATE, cfg.max_len, window_seconds)
+    g = torch.Generator(device=device).manual_seed(1)
+    out = {"window_frames": window, "overlap_frames": overlap}
+    for name, seconds in [("window", window / FRAME_RATE), ("context", context_seconds)]:
+        ctx = torch.randint(0, cfg.bins, (1, cfg.n_q, math.ceil(seconds * FRAME_RATE)), device=device, generator=g)
+        plan = decode.plan_windows(ctx.shape[-1], window, overlap)
+        variants = [replace(sampling, scale_steps=False), sampling]              # before, after
+        per_pass = [math.inf, math.inf]
+        for _ in range(rounds):                    # alternating, so that a busy spell of the machine hits both
+            for i, v in enumerate(variants):
+                per_pass[i] = min(per_pass[i], seconds_per_pass(fwd, ctx, v, window, overlap, measured, device))
+        passes = [plan_passes(plan, v) for v in variants]
+        s_per_s = [n * t / seconds for n, t in zip(passes, per_pass)]
+        if name == "context":
+            out.update(context_seconds=seconds, context_windows=len(plan),
+                       context_measured_windows=min(measured or len(plan), len(plan)))
+        out.update({f"{name}_passes": passes, f"{name}_s_per_audio_s": [round(x, 4) for x in s_per_s],
+                    f"{name}_speedup": round(s_per_s[0] / s_per_s[1], 2)})
+    return out
+
+
 def bench_generate(args):
     device = torch.device(args.device)
     model, cfg = build(args, device)
@@ -208,10 +284,7 @@ def bench_generate(args):
     total = time.perf_counter() - t
     # the same forward passes alone (fixed shapes, as in the loop) give the model's share of the time
     n_branches = {"none": 1, "joint": 2, "multi": 3}[args.guidance]
-    n_passes = 0                                  # steps that fix at least one token run the model
-    for s in steps:
-        left = [T] + decode.cosine_schedule(T, s)
-        n_passes += sum(a > b for a, b in zip(left, left[1:]))
+    n_passes = forward_passes(T, sampling.level_steps(T))
     tgt = torch.full_like(ctx, cfg.mask_id).repeat(n_branches, 1, 1)
     c3 = ctx.repeat(n_branches, 1, 1)
     i3 = inst.repeat(n_branches)
@@ -225,7 +298,8 @@ def bench_generate(args):
     fwd_time = time.perf_counter() - t
     out = {"bench": "generate", "device": str(device), "device_name": device_name(device),
            "dtype": "bf16 autocast" if device.type == "cuda" else "float32", "preset": args.preset,
-           "seconds": args.seconds, "frames": T, "steps": list(steps), "guidance": args.guidance,
+           "seconds": args.seconds, "frames": T, "steps": list(steps),
+           "steps_run": list(sampling.level_steps(T)), "guidance": args.guidance,
            "branches": n_branches, "compile": args.compile, "forward_passes": n_passes,
            "decode_tokens_s": round(total, 3), "forward_s": round(fwd_time, 3),
            "outside_forward_fraction": round(max(total - fwd_time, 0) / total, 3),
@@ -238,6 +312,9 @@ def bench_generate(args):
         total += dec
     out.update(total_s=round(total, 3), real_time_factor=round(total / args.seconds, 3))
     del tokens
+    if args.context_seconds > 0:
+        out.update(steps_before_after(fwd, cfg, sampling, args.seconds, args.context_seconds,
+                                      args.measured_windows, args.rounds, device))
     return out
 
 
@@ -280,7 +357,7 @@ def bench_data(args):
     return {"bench": "data", "data": args.data, "split": args.split, "tracks": len(new.tracks),
             "stems_per_track": round(sum(n_stems) / len(n_stems), 1), "crop_seconds": args.crop_seconds,
             "sample_rate": args.sample_rate, "workers": args.workers, "batch": args.batch, "items": args.items,
-            "rounds": args.rounds, "cpu": device_name(torch.device("cpu")), "cpu_count": os.cpu_count(),
+            "rounds": args.rounds, "cpu": device_name(torch.device("cpu")),
             "scan_s": round(scan, 2), "scan_and_map_build_s": round(build, 2), "scan_and_cached_map_s": round(load, 2),
             "items_per_s_every_stem": [round(x, 2) for x in rates["old"]],
             "items_per_s_activity": [round(x, 2) for x in rates["activity"]],
@@ -290,8 +367,18 @@ def bench_data(args):
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else the platform's processor string."""
     import platform
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else f"{platform.processor() or platform.machine()} CPU"
 
 
 def main(argv=None):
@@ -306,6 +393,8 @@ def main(argv=None):
                        help="codec whose encode/decode time is measured (random weights, or the trained Encodec)")
         s.add_argument("--codec-weights", default=None, help="local facebook/encodec_32khz folder (--codec encodec_32khz)")
         s.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+        s.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0: torch's default); 1 is steadier on a CPU shared with other work")
     t = sub.choices["train"]
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--crop-seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS)
@@ -325,16 +414,27 @@ def main(argv=None):
     d.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     g = sub.choices["generate"]
     g.add_argument("--seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS, help="stem length")
-    g.add_argument("--steps", type=int, nargs="+", default=list(decode.Sampling.steps), help="decoding steps per level")
+    g.add_argument("--steps", type=int, nargs="+", default=list(decode.Sampling.steps),
+                   help=f"decoding steps per level per {decode.STEPS_FRAMES} decoded frames (decode.steps_for)")
+    g.add_argument("--context-seconds", type=float, default=180.0,
+                   help="long context for the before/after comparison of step scaling, in windows of --seconds "
+                        "with half-window overlaps (0: skip the comparison)")
+    g.add_argument("--measured-windows", type=int, default=4,
+                   help="windows of the long context actually decoded; its time is its forward passes x the "
+                        "measured time per pass (0: decode them all)")
+    g.add_argument("--rounds", type=int, default=3,
+                   help="alternating before/after measurements; the least time per pass of each is kept")
     g.add_argument("--guidance", default=decode.Sampling.guidance, choices=list(decode.GUIDANCE_MODES))
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    if getattr(args, "threads", 0) > 0:
+        torch.set_num_threads(args.threads)
     res = {"train": bench_train, "generate": bench_generate, "data": bench_data}[args.cmd](args)
     if args.json:
         print(json.dumps(res))
     else:
         for k, v in res.items():
-            print(f"{k:>26}: {v}")
+            print(f"{k:>28}: {v}")
     return res
 
 

@@ -13,6 +13,7 @@ import torch
 
 import codec as codec_lib
 from audio import atomic_write
+from data import INSTRUMENTS
 from model import ModelConfig, StemGen
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes, generate.py looks
@@ -37,6 +38,7 @@ def make_checkpoint(model: StemGen, codec, opt, sched, state: dict, args) -> dic
         "model_config": config_dict(model.cfg), "codec_spec": codec.spec(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": state["step"],
         "best_val_nll": state["best"], "best_step": state["best_step"], "nonfinite_steps": state["nonfinite"],
+        "class_counts": dict(zip(INSTRUMENTS, map(int, state["class_counts"]))),   # targets trained on, per class
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "train_args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
@@ -86,6 +88,15 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weight
         raise CheckpointError(f"checkpoint {checkpoint}: codec has {tok.n_q} x {tok.bins} tokens but the model "
                               f"expects {net.cfg.n_q} x {net.cfg.bins}")
     return net, tok, ckpt
+
+
+def trained_classes(ckpt: dict) -> dict[str, int] | None:
+    """{class name: training targets seen} for the classes a checkpoint trained on; None if it does not say
+    (written before the counts were kept)."""
+    counts = ckpt.get("class_counts")
+    if counts is None:
+        return None
+    return {name: int(n) for name, n in counts.items() if int(n) > 0}
 
 
 def checkpoint_window_seconds(ckpt: dict) -> float | None:

@@ -82,7 +82,7 @@ CLASS_PARTS = {  # inst_class -> (roles it can play, GM programs to draw from)
     "Pipe": (["lead", "counter"], [72, 73, 74, 75, 79]),
     "Synth Lead": (["lead"], [80, 81, 82, 83, 84, 85, 86, 87]),
     "Synth Pad": (["pad"], [88, 89, 90, 91, 92, 93, 94, 95]),
-    "Sound Effects": (["pad"], [97, 98, 99, 100]),  # GM "Synth Effects" programs, Slakh's label
+    "Synth Effects": (["pad"], [97, 98, 99, 100]),  # GM's FX 2-5; Slakh labels the family "Sound Effects"
     "Ethnic": (["arp"], [104, 105, 106, 107, 108]),
     "Percussive": (["perc"], [112, 113, 114, 115, 116, 117]),
 }

@@ -8,7 +8,7 @@ Layout (as Slakh2100 is distributed; our synth.py writes the same):
 Without split folders the tracks are split deterministically by a hash of the track name (80/10/10);
 with them, a track name found in two splits is an error (split leakage). The audio files on disk decide
 which stems exist: `audio_rendered` flags and `audio_dir` values are unreliable in circulating copies.
-Stems or tracks that cannot be used (no audio, no metadata, malformed YAML, unknown inst_class,
+Stems or tracks that cannot be used (no audio, no metadata, malformed YAML, no known class,
 unreadable file) are skipped and counted in a one-line summary (`StemPairDataset.summary`).
 
 Pairs (Sec. 2, Sec. 3): songs are cut into 1-minute segments; an item is a random 20 s crop of a segment
@@ -35,14 +35,21 @@ import yaml
 from activity import activity_maps, crop_may_sound
 from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
 
-# The 17 Slakh `inst_class` values: the 16 General MIDI program families in GM order (Slakh spelling),
-# then Drums. Slakh's own metadata labels the GM "Synth Effects" family (programs 96-103) "Sound Effects"
-# (the fixture's S06, program 103, says so); the entry is kept so that ids follow the GM families.
+# The 17 instrument classes, in the order of Slakh's class table (slakh-utils' general_midi_inst_0based):
+# the GM program families, then Drums. Our names are the GM family names, which a user can type. Slakh's own
+# labels differ for the two effects classes only, and only in case:
+#   id 12 "Synth Effects": GM programs 96-103 (FX 1-8); Slakh labels them "Sound Effects";
+#   id 15 "Sound Effects": GM programs 119-127 (Reverse Cymbal .. Gunshot); Slakh labels them "Sound effects".
+# Slakh moves program 119 (Reverse Cymbal) from GM's Percussive family into its "Sound effects" class.
 INSTRUMENTS: list[str] = [
     "Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Strings (continued)",
     "Brass", "Reed", "Pipe", "Synth Lead", "Synth Pad", "Synth Effects", "Ethnic", "Percussive",
     "Sound Effects", "Drums",
 ]
+SYNTH_EFFECTS, SOUND_EFFECTS, DRUMS = 12, 15, 16
+# Slakh's inst_class label of each id (read case-sensitively: "Sound Effects" and "Sound effects" differ).
+SLAKH_LABELS: list[str] = [*INSTRUMENTS[:SYNTH_EFFECTS], "Sound Effects", *INSTRUMENTS[SYNTH_EFFECTS + 1:SOUND_EFFECTS],
+                           "Sound effects", "Drums"]
 # Classes without a definite pitch: the audio-level listening check (chroma) generates pitched stems only.
 UNPITCHED = frozenset(INSTRUMENTS.index(n) for n in ("Drums", "Percussive", "Sound Effects", "Synth Effects"))
 NULL_INSTRUMENT = len(INSTRUMENTS)  # 17: the entry used when the instrument condition is dropped
@@ -63,15 +70,58 @@ def _norm_name(name: str) -> str:
 
 
 _LOOKUP = {_norm_name(n): i for i, n in enumerate(INSTRUMENTS)}
-_LOOKUP.update({"ensemble": 6, "drum": 16, "drumkit": 16, "synthfx": 12, "soundfx": 15, "sfx": 15})
+_LOOKUP.update({"ensemble": 6, "drum": DRUMS, "drumkit": DRUMS, "synthfx": SYNTH_EFFECTS, "soundfx": SOUND_EFFECTS,
+                "sfx": SOUND_EFFECTS})
 
 
 def instrument_id(name: str) -> int:
-    """Index into INSTRUMENTS of a user-spelled class name (case, spaces, dashes and brackets ignored)."""
+    """Index into INSTRUMENTS of a user-spelled class name (case, spaces, dashes and brackets ignored).
+
+    "synth effects" is GM programs 96-103 (Slakh's label "Sound Effects"); "sound effects" is programs
+    119-127 (Slakh's "Sound effects").
+    """
     key = _norm_name(str(name))
     if key in _LOOKUP:
         return _LOOKUP[key]
     raise ValueError(f"unknown instrument {name!r}; valid names: " + ", ".join(INSTRUMENTS))
+
+
+def program_class(program: int, is_drum: bool = False) -> int:
+    """The class id of a GM program (0-127) as Slakh's table assigns it; Drums for a drum track.
+
+    Eight programs per family, as in GM, except that Slakh puts program 119 (Reverse Cymbal) with the sound
+    effects 120-127 rather than with Percussive.
+    """
+    if is_drum:
+        return DRUMS
+    program = int(program)
+    if not 0 <= program <= 127:
+        raise ValueError(f"GM program {program} is outside 0-127")
+    return SOUND_EFFECTS if program == 119 else program // 8
+
+
+def stem_class(info: dict) -> int | None:
+    """A stem's class from its metadata: the drum flag, else the program number (Slakh's table), else Slakh's
+    label (case-sensitive), else a class name as a user spells it; None when none of them gives one.
+
+    For your own stems a label like "piano" is enough; the two effects classes must then be spelled as in
+    INSTRUMENTS ("Synth Effects", "Sound Effects") or as Slakh labels them, and an all-lower-case "sound
+    effects" is taken as GM's sound effects (119-127).
+    """
+    if info.get("is_drum") is True:
+        return DRUMS
+    program = info.get("program_num")
+    if isinstance(program, int) and not isinstance(program, bool) and 0 <= program <= 127:
+        return program_class(program)
+    label = info.get("inst_class")
+    if not isinstance(label, str):
+        return None
+    if label in SLAKH_LABELS:
+        return SLAKH_LABELS.index(label)
+    try:
+        return instrument_id(label)
+    except ValueError:
+        return None
 
 
 def pair_count(m: int) -> int:
@@ -180,16 +230,9 @@ def _read_track(track_dir: str, split: str, skips: Counter) -> Track | None:
         if path is None:
             skips["stem without audio"] += 1
             continue
-        inst = None
-        if info.get("is_drum") is True:
-            inst = INSTRUMENTS.index("Drums")
-        elif "inst_class" in info:
-            try:
-                inst = instrument_id(str(info["inst_class"]))
-            except ValueError:
-                pass
+        inst = stem_class(info)
         if inst is None:
-            skips["stem with unknown inst_class"] += 1
+            skips["stem without a known class (program_num, inst_class)"] += 1
             continue
         try:
             sr, frames, _ = audio_info(path)

@@ -4,7 +4,9 @@ For each RVQ level, coarsest first, the level starts fully masked. At each of it
 predicts every position; a candidate token is sampled for each masked position from the guided
 distribution (eq. 2 / eq. 3, guidance.py); candidates are ranked with eq. 1 and the top-ranked ones are
 fixed for good, so that after step s only floor(M cos(pi/2 (s+1)/S)) of the M initially masked positions
-stay masked. The next level starts once a level is complete.
+stay masked. The next level starts once a level is complete. The paper's step counts (128, 64, 32, 32) are
+for its 20 s targets, 1000 frames: a call that decodes fewer frames takes proportionally fewer steps
+(`steps_for`), so a window whose first half is prompt costs about half a window.
 
 As in gpt-fast's generate.py, the knobs travel as one bundle (`Sampling`), a step is a chain of short
 functions (`sample_tokens` -> `causal_rank` -> `fix_top_ranked`), and progress is reported by a callback.
@@ -28,6 +30,7 @@ from guidance import GUIDANCE_MODES, combine_branches, guidance_branches
 from model import autocast
 
 DEFAULT_WINDOW_SECONDS = CROP_SECONDS  # the paper's training crop (Sec. 3): the window when a checkpoint does not say
+STEPS_FRAMES = 1000  # Sampling.steps are per this many decoded frames: the paper's 20 s targets at Encodec's 50 Hz
 
 OnStep = Callable[[int], object]  # progress callback, called with 1 after every decoding step (tqdm.update)
 
@@ -35,7 +38,8 @@ OnStep = Callable[[int], object]  # progress callback, called with 1 after every
 @dataclass
 class Sampling:
     """Sampling knobs with the paper's values as defaults (Sec. 2.1.1, 2.1.2, 3.2.1)."""
-    steps: tuple[int, ...] = (128, 64, 32, 32)  # decoding steps per RVQ level, coarsest first
+    steps: tuple[int, ...] = (128, 64, 32, 32)  # decoding steps per RVQ level, coarsest first, per STEPS_FRAMES
+    #                                             decoded frames (steps_for scales them to what a call decodes)
     w_c: float = 0.1              # eq. 1 weight of the model's confidence
     w_s: float = 0.1              # eq. 1 weight of the causal bias (1 - n/N)
     w_r: float = 1.0              # eq. 1 weight of the uniform noise X
@@ -43,6 +47,8 @@ class Sampling:
     scale_audio: float = 3.0      # lambda_a: guidance scale of the context-mix (eq. 3), lambda of eq. 2
     scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
     temperature: float = 1.0      # softmax temperature of the sampled candidates
+    scale_steps: bool = True      # False: every call runs `steps` as given, however few frames it decodes (the
+    #                               behaviour before steps were per STEPS_FRAMES frames; bench.py compares them)
 
     def __post_init__(self):
         if self.guidance not in GUIDANCE_MODES:
@@ -56,6 +62,21 @@ class Sampling:
     def naive(cls, **overrides) -> "Sampling":
         """The paper's naive setting (Sec. 3.2, Tab. 3): no classifier-free guidance and no causal bias."""
         return replace(cls(guidance="none", w_s=0.0), **overrides)
+
+    def level_steps(self, n_frames: int) -> tuple[int, ...]:
+        """Steps per level for a call that decodes n_frames target frames (steps_for, unless scale_steps is off)."""
+        return steps_for(self.steps, n_frames) if self.scale_steps else tuple(self.steps)
+
+
+def steps_for(steps_per_1000: tuple[int, ...], n_frames: int) -> tuple[int, ...]:
+    """Steps per level for decoding n_frames: each count given for STEPS_FRAMES frames, scaled in proportion and
+    rounded up, at least 1 (1000 frames keep the counts as given)."""
+    return tuple(max(1, -(-s * n_frames // STEPS_FRAMES)) for s in steps_per_1000)
+
+
+def planned_steps(sampling: Sampling, plan: list[tuple[int, int, int]]) -> int:
+    """Decoding steps (on_step calls) of generate_stem_tokens over a window plan (plan_windows), all levels."""
+    return sum(sum(sampling.level_steps(end - start - p)) for start, end, p in plan)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -141,7 +162,8 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, samp
         model: a StemGen in eval mode.
         context: LongTensor [B, Q, T] context-mix tokens.
         instrument: LongTensor [B] instrument ids.
-        sampling: steps per level (paper: 128, 64, 32, 32), eq. 1 weights, guidance ("none": one pass with
+        sampling: steps per level per STEPS_FRAMES decoded frames (paper: 128, 64, 32, 32; scaled to the
+            frames this call decodes, sampling.level_steps), eq. 1 weights, guidance ("none": one pass with
             both sources; "joint": eq. 2 with lambda = scale_audio; "multi": eq. 3 with lambda_a = scale_audio,
             lambda_i = scale_instrument) and temperature.
         prompt: optional LongTensor [B, Q, P] of target tokens fixed at the start of the sequence.
@@ -160,9 +182,10 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, samp
     n_free = T - (0 if prompt is None else prompt.shape[-1])
     instruments, dropped = guidance_branches(sampling.guidance, cfg.n_instruments - 1, instrument)  # [k*B]
     contexts = context.repeat(instruments.shape[0] // B, 1, 1)                              # [k*B, Q, T]
+    steps = sampling.level_steps(n_free)
     for q in range(Q):
         n_masked = n_free
-        for left in cosine_schedule(n_free, sampling.steps[q]):
+        for left in cosine_schedule(n_free, steps[q]):
             if n_masked > left:                                              # a step that fixes nothing is skipped
                 target[:, q] = decode_step(model, contexts, target, instruments, dropped, q, n_masked - left,
                                            sampling, generator)
@@ -218,7 +241,8 @@ def generate_stem_tokens(model, context: torch.Tensor, instrument: int, sampling
     """Target tokens for context tokens [1, Q, T] of any length, window by window (Sec. 2.1.1).
 
     Each window's overlap with the previous one is given to generate_tokens as a prompt of already-decoded
-    target tokens, so the stem continues; the results are stitched at token level. Returns LongTensor [1, Q, T].
+    target tokens, so the stem continues, and only the frames after it count for its steps (Sampling.level_steps);
+    the results are stitched at token level. Returns LongTensor [1, Q, T].
     """
     target = torch.full_like(context, -1)                                     # [1, Q, T], -1 = not yet
     inst = torch.tensor([instrument], device=context.device)

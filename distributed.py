@@ -31,6 +31,14 @@ def mean_over_processes(value: float, device) -> float:
     return t.item() / dist.get_world_size()
 
 
+def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of a tensor over all processes (itself without DDP)."""
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 

@@ -15,13 +15,16 @@ per-example seeds, and the real side is analysed once.
 FAD (Sec. 3.1, [20], fad.py) is the Frechet distance between Gaussians fitted to the embeddings of the two
 populations. The paper used VGGish; we run VGGish in torch from a local weights file when given one
 (`--vggish-weights`, no download), and otherwise an offline log-mel statistics embedding whose scores are
-labelled, in every output, as not comparable with published FAD. MIRDD (mir.py) uses librosa analysers (see
-mir.py's docstring for how they differ from the paper's learned models), so it is not comparable either.
+labelled, in every output, as not comparable with published FAD. MIRDD (mir.py) takes its note descriptors
+from a learned transcriber (basic-pitch's model, run with onnxruntime) and the others from librosa analysers
+(mir.py's docstring says how they differ from the paper's learned models), so it is not comparable either.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -126,8 +129,9 @@ def generate_batched(net, tok, contexts: list[np.ndarray], instruments: list[int
     seeded with (seed, j)."""
     device = next(net.parameters()).device
     out = []
-    bar = tqdm(total=len(contexts) * sum(sampling.steps), desc="generate pitched stems", unit="step",
-               disable=not progress)
+    n_frames = math.ceil(len(contexts[0]) * tok.frame_rate / tok.sample_rate)
+    bar = tqdm(total=len(contexts) * sum(sampling.level_steps(n_frames)), desc="generate pitched stems",
+               unit="step", disable=not progress)
     for j in range(0, len(contexts), batch):
         wave = torch.as_tensor(np.stack(contexts[j:j + batch]), device=device)[:, None]      # [b, 1, S]
         inst = torch.tensor(instruments[j:j + batch], device=device)
@@ -201,8 +205,8 @@ def sweep_settings(kind: str, base, scales=(2.0, 3.0, 4.0), ws_values=(0.0, 0.1,
     if kind == "causal-bias":
         return [(f"w_s = {w:g}", f"w_s={w:g}", replace(base, w_s=w, w_c=0.1, w_r=1.0)) for w in ws_values]
     if kind == "best-vs-naive":
-        return [("naive", "naive", decode.Sampling.naive(steps=base.steps, temperature=base.temperature)),
-                ("best", "best", base)]
+        naive = decode.Sampling.naive(steps=base.steps, temperature=base.temperature, scale_steps=base.scale_steps)
+        return [("naive", "naive", naive), ("best", "best", base)]
     raise EvaluateError(f"unknown sweep {kind!r}: use none, guidance, causal-bias or best-vs-naive")
 
 
@@ -223,6 +227,11 @@ def versions() -> dict:
     import librosa
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
            "scipy": scipy.__version__, "librosa": librosa.__version__}
+    for package in ("basic-pitch", "onnxruntime"):  # MIRDD's transcriber
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = None
     try:
         out["stemgen_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(
             os.path.abspath(__file__)), capture_output=True, text=True, timeout=10).stdout.strip() or None
@@ -299,9 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", default="logmel", choices=["logmel", "vggish"],
                    help="FAD embedding: logmel is offline and NOT comparable with published FAD")
     p.add_argument("--vggish-weights", default=None, help="local VGGish state dict (torchvggish names)")
-    p.add_argument("--kl-smoothing", type=float, default=1.0, help="pseudo-count per histogram bin for MIRDD's KL")
+    p.add_argument("--kl-smoothing", type=float, default=1.0,
+                   help="pseudo-count added to every bin of each descriptor's support before MIRDD's KL")
     p.add_argument("--steps", type=int, nargs="+", metavar="N",
-                   help=f"decoding steps per level, as generate.py (default: the paper's "
+                   help=f"decoding steps per level per {decode.STEPS_FRAMES} decoded frames, as generate.py "
+                        f"(default: the paper's "
                         f"{' '.join(map(str, decode.Sampling.steps))})")
     p.add_argument("--temperature", type=float, default=decode.Sampling.temperature, help="sampling temperature")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
@@ -326,6 +337,8 @@ def run(args) -> dict:
     for path in (json_path, md_path):
         if os.path.exists(path) and not args.force:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")
+    if not args.listening:
+        mir.check_transcriber()  # before hours of generation, not after
     embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu")
     device = checkpoint.pick_device(args.device)
     if isinstance(embedding, fad.VGGishEmbedding):
@@ -365,8 +378,9 @@ def run(args) -> dict:
         "embedding": fad.embedding_record(embedding),
         "mirdd": {"analysis_sample_rate": mir.ANALYSIS_SR, "kl": "KL(real || generated) per descriptor, mean",
                   "kl_smoothing": args.kl_smoothing, "descriptors": list(mir.DESCRIPTORS),
-                  "note": "librosa signal-processing analysers (mir.py), not the paper's learned models; "
-                          "NOT comparable with published MIRDD"},
+                  "note": "note descriptors from basic-pitch's learned transcriber (ONNX), the others from librosa "
+                          "signal-processing analysers (mir.py), not the paper's models; NOT comparable with "
+                          "published MIRDD"},
         "versions": versions(),
         "table": group_rows(rows),
         "rows": rows,
@@ -382,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except (EvaluateError, audio.AudioError, codec_lib.CodecUnavailable,
-            data.DatasetError, ValueError) as e:
+            data.DatasetError, mir.TranscriberUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

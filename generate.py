@@ -11,7 +11,9 @@ describes: each new stem is added to the context before the next one is generate
 
 Contexts longer than the model's training window go through overlapping windows (decode.py): the overlap
 with the previous window is given to the decoder as already-decoded target tokens, so the stem continues,
-and the codec decodes the whole stitched sequence once, so there is no audio seam to crossfade. The outputs
+and the codec decodes the whole stitched sequence once, so there is no audio seam to crossfade. Each window's
+decoding steps scale with the frames it adds (--steps are per 1000 new frames), so a long context costs about
+what its new audio costs. The outputs
 are written in the context's file type and sample format (a 24-bit wav gives 24-bit wavs, a flac gives flacs).
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ import audio
 import codec as codec_lib
 import data
 import decode
-from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device
+from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device, trained_classes
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
 
@@ -62,6 +64,18 @@ def instrument_ids(names: list[str]) -> list[int]:
     return [data.instrument_id(n) for n in names]
 
 
+def check_trained(instruments: list[int], trained: dict[str, int] | None, checkpoint: str) -> None:
+    """Refuse a class the checkpoint never trained on: its embedding is still at its random start."""
+    if trained is None:
+        print(f"note: {checkpoint} does not record which classes it trained on (an older checkpoint)",
+              file=sys.stderr)
+        return
+    untrained = [data.INSTRUMENTS[i] for i in instruments if data.INSTRUMENTS[i] not in trained]
+    if untrained:
+        raise GenerateError(f"{checkpoint} never trained on {', '.join(untrained)}; it trained on: " +
+                            ", ".join(f"{name.lower()} ({n})" for name, n in trained.items()))
+
+
 def instrument_slug(iid: int) -> str:
     """File-name form of an instrument class: "Strings (continued)" -> "strings-continued"."""
     name = data.INSTRUMENTS[iid].lower()
@@ -83,7 +97,7 @@ def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampli
         one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
     """
     n_frames = math.ceil(context.shape[-1] * tok.frame_rate / tok.sample_rate)
-    n_steps = len(decode.plan_windows(n_frames, window, overlap)) * sum(sampling.steps) * len(instruments)
+    n_steps = decode.planned_steps(sampling, decode.plan_windows(n_frames, window, overlap)) * len(instruments)
     mix, stems = np.asarray(context, dtype=np.float32), []
     with tqdm(total=n_steps, desc="decoding", unit="step", disable=not progress) as bar:
         for iid in instruments:
@@ -138,6 +152,10 @@ def check_outputs(paths: list[str], context_path: str, force: bool) -> None:
             raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
 
 
+def steps_text(steps) -> str:
+    return " ".join(map(str, steps))
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Sampling()
     p = argparse.ArgumentParser(
@@ -147,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", required=True, metavar="PATH",
                    help="context mix (wav/flac, any rate, any number of channels, any length)")
     p.add_argument("--instrument", required=True, action="append", metavar="NAME",
-                   help="instrument class of the stem (Slakh class, case-insensitive, e.g. piano, bass, "
-                        "drums, 'synth lead'); repeat to make several stems in turn")
+                   help="instrument class of the stem (one of the 17 Slakh classes, case-insensitive, e.g. "
+                        "piano, bass, drums, 'synth lead'; 'synth effects' is GM programs 96-103, which Slakh "
+                        "labels 'Sound Effects', and 'sound effects' is programs 119-127); the checkpoint must "
+                        "have trained on it; repeat to make several stems in turn")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
                    help=f"model checkpoint written by train.py (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", action="append", metavar="PATH",
@@ -159,8 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "CONTEXT.with-INSTRUMENTS.EXT); always written with several --instrument")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     g = p.add_argument_group("sampling (defaults: the paper's best setting)")
-    g.add_argument("--steps", type=int, nargs="+", metavar="N", help=f"decoding steps per level, "
-                   f"coarsest first (default: {' '.join(map(str, d.steps))})")
+    g.add_argument("--steps", type=int, nargs="+", metavar="N",
+                   help=f"decoding steps per level, coarsest first, for {decode.STEPS_FRAMES} new frames (20 s at "
+                        f"the codecs' 50 Hz, as in the paper); a window that decodes fewer frames takes "
+                        f"proportionally fewer, rounded up, at least 1: with the defaults a 5 s window takes "
+                        f"{steps_text(decode.steps_for(d.steps, 250))}, and "
+                        f"{steps_text(decode.steps_for(d.steps, 125))} past a 2.5 s prompt (default: {steps_text(d.steps)})")
     g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
     g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
     g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
@@ -241,6 +265,7 @@ def run(args) -> list[str]:
     subtype = audio.audio_format(args.context)[1]                             # e.g. PCM_24: kept in the outputs
     device = pick_device(args.device)
     net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
+    check_trained(instruments, trained_classes(ckpt), args.checkpoint)
     if len(sampling.steps) != net.cfg.n_q:
         raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
                             f"token levels: give one per level")

@@ -6,13 +6,15 @@ bar, chord label variety, chord tonality alteration ratio, note pitches, note pi
 and structure labels. MIRDD is then the KL divergence between the two populations' distributions of each
 descriptor, averaged (`mirdd`, at the end of this file).
 
-Where we differ from the paper. The paper used learned models: audio transcription [24], beat and downbeat
-tracking [25], key and chord estimation [26] and structure extraction [27]. We use signal processing from
-librosa only, so every analyser here is cruder than the paper's and our MIRDD values are NOT comparable with
-the published ones:
-- notes: a polyphonic pitch-salience transcription (CQT, harmonic summation, iterative picking of the most
-  salient pitch whose own bin holds energy, cancellation of its harmonics, minimum note length). No onset model: repeated notes on
-  one pitch merge; octave and harmonic errors happen on dense mixes.
+Where we differ from the paper. The paper used learned models for every analyser: audio transcription [24],
+beat and downbeat tracking [25], key and chord estimation [26] and structure extraction [27]. Only our notes
+come from a learned model; the other analysers are librosa signal processing, cruder than the paper's, so
+our MIRDD values are NOT comparable with the published ones:
+- notes (note pitches, note pitch classes, pitch range, unique pitch classes): basic-pitch's ICASSP 2022
+  model (Bittner et al., "A lightweight instrument-agnostic model for polyphonic note transcription and
+  multipitch estimation"; Apache-2.0), the ONNX file shipped inside the `basic-pitch` wheel, run with
+  onnxruntime on in-memory audio, and basic-pitch's own note creation (its default thresholds). It names
+  the 88 piano keys, MIDI 21-108. Whether it is the model the paper cites as [24] we do not claim.
 - percussive notes: onsets of the HPSS percussive part in three frequency bands (low / mid / high, standing in
   for kick / snare / cymbals); simultaneous hits in different bands count separately, which is our
   "vertical" density. No drum transcription.
@@ -26,123 +28,222 @@ the published ones:
 - structure: beat-synchronous chroma + MFCC, contiguous agglomerative segmentation into about one segment per
   8 s, segments sharing a label when their mean features are close; labels A, B, C... in order of first
   appearance. The paper's structure model gives functional labels (verse, chorus); ours are only letters.
+
+Histograms and smoothing. Each descriptor's histogram runs over exactly the values its analyser can produce
+(`DESCRIPTORS`), no wider: note pitches over the transcriber's MIDI 21-108, pitch range over 0-87, and so on.
+KL needs every bin the reference population fills to be non-zero in the generated one, so `kl_divergence`
+adds one pseudo-count to every bin of that support in both histograms (add-one smoothing, `alpha`) before
+normalising. A bin no clip can reach would take the same pseudo-count and only pull both distributions toward
+uniform, shrinking every score; this is why the supports are exact.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.resources
+import logging
 import warnings
 
 import librosa
 import numpy as np
 from tqdm import tqdm
 
-ANALYSIS_SR = 22050  # every analyser works at this rate (librosa's default)
-HOP = 512  # analysis hop, about 23 ms at ANALYSIS_SR
+ANALYSIS_SR = 22050  # every analyser works at this rate (librosa's default, and basic-pitch's)
+HOP = 512  # analysis hop of the librosa analysers, about 23 ms at ANALYSIS_SR
 
 PITCH_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 KEYS = [f"{p} major" for p in PITCH_NAMES] + [f"{p} minor" for p in PITCH_NAMES] + ["N"]  # N: no key (silence)
 CHORDS = [f"{p}:maj" for p in PITCH_NAMES] + [f"{p}:min" for p in PITCH_NAMES] + ["N"]
 STRUCTURE_LABELS = [chr(ord("A") + i) for i in range(8)]
+METRES = (2, 3, 4)  # the beats-per-bar periods beats_per_bar chooses from (0: too few beats to tell)
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
 KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
-# The eleven descriptors of Sec. 3.1 and the fixed support each one's histogram is taken over:
-# ("categorical", labels) or ("integer", max value; values are clipped into 0..max) or ("continuous", n bins in [0, 1]).
+# The learned transcriber: basic-pitch's ICASSP 2022 model (facts from basic-pitch 0.4.0's constants.py,
+# inference.py and predict's defaults).
+NOTE_LOW, NOTE_HIGH = 21, 108  # the model's 88 note bins: MIDI A0..C8
+TRANSCRIBER_HOP = 256  # model frames are 256 samples apart at ANALYSIS_SR (about 86 per second)
+TRANSCRIBER_WINDOW = 43844  # samples per model input (2 s less one hop)
+TRANSCRIBER_FRAMES = 172  # output frames per input window
+TRANSCRIBER_MARGIN = 15  # frames dropped at each end of a window's output (basic-pitch overlaps windows by 30)
+# Windows advance by the frames they keep, a whole number of hops, so that kept frame i is at i * hop / sr
+# (basic-pitch advances by WINDOW - 30 hops, 36164 samples, and corrects the drift when it converts frames
+# to seconds). The margins, and so the context each kept frame sees, are basic-pitch's.
+TRANSCRIBER_STEP = (TRANSCRIBER_FRAMES - 2 * TRANSCRIBER_MARGIN) * TRANSCRIBER_HOP
+ONSET_THRESHOLD, FRAME_THRESHOLD = 0.5, 0.3  # basic-pitch's defaults
+MIN_NOTE_FRAMES = int(round(0.1277 * ANALYSIS_SR / TRANSCRIBER_HOP))  # basic-pitch's 127.70 ms: 11 frames
+MODEL_INPUT = "serving_default_input_2:0"
+NOTE_OUTPUT, ONSET_OUTPUT = "StatefulPartitionedCall:1", "StatefulPartitionedCall:2"  # each [W, frames, 88]
+WINDOW_BATCH = 16  # model inputs per onnxruntime call: one at a time costs ~1.4x as much on 2 cores; 8-24 alike
+INSTALL_COMMAND = "pip install -r requirements.txt && pip install --no-deps -r requirements-nodeps.txt"
+
+# Percussive onsets (percussive_onsets) and their density (max_density).
+PERCUSSIVE_BAND_EDGES_HZ = (200, 4000)  # three bands: low / mid / high
+PERCUSSIVE_BANDS = len(PERCUSSIVE_BAND_EDGES_HZ) + 1
+PERCUSSIVE_WAIT = 4  # frames after an onset in which its band takes no other onset
+DENSITY_WINDOW = 0.6  # seconds (Sec. 3.1)
+# At most one onset every PERCUSSIVE_WAIT + 1 frames in each band, so a window holds at most this many.
+MAX_PERCUSSIVE_DENSITY = PERCUSSIVE_BANDS * int(np.ceil(DENSITY_WINDOW * ANALYSIS_SR / HOP / (PERCUSSIVE_WAIT + 1)))
+
+RATIO_BINS = 10  # chord_alteration_ratio, a share in [0, 1], is counted in ten equal bins
+
+# The eleven descriptors of Sec. 3.1 and the support each one's histogram is taken over, exactly the values
+# its analyser can produce: ("values", every possible value) or ("bins", n equal bins of [0, 1]).
 DESCRIPTORS = {
-    "key": ("categorical", KEYS),
-    "pitch_range": ("integer", 88),
-    "unique_pitch_classes": ("integer", 12),
-    "percussive_density": ("integer", 32),
-    "beats_per_bar": ("integer", 4),  # 0 when too few beats to tell
-    "chord_variety": ("integer", len(CHORDS)),
-    "chord_alteration_ratio": ("continuous", 10),
-    "note_pitches": ("integer", 127),
-    "note_pitch_classes": ("integer", 11),
-    "chord_labels": ("categorical", CHORDS),
-    "structure_labels": ("categorical", STRUCTURE_LABELS),
+    "key": ("values", tuple(KEYS)),
+    "pitch_range": ("values", tuple(range(NOTE_HIGH - NOTE_LOW + 1))),  # semitones, 0 when no note
+    "unique_pitch_classes": ("values", tuple(range(13))),
+    "percussive_density": ("values", tuple(range(MAX_PERCUSSIVE_DENSITY + 1))),
+    "beats_per_bar": ("values", (0,) + METRES),
+    "chord_variety": ("values", tuple(range(len(CHORDS)))),  # distinct chords other than N: 0..24
+    "chord_alteration_ratio": ("bins", RATIO_BINS),
+    "note_pitches": ("values", tuple(range(NOTE_LOW, NOTE_HIGH + 1))),
+    "note_pitch_classes": ("values", tuple(range(12))),
+    "chord_labels": ("values", tuple(CHORDS)),
+    "structure_labels": ("values", tuple(STRUCTURE_LABELS)),
 }
 
-# Transcription settings.
-NOTE_MIN, NOTE_MAX = 24, 96  # candidate note range, MIDI C1..C7
-HARMONICS = np.arange(1, 7)  # harmonic summation over the first six partials
-HARMONIC_WEIGHT = 0.8  # weight of partial h is HARMONIC_WEIGHT ** (h - 1)
-MAX_POLYPHONY = 6
-SALIENCE_FLOOR_DB = -45.0  # relative to the clip's loudest salience
-SALIENCE_REL_DB = -12.0  # relative to the frame's strongest note
-FUNDAMENTAL_DB = -20.0  # a note's own bin must be within this of the frame's strongest bin
-MIN_NOTE_SECONDS = 0.1
+# The CQT behind every chroma spans MIDI 24-132 (Nyquist permitting), as when the key and chord analysers were
+# measured; chroma folds only its seven octaves 24-107 (a CQT that stops at 107 moves chroma values by up to 0.08).
+SPECTRUM_LOW, SPECTRUM_HIGH = 24, 132
+
+
+class TranscriberUnavailable(RuntimeError):
+    """basic-pitch's model or onnxruntime is not installed; the message says how to install them."""
 
 
 def _frames_to_seconds(n: int) -> float:
     return n * HOP / ANALYSIS_SR
 
 
-def _semitone_spectrum(y: np.ndarray) -> np.ndarray:
-    """CQT magnitude at three bins per semitone, max-pooled to one bin per semitone: [128 + 12, T], MIDI-indexed."""
-    top = min(NOTE_MAX + 36, int(librosa.hz_to_midi(ANALYSIS_SR / 2 * 0.95)))
-    fmin = librosa.midi_to_hz(NOTE_MIN) * 2 ** (-1 / 36)  # first of three bins centred on NOTE_MIN
-    n_semitones = top - NOTE_MIN + 1
-    C = np.abs(librosa.cqt(y, sr=ANALYSIS_SR, hop_length=HOP, fmin=fmin, n_bins=3 * n_semitones,
-                           bins_per_octave=36))
-    C = C.reshape(n_semitones, 3, -1).max(axis=1)  # [n_semitones, T]
-    out = np.zeros((128 + 48, C.shape[1]), dtype=np.float64)
-    out[NOTE_MIN:NOTE_MIN + n_semitones] = C
+# ---------------------------------------------------------------------------------------------------------
+# Notes: basic-pitch's learned transcriber
+
+@contextlib.contextmanager
+def _no_logged_warnings():
+    """Mute logging warnings for a moment: importing basic_pitch logs one for every backend it does not find
+    (TensorFlow, CoreML, TFLite), none of which the ONNX path uses."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+@functools.lru_cache(maxsize=1)
+def _transcriber():
+    """(onnxruntime session of basic-pitch's model, basic-pitch's note-creation function), loaded once.
+
+    basic-pitch's package probes for TensorFlow, CoreML and TFLite when imported and imports those that are
+    installed; none is needed here, and none is in the requirements.
+    """
+    try:
+        import onnxruntime
+        with _no_logged_warnings():
+            from basic_pitch.note_creation import output_to_notes_polyphonic
+        model = importlib.resources.files("basic_pitch") / "saved_models" / "icassp_2022" / "nmp.onnx"
+    except ImportError as e:
+        raise TranscriberUnavailable(
+            f"MIRDD's note descriptors need basic-pitch's transcription model, run with onnxruntime "
+            f"({e}). Install it with: {INSTALL_COMMAND}") from None
+    if not model.is_file():
+        raise TranscriberUnavailable(f"basic-pitch is installed but its ONNX model is missing ({model}); "
+                                     f"reinstall with: pip install --no-deps --force-reinstall basic-pitch==0.4.0")
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return session, output_to_notes_polyphonic
+
+
+def check_transcriber() -> None:
+    """Raise TranscriberUnavailable now, with the install command, rather than deep inside an evaluation."""
+    _transcriber()
+
+
+def _model_windows(y: np.ndarray) -> np.ndarray:
+    """One clip's model inputs [n, TRANSCRIBER_WINDOW]: a margin of silence in front, so that the first kept
+    frame is at 0 s, then a window every TRANSCRIBER_STEP samples, the last one zero-padded."""
+    n = max(1, int(np.ceil(y.size / TRANSCRIBER_STEP)))
+    x = np.zeros((n - 1) * TRANSCRIBER_STEP + TRANSCRIBER_WINDOW, np.float32)
+    front = TRANSCRIBER_MARGIN * TRANSCRIBER_HOP
+    x[front:front + y.size] = y
+    return np.lib.stride_tricks.sliding_window_view(x, TRANSCRIBER_WINDOW)[::TRANSCRIBER_STEP]
+
+
+def note_activations(clips: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The model's note and onset posteriors for each clip, each [T, 88] (T = frames, MIDI 21-108 across).
+
+    The windows of all clips go through the model together, WINDOW_BATCH at a time.
+    """
+    session, _ = _transcriber()
+    windows = [_model_windows(np.asarray(y, dtype=np.float32)) for y in clips]
+    stacked = np.concatenate(windows)[..., None]  # [W, TRANSCRIBER_WINDOW, 1]
+    outputs = [session.run([NOTE_OUTPUT, ONSET_OUTPUT], {MODEL_INPUT: stacked[i:i + WINDOW_BATCH]})
+               for i in range(0, len(stacked), WINDOW_BATCH)]
+    note, onset = (np.concatenate([o[k] for o in outputs]) for k in (0, 1))  # [W, TRANSCRIBER_FRAMES, 88]
+    keep = slice(TRANSCRIBER_MARGIN, TRANSCRIBER_FRAMES - TRANSCRIBER_MARGIN)
+    out, start = [], 0
+    for y, w in zip(clips, windows):
+        frames = int(np.ceil(len(y) / TRANSCRIBER_HOP))
+        clip = slice(start, start + len(w))
+        out.append(tuple(a[clip, keep].reshape(-1, a.shape[-1])[:frames] for a in (note, onset)))
+        start += len(w)
     return out
 
 
-def transcribe(y: np.ndarray, spectrum: np.ndarray | None = None) -> np.ndarray:
-    """Polyphonic note transcription by pitch salience (stand-in for the paper's transcription model [24]).
-
-    Args:
-        y: [S] mono audio at ANALYSIS_SR.
-        spectrum: its semitone spectrum, if already computed.
-    Returns:
-        notes [N, 3] float: (onset seconds, offset seconds, MIDI pitch).
-    """
-    M = _semitone_spectrum(y) if spectrum is None else spectrum.copy()  # [176, T]
-    offsets = np.round(12 * np.log2(HARMONICS)).astype(int)  # semitone offset of each partial
-    weights = HARMONIC_WEIGHT ** (HARMONICS - 1)
-    pitches = np.arange(NOTE_MIN, NOTE_MAX + 1)
-    T = M.shape[1]
-    roll = np.zeros((128, T), dtype=bool)
-    picked = np.zeros((MAX_POLYPHONY, T))
-    cols = np.arange(T)
-    floor = None
-    for i in range(MAX_POLYPHONY):
-        sal = sum(w * M[pitches + o] for w, o in zip(weights, offsets))  # [P, T]
-        sal[M[pitches] < M.max(axis=0) * 10 ** (FUNDAMENTAL_DB / 20)] = 0.0  # no virtual (missing) fundamentals
-        best = sal.argmax(axis=0)  # [T]
-        val = sal[best, cols]
-        if floor is None:
-            floor = val.max() * 10 ** (SALIENCE_FLOOR_DB / 20) + 1e-9
-        picked[i] = val
-        ok = (val > floor) & (val > picked[0] * 10 ** (SALIENCE_REL_DB / 20))
-        roll[pitches[best[ok]], cols[ok]] = True
-        for o in offsets:  # cancel the picked note's partials
-            M[pitches[best] + o, cols] = 0.0
-    return _roll_to_notes(roll)
+def activations_to_notes(note: np.ndarray, onset: np.ndarray) -> np.ndarray:
+    """basic-pitch's note creation (onset peaks, frames followed while above threshold, then notes found in
+    the remaining frame energy) with its default settings: notes [N, 3] (onset s, offset s, MIDI pitch)."""
+    _, output_to_notes_polyphonic = _transcriber()
+    events = output_to_notes_polyphonic(note, onset, onset_thresh=ONSET_THRESHOLD, frame_thresh=FRAME_THRESHOLD,
+                                        min_note_len=MIN_NOTE_FRAMES, infer_onsets=True, max_freq=None,
+                                        min_freq=None, melodia_trick=True)
+    seconds = TRANSCRIBER_HOP / ANALYSIS_SR
+    notes = np.array([(a * seconds, b * seconds, p) for a, b, p, _ in events], dtype=np.float64).reshape(-1, 3)
+    return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
 
 
-def _roll_to_notes(roll: np.ndarray) -> np.ndarray:
-    """Piano roll [128, T] -> notes [N, 3]: runs of active frames, one-frame gaps bridged, short runs dropped."""
-    roll = roll.copy()
-    roll[:, 1:-1] |= roll[:, :-2] & roll[:, 2:]  # bridge one-frame gaps
-    min_frames = max(1, int(round(MIN_NOTE_SECONDS * ANALYSIS_SR / HOP)))
-    notes = []
-    for p in np.flatnonzero(roll.any(axis=1)):
-        d = np.diff(np.concatenate([[0], roll[p].astype(int), [0]]))
-        for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
-            if b - a >= min_frames:
-                notes.append((_frames_to_seconds(a), _frames_to_seconds(b), float(p)))
-    return np.array(notes, dtype=np.float64).reshape(-1, 3)
+def transcribe_batch(clips: list[np.ndarray]) -> list[np.ndarray]:
+    """Notes [N, 3] (onset s, offset s, MIDI pitch in NOTE_LOW..NOTE_HIGH) of each mono clip at ANALYSIS_SR."""
+    return [activations_to_notes(note, onset) for note, onset in note_activations(clips)]
+
+
+def transcribe(y: np.ndarray) -> np.ndarray:
+    """Notes [N, 3] (onset s, offset s, MIDI pitch) of one mono clip at ANALYSIS_SR."""
+    return transcribe_batch([y])[0]
+
+
+def note_descriptors(notes: np.ndarray) -> dict[str, list]:
+    """The four descriptors computed from transcribed notes [N, 3]."""
+    pitches = notes[:, 2].astype(int)
+    return {"pitch_range": [int(pitches.max() - pitches.min()) if pitches.size else 0],
+            "unique_pitch_classes": [int(np.unique(pitches % 12).size)],
+            "note_pitches": pitches.tolist(),
+            "note_pitch_classes": (pitches % 12).tolist()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Key, chords, beats, metre, percussion, structure: librosa
+
+def _semitone_spectrum(y: np.ndarray) -> np.ndarray:
+    """CQT magnitude at three bins per semitone from SPECTRUM_LOW up, max-pooled to one bin per semitone:
+    [n semitones, T], row 0 is MIDI SPECTRUM_LOW."""
+    top = min(SPECTRUM_HIGH, int(librosa.hz_to_midi(ANALYSIS_SR / 2 * 0.95)))
+    fmin = librosa.midi_to_hz(SPECTRUM_LOW) * 2 ** (-1 / 36)  # first of three bins centred on SPECTRUM_LOW
+    n_semitones = top - SPECTRUM_LOW + 1
+    C = np.abs(librosa.cqt(y, sr=ANALYSIS_SR, hop_length=HOP, fmin=fmin, n_bins=3 * n_semitones,
+                           bins_per_octave=36))
+    return C.reshape(n_semitones, 3, -1).max(axis=1)
 
 
 def cqt_chroma(y: np.ndarray, spectrum: np.ndarray | None = None) -> np.ndarray:
     """CQT chroma [12, T] (C first, max-normalised per frame), folded from the semitone spectrum of MIDI 24-107
     (seven octaves, as librosa's chroma_cqt); shared by the key, chord, meter and structure analysers."""
     M = _semitone_spectrum(y) if spectrum is None else spectrum
-    chroma = M[24:108].reshape(7, 12, -1).sum(axis=0)
+    chroma = M[24 - SPECTRUM_LOW:108 - SPECTRUM_LOW].reshape(7, 12, -1).sum(axis=0)
     return chroma / (chroma.max(axis=0, keepdims=True) + 1e-12)
 
 
@@ -216,7 +317,7 @@ def beats_per_bar(y: np.ndarray, beat_times: np.ndarray, chroma: np.ndarray | No
     z = lambda v: (v - v.mean()) / (v.std() + 1e-9)
     a = z(accent) + z(change[: accent.size]) if change.size == accent.size else z(accent)
     best, best_score = 0, 0.0
-    for m in (2, 3, 4):
+    for m in METRES:
         if len(a) < 2 * m:
             continue
         score = max(a[p::m].mean() - np.delete(a, np.s_[p::m]).mean() for p in range(m))
@@ -230,20 +331,20 @@ def percussive_onsets(y: np.ndarray) -> np.ndarray:
     perc = librosa.effects.percussive(y, margin=2.0)
     S = librosa.feature.melspectrogram(y=perc, sr=ANALYSIS_SR, hop_length=HOP, n_mels=64, fmax=ANALYSIS_SR / 2)
     mel_hz = librosa.mel_frequencies(n_mels=64, fmax=ANALYSIS_SR / 2)
-    bands = [slice(0, int(np.searchsorted(mel_hz, 200))), slice(int(np.searchsorted(mel_hz, 200)),
-             int(np.searchsorted(mel_hz, 4000))), slice(int(np.searchsorted(mel_hz, 4000)), 64)]
-    env = librosa.onset.onset_strength_multi(S=librosa.power_to_db(S), channels=[0] + [b.stop for b in bands],
-                                             sr=ANALYSIS_SR, hop_length=HOP)  # [3, T]
+    edges = [0] + [int(np.searchsorted(mel_hz, hz)) for hz in PERCUSSIVE_BAND_EDGES_HZ] + [64]
+    env = librosa.onset.onset_strength_multi(S=librosa.power_to_db(S), channels=edges, sr=ANALYSIS_SR,
+                                             hop_length=HOP)  # [PERCUSSIVE_BANDS, T]
     top = env.max() + 1e-9
     times = []
     for e in env:
-        peaks = librosa.util.peak_pick(e, pre_max=3, post_max=3, pre_avg=5, post_avg=5, delta=0.15 * top, wait=4)
+        peaks = librosa.util.peak_pick(e, pre_max=3, post_max=3, pre_avg=5, post_avg=5, delta=0.15 * top,
+                                       wait=PERCUSSIVE_WAIT)
         peaks = peaks[e[peaks] > 0.25 * top]
         times.append(librosa.frames_to_time(peaks, sr=ANALYSIS_SR, hop_length=HOP))
     return np.sort(np.concatenate(times))
 
 
-def max_density(times: np.ndarray, window: float = 0.6) -> int:
+def max_density(times: np.ndarray, window: float = DENSITY_WINDOW) -> int:
     """Largest number of events inside any window of `window` seconds."""
     if times.size == 0:
         return 0
@@ -290,54 +391,85 @@ def alteration_ratio(chords: list[str]) -> float:
     return sum(a.split(":")[1] != b.split(":")[1] for a, b in changes) / len(changes)
 
 
-def describe(y: np.ndarray, sr: int) -> dict[str, list]:
-    """All eleven descriptors of Sec. 3.1 for one audio: {name: list of values} (scalars as one-item lists)."""
-    y = librosa.resample(np.asarray(y, dtype=np.float32), orig_sr=sr, target_sr=ANALYSIS_SR) if sr != ANALYSIS_SR \
-        else np.asarray(y, dtype=np.float32)
+def at_analysis_rate(y: np.ndarray, sr: int) -> np.ndarray:
+    """Mono audio resampled to ANALYSIS_SR (soxr, through librosa), float32; refuses clips under 0.5 s."""
+    y = np.asarray(y, dtype=np.float32)
+    if sr != ANALYSIS_SR:
+        y = librosa.resample(y, orig_sr=sr, target_sr=ANALYSIS_SR)
     if y.size < ANALYSIS_SR // 2:
         raise ValueError(f"audio too short for MIR analysis ({y.size / ANALYSIS_SR:.2f} s; need at least 0.5 s)")
+    return y
+
+
+def signal_descriptors(y: np.ndarray) -> dict[str, list]:
+    """The seven descriptors of the librosa analysers (key, chords, beats, metre, percussion, structure) of one
+    clip at ANALYSIS_SR."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # librosa warns about n_fft on short or silent inputs
-        spectrum = _semitone_spectrum(y)
-        notes = transcribe(y, spectrum)
-        pitches = notes[:, 2].astype(int)
         _, beat_times = estimate_beats(y)
-        chroma = cqt_chroma(y, spectrum)
+        chroma = cqt_chroma(y)
         chords = [c for _, _, c in estimate_chords(y, chroma=chroma)]
         return {
             "key": [estimate_key(y, chroma)],
-            "pitch_range": [int(pitches.max() - pitches.min()) if pitches.size else 0],
-            "unique_pitch_classes": [int(np.unique(pitches % 12).size)],
-            "percussive_density": [max_density(percussive_onsets(y), 0.6)],
+            "percussive_density": [max_density(percussive_onsets(y), DENSITY_WINDOW)],
             "beats_per_bar": [beats_per_bar(y, beat_times, chroma)],
             "chord_variety": [len(set(c for c in chords if c != "N"))],
             "chord_alteration_ratio": [alteration_ratio(chords)],
-            "note_pitches": pitches.tolist(),
-            "note_pitch_classes": (pitches % 12).tolist(),
             "chord_labels": chords,
             "structure_labels": segment_structure(y, beat_times, chroma=chroma),
         }
 
 
+def _in_order(descriptors: dict[str, list]) -> dict[str, list]:
+    return {name: descriptors[name] for name in DESCRIPTORS}
+
+
+def describe(y: np.ndarray, sr: int) -> dict[str, list]:
+    """All eleven descriptors of Sec. 3.1 for one audio: {name: list of values} (scalars as one-item lists)."""
+    y = at_analysis_rate(y, sr)
+    return _in_order({**note_descriptors(transcribe(y)), **signal_descriptors(y)})
+
+
+def describe_population(wavs: list[np.ndarray], sample_rate: int, progress: bool = False, desc: str = "mir",
+                        batch: int = 8) -> list[dict]:
+    """describe() for every clip. The transcriber takes `batch` clips at a time; the progress bar counts clips,
+    each one once all its analysers (its share of the batch's transcription included) are done."""
+    out = []
+    with tqdm(total=len(wavs), desc=desc, unit="clip", disable=not progress, leave=False) as bar:
+        for start in range(0, len(wavs), batch):
+            clips = [at_analysis_rate(w, sample_rate) for w in wavs[start:start + batch]]
+            for y, notes in zip(clips, transcribe_batch(clips)):
+                out.append(_in_order({**note_descriptors(notes), **signal_descriptors(y)}))
+                bar.update(1)
+    return out
+
+
 def histogram(values: list, name: str) -> np.ndarray:
-    """Counts of one descriptor's values over its fixed support (DESCRIPTORS[name])."""
+    """Counts of one descriptor's values over its support (DESCRIPTORS[name]); a value outside the support
+    is a bug in an analyser and raises ValueError."""
     kind, support = DESCRIPTORS[name]
-    if kind == "categorical":
-        index = {label: i for i, label in enumerate(support)}
-        idx = [index[v] for v in values]
-        return np.bincount(np.asarray(idx, dtype=int), minlength=len(support)).astype(np.float64)
-    if kind == "integer":
-        idx = np.clip(np.asarray(values, dtype=int), 0, support)
-        return np.bincount(idx, minlength=support + 1).astype(np.float64)
-    idx = np.clip((np.asarray(values, dtype=float) * support).astype(int), 0, support - 1)
-    return np.bincount(idx, minlength=support).astype(np.float64)
+    if kind == "bins":
+        v = np.asarray(values, dtype=np.float64)
+        if np.any((v < 0) | (v > 1)) or np.any(~np.isfinite(v)):
+            raise ValueError(f"{name}: values outside [0, 1]: {v[(v < 0) | (v > 1) | ~np.isfinite(v)].tolist()}")
+        return np.bincount(np.minimum((v * support).astype(int), support - 1), minlength=support).astype(np.float64)
+    index = {value: i for i, value in enumerate(support)}
+    unknown = [v for v in values if v not in index]
+    if unknown:
+        raise ValueError(f"{name}: values outside its support {support[0]!r}..{support[-1]!r}: {unknown[:5]}")
+    return np.bincount(np.asarray([index[v] for v in values], dtype=int), minlength=len(support)).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # MIRDD (Sec. 3.1)
 
 def kl_divergence(p_counts: np.ndarray, q_counts: np.ndarray, alpha: float = 1.0) -> float:
-    """KL(P || Q) of two histograms over one support, additively smoothed by `alpha` pseudo-counts per bin."""
+    """KL(P || Q) of two histograms over one descriptor's support, with add-alpha smoothing.
+
+    Both histograms get `alpha` pseudo-counts in every one of the support's K bins, p_k = (P_k + alpha) /
+    (sum P + K alpha) and likewise q, and the result is sum_k p_k log(p_k / q_k): finite for alpha > 0 even
+    when the two populations share no value. MIRDD uses alpha = 1 (evaluate.py --kl-smoothing).
+    """
     p = np.asarray(p_counts, dtype=np.float64) + alpha
     q = np.asarray(q_counts, dtype=np.float64) + alpha
     if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
@@ -347,15 +479,8 @@ def kl_divergence(p_counts: np.ndarray, q_counts: np.ndarray, alpha: float = 1.0
     return float(np.sum(p[nz] * np.log(p[nz] / q[nz])))
 
 
-def describe_population(wavs: list[np.ndarray], sample_rate: int, progress: bool = False,
-                        desc: str = "mir") -> list[dict]:
-    """describe() for every clip."""
-    return [describe(w, sample_rate) for w in tqdm(wavs, desc=desc, unit="clip", disable=not progress,
-                                                       leave=False)]
-
-
 def population_histograms(descriptors: list[dict]) -> dict[str, np.ndarray]:
-    """Per descriptor, the counts of all clips' values pooled over the descriptor's fixed support."""
+    """Per descriptor, the counts of all clips' values pooled over the descriptor's support."""
     return {name: sum((histogram(d[name], name) for d in descriptors), histogram([], name))
             for name in DESCRIPTORS}
 

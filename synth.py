@@ -31,7 +31,7 @@ from tqdm import tqdm
 import listening
 from audio import write_audio
 from compose import Part, compose
-from data import INSTRUMENTS, StemPairDataset, instrument_id
+from data import INSTRUMENTS, SLAKH_LABELS, StemPairDataset, instrument_id, program_class
 
 SOUNDFONT = os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
 MARKER = "synth.yaml"  # written at the dataset root; marks a folder this script may replace with overwrite=True
@@ -42,18 +42,6 @@ DEFAULT_SAMPLE_RATE = 32000
 
 class SynthError(ValueError):
     """A user-facing problem making a dataset (output folder exists, no SoundFont, no MIDI files, ...)."""
-
-
-def program_class(program: int, is_drum: bool) -> str:
-    """Slakh's inst_class of a GM program: its GM family, Drums for drum tracks.
-
-    Slakh labels the GM "Synth Effects" family (programs 96-103) "Sound Effects" (the fixture's
-    program-103 stem says so); we follow the data.
-    """
-    if is_drum:
-        return "Drums"
-    family = INSTRUMENTS[int(program) // 8]
-    return "Sound Effects" if family == "Synth Effects" else family
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -149,7 +137,8 @@ def write_track(track_dir: str, parts: list[Part], stems: list[np.ndarray], samp
         one.instruments = [midi.instruments[part.source] if part.source >= 0 else _midi_instrument(part)]
         one.write(os.path.join(track_dir, "MIDI", name + ".mid"))
         meta_stems[name] = {
-            "audio_rendered": True, "inst_class": part.inst_class, "is_drum": part.is_drum,
+            "audio_rendered": True, "is_drum": part.is_drum,
+            "inst_class": SLAKH_LABELS[program_class(part.program, part.is_drum)],  # Slakh's label, case and all
             "midi_program_name": _gm_name(part), "midi_saved": True,
             "plugin_name": os.path.basename(soundfont), "program_num": 128 if part.is_drum else part.program,
         }
@@ -351,7 +340,7 @@ def midi_parts(pm: pretty_midi.PrettyMIDI, seconds: float) -> list[tuple[Part, l
         controls = [(c.time, "cc", c.number, c.value) for c in inst.control_changes
                     if c.number in (1, 7, 10, 11, 64) and c.time < seconds]
         controls += [(b.time, "bend", b.pitch + 8192, 0) for b in inst.pitch_bends if b.time < seconds]
-        part = Part(program_class(inst.program, inst.is_drum), int(inst.program), bool(inst.is_drum), "midi", notes, source=k)
+        part = Part(INSTRUMENTS[program_class(inst.program, inst.is_drum)], int(inst.program), bool(inst.is_drum), "midi", notes, source=k)
         out.append((part, controls))
     return out
 

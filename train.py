@@ -33,7 +33,7 @@ import listening
 import pool
 import spectral
 import synth
-from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all
+from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
 from checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, make_checkpoint, save_checkpoint
 from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
@@ -194,6 +194,7 @@ class RunState:
     best_step: int = 0
     nonfinite: int = 0            # skipped non-finite steps in all
     in_a_row: int = 0
+    class_counts: list = field(default_factory=lambda: [0] * len(data.INSTRUMENTS))  # targets seen, per class
 
 
 def build_model(args, codec, device, resume: dict | None):
@@ -227,6 +228,9 @@ def build_model(args, codec, device, resume: dict | None):
         sched.load_state_dict(resume["scheduler"])
         state = RunState(resume["step"], resume.get("best_val_nll", math.inf),   # older checkpoints: accuracy
                          resume["best_step"], resume.get("nonfinite_steps", 0))
+        state.class_counts = class_counts_list(resume.get("class_counts") or {})
+    elif args.init_from:   # fine-tuning keeps what the weights were trained on
+        state.class_counts = class_counts_list(load_checkpoint(args.init_from, "cpu").get("class_counts") or {})
         torch.set_rng_state(resume["rng"]["torch"])
     return model, cfg, opt, sched, state
 
@@ -244,6 +248,7 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
     """One optimizer step over accumulated micro-batches; a non-finite loss skips it (10 in a row stop the run)."""
     opt.zero_grad(set_to_none=True)
     loss_sum, accum = 0.0, len(micro_batches)
+    count_classes(state, [inst for _, _, inst in micro_batches], device)
     g = torch.Generator(device=device)
     for j, (ctx, tgt, inst) in enumerate(micro_batches):
         # masks and dropout of micro-batch j are a function of (seed, step, its global index), so a resumed
@@ -269,6 +274,18 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
     sched.step()
     state.step += 1
     return loss_val
+
+
+def class_counts_list(counts: dict) -> list[int]:
+    """A checkpoint's {class name: targets seen} as a list indexed like data.INSTRUMENTS."""
+    return [int(counts.get(name, 0)) for name in data.INSTRUMENTS]
+
+
+def count_classes(state: RunState, instruments: list[torch.Tensor], device) -> None:
+    """Add one step's target classes (all processes) to the run's counts; generate.py refuses unseen ones."""
+    step = torch.bincount(torch.cat(instruments).long().cpu(), minlength=len(data.INSTRUMENTS))
+    step = sum_over_processes(step[:len(data.INSTRUMENTS)].to(device)).cpu()
+    state.class_counts = [a + int(b) for a, b in zip(state.class_counts, step)]
 
 
 def wrap_model(model, compile: bool, world: int, device):

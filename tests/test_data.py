@@ -51,6 +51,43 @@ def test_instrument_classes_and_lookup():
         data.instrument_id("kazoo")
 
 
+# Slakh's class table (slakh-utils, midi_inst_values/general_midi_inst_0based): label -> GM programs.
+SLAKH_TABLE = {"Piano": range(0, 8), "Chromatic Percussion": range(8, 16), "Organ": range(16, 24),
+               "Guitar": range(24, 32), "Bass": range(32, 40), "Strings": range(40, 48),
+               "Strings (continued)": range(48, 56), "Brass": range(56, 64), "Reed": range(64, 72),
+               "Pipe": range(72, 80), "Synth Lead": range(80, 88), "Synth Pad": range(88, 96),
+               "Sound Effects": range(96, 104), "Ethnic": range(104, 112), "Percussive": range(112, 119),
+               "Sound effects": range(119, 128)}
+
+
+def test_every_gm_program_gets_slakhs_class():
+    for label, programs in SLAKH_TABLE.items():
+        for p in programs:
+            assert data.SLAKH_LABELS[data.program_class(p)] == label, p
+            # metadata with the program decides by it, whatever the label says
+            assert data.stem_class({"program_num": p, "inst_class": "Piano"}) == data.program_class(p)
+    assert data.program_class(0, is_drum=True) == data.DRUMS == data.INSTRUMENTS.index("Drums")
+    with pytest.raises(ValueError, match="outside 0-127"):
+        data.program_class(128)
+
+
+def test_slakh_labels_are_read_case_sensitively():
+    assert sorted(data.SLAKH_LABELS) == sorted([*SLAKH_TABLE, "Drums"])  # one entry per label, no two alike
+    for label in SLAKH_TABLE:
+        assert data.stem_class({"inst_class": label}) == data.program_class(SLAKH_TABLE[label][0])
+    assert data.stem_class({"inst_class": "Sound Effects"}) == data.instrument_id("synth effects") == 12
+    assert data.stem_class({"inst_class": "Sound effects"}) == data.instrument_id("sound effects") == 15
+    assert data.stem_class({"inst_class": "Drums", "is_drum": True}) == data.stem_class({"is_drum": True}) == 16
+    assert data.stem_class({"inst_class": "kazoo"}) is None and data.stem_class({}) is None
+
+
+def test_every_class_is_reachable_from_programs_and_labels():
+    from_programs = {data.program_class(p) for p in range(128)} | {data.program_class(0, True)}
+    from_labels = {data.stem_class({"inst_class": label}) for label in data.SLAKH_LABELS}
+    assert from_programs == from_labels == set(range(len(data.INSTRUMENTS)))
+    assert data.NULL_INSTRUMENT not in from_programs
+
+
 @pytest.mark.parametrize("m", range(0, 8))
 def test_pair_count_matches_enumeration(m):
     pairs = list(data.enumerate_pairs(m))
@@ -168,7 +205,7 @@ def test_metadata_problems_are_counted_not_crashes(tmp_path):
                                           "S02": ("Piano", "tone330")}, split="train")
     ds = StemPairDataset(root, sample_rate=8000, crop_seconds=1.0, verbose=False)
     assert [t.name for t in ds.tracks] == ["Track00001", "Track00003"]
-    assert "1 track with malformed metadata.yaml" in ds.summary and "1 stem with unknown inst_class" in ds.summary
+    assert "1 track with malformed metadata.yaml" in ds.summary and "1 stem without a known class (program_num, inst_class)" in ds.summary
     with pytest.raises(DatasetError, match="dataset folder not found"):
         StemPairDataset(str(tmp_path / "nope"), verbose=False)
     with pytest.raises(DatasetError, match="no usable tracks in split 'test'"):

@@ -1,10 +1,11 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from decode import (DEFAULT_WINDOW_SECONDS, Sampling, causal_rank, cosine_schedule, generate_tokens,
-                    plan_windows, window_frames)
+from decode import (DEFAULT_WINDOW_SECONDS, STEPS_FRAMES, Sampling, causal_rank, cosine_schedule, generate_stem_tokens,
+                    generate_tokens, plan_windows, planned_steps, steps_for, window_frames)
 from model import ModelConfig, StemGen
 
 CFG = ModelConfig(n_q=2, bins=16, dim=32, n_heads=2, n_layers=1, max_len=128)
@@ -55,7 +56,7 @@ def test_cosine_schedule_ends_unmasked_and_never_increases():
 def test_only_causal_bias_unmasks_strictly_left_to_right(model):
     rec = Recorder(model)
     ctx, inst = inputs()
-    generate_tokens(rec, ctx, inst, Sampling(steps=(6, 6), w_c=0.0, w_s=1.0, w_r=0.0, guidance="none"))
+    generate_tokens(rec, ctx, inst, Sampling(steps=(300, 300), w_c=0.0, w_s=1.0, w_r=0.0, guidance="none"))
     for level, tgt in rec.seen:
         known = tgt[:, level] != CFG.mask_id            # [B, T]
         n = known.sum(1)
@@ -66,9 +67,10 @@ def test_only_causal_bias_unmasks_strictly_left_to_right(model):
 def test_fixed_tokens_never_change_and_counts_follow_the_schedule(model):
     rec = Recorder(model)
     ctx, inst = inputs(T=30)
-    steps = (8, 5)
-    out = generate_tokens(rec, ctx, inst, Sampling(steps=steps, guidance="none"),
-                          generator=torch.Generator().manual_seed(0))
+    sampling = Sampling(steps=(300, 150), guidance="none")
+    steps = sampling.level_steps(30)                                    # per 1000 frames: (9, 5) for 30
+    assert steps == (9, 5)
+    out = generate_tokens(rec, ctx, inst, sampling, generator=torch.Generator().manual_seed(0))
     for q in range(CFG.n_q):
         snaps = [t for level, t in rec.seen if level == q] + [out]
         for t in snaps:
@@ -83,7 +85,7 @@ def test_fixed_tokens_never_change_and_counts_follow_the_schedule(model):
 
 def test_same_seed_same_tokens_and_different_seed_different_tokens(model):
     ctx, inst = inputs()
-    run = lambda s: generate_tokens(model, ctx, inst, Sampling(steps=(4, 4)),
+    run = lambda s: generate_tokens(model, ctx, inst, Sampling(steps=(200, 200)),
                                     generator=torch.Generator().manual_seed(s))
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
@@ -143,3 +145,84 @@ def test_window_defaults_to_20_s_with_half_overlap_and_must_fit_the_model():
         window_frames(50, 999)
     with pytest.raises(ValueError, match="--overlap"):
         window_frames(50, 4096, 2.0, 2.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Steps per decoded frame
+
+class Copier(torch.nn.Module):
+    """A model whose prediction is the context token at the same position and level (almost surely)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, context, target, instrument, context_dropped=None, level=None):
+        return 30.0 * torch.nn.functional.one_hot(context[:, level], self.cfg.bins).float()   # [B, T, V]
+
+
+def count_steps(model, ctx, inst, sampling, **kw):
+    """(forward passes, on_step calls, output) of one generate_tokens call."""
+    rec, calls = Recorder(model), []
+    out = generate_tokens(rec, ctx, inst, sampling, on_step=calls.append, **kw)
+    return len(rec.seen), sum(calls), out
+
+
+def test_steps_are_the_papers_at_1000_frames_and_scale_with_the_frames_decoded():
+    paper = Sampling().steps
+    assert STEPS_FRAMES == 1000 and steps_for(paper, 1000) == paper == (128, 64, 32, 32)
+    assert steps_for(paper, 500) == (64, 32, 16, 16) and steps_for(paper, 2000) == (256, 128, 64, 64)
+    for n in [1, 7, 125, 250, 333, 999, 1001]:
+        for s, k in zip(paper, steps_for(paper, n)):
+            assert k >= 1 and (k - 1) * 1000 < s * n <= k * 1000        # s n / 1000 rounded up
+    counts = [steps_for(paper, n) for n in range(0, 1200, 7)]
+    assert all(a <= b for x, y in zip(counts, counts[1:]) for a, b in zip(x, y))   # never fewer for more frames
+    assert steps_for(paper, 0) == steps_for(paper, 1) == (1, 1, 1, 1)
+    assert Sampling(scale_steps=False).level_steps(125) == paper
+
+
+def test_a_full_1000_frame_target_is_decoded_as_before():
+    """1000 decoded frames run the given counts: the masked counts follow cosine_schedule(1000, S) for the
+    given S, and the tokens equal those of the unscaled steps with the same seed."""
+    torch.manual_seed(1)
+    net = StemGen(replace(CFG, max_len=1000)).eval()
+    ctx, inst = inputs(B=1, T=1000)
+    sampling = Sampling(steps=(32, 16), guidance="none")
+    rec = Recorder(net)
+    out = generate_tokens(rec, ctx, inst, sampling, generator=torch.Generator().manual_seed(4))
+    before = generate_tokens(net, ctx, inst, replace(sampling, scale_steps=False),
+                             generator=torch.Generator().manual_seed(4))
+    assert torch.equal(out, before)
+    for q, S in enumerate(sampling.steps):
+        counts = [int((t[0, q] == CFG.mask_id).sum()) for level, t in rec.seen if level == q] + [0]
+        assert counts == sorted(set([1000] + cosine_schedule(1000, S)), reverse=True)
+
+
+def test_decoding_half_the_frames_takes_about_half_the_forward_passes(model):
+    ctx, inst = inputs(T=120)
+    prompt = torch.randint(0, CFG.bins, (2, CFG.n_q, 60), generator=torch.Generator().manual_seed(3))
+    sampling = Sampling(steps=(200, 100), guidance="none")
+    passes_full, calls_full, _ = count_steps(model, ctx, inst, sampling)
+    passes_half, calls_half, out = count_steps(model, ctx, inst, sampling, prompt=prompt)
+    assert (calls_full, calls_half) == (sum(sampling.level_steps(120)), sum(sampling.level_steps(60))) == (36, 18)
+    assert 0.4 <= passes_half / passes_full <= 0.6
+    assert torch.equal(out[:, :, :60], prompt) and (out != CFG.mask_id).all()
+    _, unscaled, _ = count_steps(model, ctx, inst, replace(sampling, scale_steps=False), prompt=prompt)
+    assert unscaled == sum(sampling.steps)                                # off: the counts as given
+
+
+def test_planned_steps_count_every_step_of_a_windowed_stem(model):
+    ctx, _ = inputs(B=1, T=115)
+    for sampling in [Sampling(steps=(300, 100)), Sampling(steps=(3, 2), scale_steps=False)]:
+        calls = []
+        generate_stem_tokens(model, ctx, 4, sampling, 40, 15, on_step=calls.append)
+        assert sum(calls) == planned_steps(sampling, plan_windows(115, 40, 15))
+
+
+@pytest.mark.parametrize("scale_steps", [True, False])
+def test_windows_agree_across_seams_with_scaled_steps(scale_steps):
+    """A model that copies its context gives the context back through overlapping windows: no seam."""
+    ctx, _ = inputs(B=1, T=115)
+    sampling = Sampling(steps=(200, 100), scale_steps=scale_steps)
+    out = generate_stem_tokens(Copier(CFG), ctx, 4, sampling, 40, 15, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, ctx)

@@ -10,11 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
+import data
 import decode
 import generate
 import model as model_lib
 import spectral
-from checkpoint import config_dict, save_checkpoint
+from checkpoint import config_dict, load_model, save_checkpoint
 from conftest import ROOT
 
 SR = 16000          # codec rate of the test codec
@@ -195,8 +196,9 @@ def test_windowed_stem_has_no_seam(copy_ckpt, random_ckpt, tiny_codec, tmp_path,
     common = ["--context", str(ctx), "--instrument", "organ", "--seed", "0", *FAST]
     for name, ckpt, window in [("copy_win", copy_ckpt, []), ("copy_one", copy_ckpt, ["--window", "10"]),
                                ("rand_win", random_ckpt, ["--window", "0.8", "--overlap", "0.4"])]:
-        rc, err = run_cli(common + ["--checkpoint", ckpt, "--out", str(tmp_path / f"{name}.wav"), *window],
-                          capsys)                            # copy_win: 0.8 s window from the checkpoint
+        rc, err = run_cli(common + ["--checkpoint", ckpt, "--out", str(tmp_path / f"{name}.wav"), *window,
+                                    "--steps", "200", "100"],  # per 1000 frames: 8, 4 per window, 4, 2 past the
+                          capsys)                            # overlap; copy_win: 0.8 s window from the checkpoint
         assert rc == 0, err
     stem = {n: sf.read(str(tmp_path / f"{n}.wav"), dtype="float32")[0] for n in ("copy_win", "copy_one",
                                                                                   "rand_win")}
@@ -271,11 +273,18 @@ def _bad(tmp_path, kind, random_ckpt):
         ckpt = str(tmp_path / "nocodec.pt")
         save_checkpoint(ckpt, ck)
         words = ["gone_codec.pt", "spectral.py fit"]
+    elif kind == "untrained instrument":
+        ck = torch.load(random_ckpt, weights_only=True)
+        ck["class_counts"] = {name: {"Piano": 10, "Bass": 3}.get(name, 0) for name in data.INSTRUMENTS}
+        ckpt, inst = str(tmp_path / "counted.pt"), "synth effects"
+        save_checkpoint(ckpt, ck)
+        words = ["never trained on Synth Effects", "it trained on: piano (10), bass (3)"]
     return ["--context", ctx, "--instrument", inst, "--checkpoint", ckpt], words
 
 
 @pytest.mark.parametrize("kind", ["missing file", "unreadable file", "empty audio", "silent audio", "NaN samples",
-                                  "unknown instrument", "missing checkpoint", "codec unavailable"])
+                                  "unknown instrument", "missing checkpoint", "codec unavailable",
+                                  "untrained instrument"])
 @pytest.mark.slow
 def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_path, capsys):
     argv, words = _bad(tmp_path, kind, random_ckpt)
@@ -283,6 +292,8 @@ def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_pat
     rc, err = run_cli(argv + ["--out", str(tmp_path / "stem.wav"), *FAST], capsys)
     assert rc != 0
     assert err.startswith("error: ") and "Traceback" not in err
+    if kind == "untrained instrument":
+        assert err.count("\n") == 1                          # the refusal and its classes in one line
     for w in words:
         assert w in err, (w, err)
     assert set(os.listdir(tmp_path)) == before                # nothing written, no temporary left
@@ -303,6 +314,34 @@ def test_existing_output_needs_force(random_ckpt, tmp_path, capsys):
     rc, err = run_cli(["--context", str(ctx), "--instrument", "piano", "--out", str(ctx), "--force",
                        "--checkpoint", random_ckpt, *FAST], capsys)
     assert rc != 0 and "context file itself" in err
+
+
+@pytest.mark.slow
+def test_progress_total_is_the_number_of_steps_run(random_ckpt, monkeypatch):
+    """The bar's total counts the steps of every window, scaled to the frames each decodes, for every stem."""
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.done = total, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.done += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(generate, "tqdm", Bar)
+    net, tok, _ = load_model(random_ckpt, torch.device("cpu"))
+    context = tones(2.3, SR)[0]                              # 115 frames: 4 windows of 40 with 15 overlapping
+    sampling = decode.Sampling(steps=(200, 100), guidance="none")
+    generate.generate_stems(net, tok, context, [0, 3], sampling, 40, 15, progress=True)
+    assert len(bars) == 1 and bars[0].done == bars[0].total
+    assert bars[0].total < 2 * 4 * sum(sampling.level_steps(40))          # windows after the first decode less
 
 
 def test_naive_setting_and_flag_overrides():

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import data
 import spectral
 import synth
 import train
@@ -59,6 +60,10 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["scheduler"] == b["scheduler"]
+    # every target trained on is counted once, in its class; resuming carries the counts on
+    assert a["class_counts"] == b["class_counts"] and sum(a["class_counts"].values()) == 6 * 4
+    in_data = {data.INSTRUMENTS[s.instrument] for t in data.scan_tracks(data_dir, "train")[0] for s in t.stems}
+    assert {k for k, n in a["class_counts"].items() if n} <= in_data
     # the checkpoint holds what generate.py and a resumed run need
     for key in ("model_config", "codec_spec", "optimizer", "rng", "best_val_nll", "train_args"):
         assert key in a
@@ -132,6 +137,7 @@ def test_two_processes_on_gloo_match_gradient_accumulation(tiny_data, tmp_path):
     a = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "one" / "ckpt.pt", weights_only=True)
     assert a["step"] == b["step"] == 3
+    assert a["class_counts"] == b["class_counts"]       # both processes' targets are counted
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
 
