@@ -324,30 +324,51 @@ def fit_rvq(z: torch.Tensor, n_q: int, bins: int, iters: int, generator: torch.G
     return torch.stack(books)
 
 
-def fitting_frames(data_dir: str, cfg: SpectralConfig, rng: np.random.Generator, generator: torch.Generator,
-                   progress: bool = True) -> torch.Tensor:
-    """The compressed-magnitude frames [N, F] the codec is fitted on, from the train split of `data_dir`.
-
-    A random `seconds_per_track` window of every track (its stems, its mix and random stem sub-mixes); frames
-    near silence are mostly dropped (about 2% kept, so that silence has a code); at most `max_frames` kept.
-    """
-    feats, silent = [], []
-    for files in tqdm(find_tracks(data_dir, ("train",)), desc="reading tracks", disable=not progress):
+def signal_frames(data_dir: str, cfg: SpectralConfig, seed: int, desc: str, progress: bool):
+    """(loud frames [T1, F], quiet frames [T2, F]) of every fitting signal, in order: a random `seconds_per_track`
+    window of every track of the train split (its stems, its mix and random stem sub-mixes). Frames above about
+    -60 dB are loud. The same seed gives the same signals, so the frames can be visited twice."""
+    rng = np.random.default_rng(seed)
+    for files in tqdm(find_tracks(data_dir, ("train",)), desc=desc, disable=not progress):
         for x in training_signals(read_track_crop(files, cfg.sample_rate, cfg.seconds_per_track, rng), rng):
             wav = pad_to_frames(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None], cfg.hop)
             f = compressed_magnitude(wav[:, 0], cfg.n_fft, cfg.hop, cfg.power)[0]  # [T, F]
-            loud = f.mean(1) > 1e-3 ** cfg.power  # frames above about -60 dB
-            feats.append(f[loud])
-            silent.append(f[~loud])
-    feats = torch.cat(feats) if feats else torch.zeros(0, cfg.n_fft // 2 + 1)
-    if feats.shape[0] < cfg.bins:
-        raise ValueError(f"{data_dir}: only {feats.shape[0]} non-silent frames found; the codec needs at "
+            loud = f.mean(1) > 1e-3 ** cfg.power
+            yield f[loud], f[~loud]
+
+
+def fitting_frames(data_dir: str, cfg: SpectralConfig, seed: int, generator: torch.Generator,
+                   progress: bool = True) -> torch.Tensor:
+    """The compressed-magnitude frames [N, F] the codec is fitted on, from the train split of `data_dir`.
+
+    All loud frames of all signals (signal_frames), plus a few quiet ones (one per 50 loud, so that silence has
+    a code), and a random `max_frames` of them when there are more. Two passes keep memory at the frames kept:
+    the first counts the frames and draws which to keep, the second collects them. (Keeping every frame of the
+    demo's songs before drawing peaked at 23 GB.)
+    """
+    n_loud = n_quiet = 0
+    for loud, quiet in signal_frames(data_dir, cfg, seed, "counting frames", progress):
+        n_loud, n_quiet = n_loud + len(loud), n_quiet + len(quiet)
+    if n_loud < cfg.bins:
+        raise ValueError(f"{data_dir}: only {n_loud} non-silent frames found; the codec needs at "
                          f"least {cfg.bins} (more or longer tracks, or fewer --bins)")
-    silent = torch.cat(silent)
-    n_silent = min(len(silent), max(1, feats.shape[0] // 50))  # a few silent frames so silence has a code
-    feats = torch.cat([feats, silent[torch.randperm(len(silent), generator=generator)[:n_silent]]])
-    if feats.shape[0] > cfg.max_frames:
-        feats = feats[torch.randperm(feats.shape[0], generator=generator)[:cfg.max_frames]]
+    quiet_kept = torch.randperm(n_quiet, generator=generator)[:min(n_quiet, max(1, n_loud // 50))]
+    total = n_loud + len(quiet_kept)
+    keep = torch.randperm(total, generator=generator)[:cfg.max_frames] if total > cfg.max_frames else torch.arange(total)
+    # where each kept frame goes: row r of the result is frame keep[r] of [all loud frames, quiet_kept frames]
+    row_of_loud = torch.full((n_loud,), -1, dtype=torch.long)
+    row_of_quiet = torch.full((n_quiet,), -1, dtype=torch.long)
+    rows = torch.arange(len(keep))
+    is_loud = keep < n_loud
+    row_of_loud[keep[is_loud]] = rows[is_loud]
+    row_of_quiet[quiet_kept[keep[~is_loud] - n_loud]] = rows[~is_loud]
+    feats = torch.empty(len(keep), cfg.n_fft // 2 + 1)
+    at_loud = at_quiet = 0
+    for loud, quiet in signal_frames(data_dir, cfg, seed, "reading tracks", progress):
+        for frames, row_of, at in ((loud, row_of_loud, at_loud), (quiet, row_of_quiet, at_quiet)):
+            r = row_of[at:at + len(frames)]
+            feats[r[r >= 0]] = frames[r >= 0]
+        at_loud, at_quiet = at_loud + len(loud), at_quiet + len(quiet)
     return feats
 
 
@@ -364,9 +385,8 @@ def fit_spectral(data_dir: str, out_path: str | None, config: SpectralConfig | N
         raise FileExistsError(f"output exists: {out_path} (pass --force to overwrite)")
     if cfg.dim > cfg.n_fft // 2 + 1:
         raise ValueError(f"--dim {cfg.dim} exceeds the {cfg.n_fft // 2 + 1} STFT bins")
-    rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    feats = fitting_frames(data_dir, cfg, rng, generator, progress)
+    feats = fitting_frames(data_dir, cfg, cfg.seed, generator, progress)
     mean, basis = fit_pca(feats, cfg.dim)
     codebooks = fit_rvq((feats - mean) @ basis.T, cfg.n_q, cfg.bins, cfg.kmeans_iters, generator, progress)
     codec = SpectralCodec(mean, basis, codebooks, cfg.sample_rate, cfg.frame_rate, cfg.n_fft, cfg.power,
