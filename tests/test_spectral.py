@@ -123,6 +123,28 @@ def test_fit_reads_only_the_train_split_and_never_overwrites(chord_data, spectra
         S.fit_spectral(str(tmp_path), None, progress=False)
 
 
+@pytest.mark.parametrize("max_frames", [10**9, 300])
+def test_two_pass_fitting_frames_are_the_frames_a_one_pass_draw_keeps(tmp_path, max_frames):
+    """fitting_frames keeps, in order, the frames that holding every frame and drawing from them would keep."""
+    rng = np.random.default_rng(1)
+    for i in range(4):                                   # chords with silent gaps: loud and quiet frames
+        (tmp_path / "train" / f"Track{i:05d}" / "stems").mkdir(parents=True)
+        for k in range(2):
+            x = random_triads(0.5, 4, SR, rng)
+            x[int(rng.integers(SR // 2, SR)):][:SR] = 0.0
+            sf.write(tmp_path / "train" / f"Track{i:05d}" / "stems" / f"S{k:02d}.wav", x, SR)
+    chord_data = str(tmp_path)
+    cfg = S.SpectralConfig(**{**FIT, "max_frames": max_frames})
+    got = S.fitting_frames(chord_data, cfg, 3, torch.Generator().manual_seed(5), progress=False)
+    pairs = list(S.signal_frames(chord_data, cfg, 3, "", progress=False))   # the one-pass way, all in memory
+    loud, quiet = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    g = torch.Generator().manual_seed(5)
+    pool = torch.cat([loud, quiet[torch.randperm(len(quiet), generator=g)[:min(len(quiet), max(1, len(loud) // 50))]]])
+    want = pool[torch.randperm(len(pool), generator=g)[:max_frames]] if len(pool) > max_frames else pool
+    assert len(quiet) > 0 and len(got) == min(max_frames, len(pool))
+    assert torch.equal(got, want)
+
+
 def test_spectral_config_is_the_one_home_of_the_defaults():
     """The fit command, fit_spectral and the codec's constructor all take their defaults from SpectralConfig."""
     d = S.SpectralConfig()
