@@ -335,7 +335,10 @@ def bench_data(args):
     folder unless --cache-dir is given, so that the map's build time is measured and the data folder is not written.
     """
     from data import StemPairDataset
-    cache = args.cache_dir or tempfile.mkdtemp(prefix="stemgen-bench-cache-")
+    if args.cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="stemgen-bench-cache-") as tmp:   # removed afterwards
+            return bench_data(argparse.Namespace(**{**vars(args), "cache_dir": tmp}))
+    cache = args.cache_dir
     kw = dict(split=args.split, sample_rate=args.sample_rate, crop_seconds=args.crop_seconds, seed=0,
               length=10**9, verbose=False, cache_dir=cache)
     t = time.perf_counter()

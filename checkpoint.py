@@ -38,7 +38,8 @@ def make_checkpoint(model: StemGen, codec, opt, sched, state: dict, args) -> dic
         "model_config": config_dict(model.cfg), "codec_spec": codec.spec(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": state["step"],
         "best_val_nll": state["best"], "best_step": state["best_step"], "nonfinite_steps": state["nonfinite"],
-        "class_counts": dict(zip(INSTRUMENTS, map(int, state["class_counts"]))),   # targets trained on, per class
+        "class_counts": (None if state["class_counts"] is None else       # targets trained on, per class
+                         dict(zip(INSTRUMENTS, map(int, state["class_counts"])))),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "train_args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},

@@ -79,8 +79,8 @@ class Recipe:
         "help": "on-the-fly pairs: keep the tokens of target crops, up to this many GB in memory, and reuse them "
                 "when a crop recurs (0: off; pool.TokenCache)"})
     encode_dtype: str = field(default="fp32", metadata={
-        "help": "on-the-fly pairs: tokenize in fp32 or under bf16 autocast (bench.py train --encode-dtype bf16 "
-                "reports its agreement with fp32)"})
+        "help": "on-the-fly pairs: tokenize in fp32 or under bf16 autocast (bench.py train on CUDA reports bf16's "
+                "time and per-level agreement with fp32)"})
     seed: int = field(default=0, metadata={"help": "seed of the model init, the data and the masks"})
     objective: Objective = field(default_factory=Objective)
 
@@ -194,7 +194,7 @@ class RunState:
     best_step: int = 0
     nonfinite: int = 0            # skipped non-finite steps in all
     in_a_row: int = 0
-    class_counts: list = field(default_factory=lambda: [0] * len(data.INSTRUMENTS))  # targets seen, per class
+    class_counts: list | None = field(default_factory=lambda: [0] * len(data.INSTRUMENTS))  # targets seen, per class
 
 
 def build_model(args, codec, device, resume: dict | None):
@@ -228,10 +228,10 @@ def build_model(args, codec, device, resume: dict | None):
         sched.load_state_dict(resume["scheduler"])
         state = RunState(resume["step"], resume.get("best_val_nll", math.inf),   # older checkpoints: accuracy
                          resume["best_step"], resume.get("nonfinite_steps", 0))
-        state.class_counts = class_counts_list(resume.get("class_counts") or {})
-    elif args.init_from:   # fine-tuning keeps what the weights were trained on
-        state.class_counts = class_counts_list(load_checkpoint(args.init_from, "cpu").get("class_counts") or {})
+        state.class_counts = class_counts_list(resume.get("class_counts"))
         torch.set_rng_state(resume["rng"]["torch"])
+    elif args.init_from:   # fine-tuning keeps what the weights were trained on
+        state.class_counts = class_counts_list(load_checkpoint(args.init_from, "cpu").get("class_counts"))
     return model, cfg, opt, sched, state
 
 
@@ -248,7 +248,6 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
     """One optimizer step over accumulated micro-batches; a non-finite loss skips it (10 in a row stop the run)."""
     opt.zero_grad(set_to_none=True)
     loss_sum, accum = 0.0, len(micro_batches)
-    count_classes(state, [inst for _, _, inst in micro_batches], device)
     g = torch.Generator(device=device)
     for j, (ctx, tgt, inst) in enumerate(micro_batches):
         # masks and dropout of micro-batch j are a function of (seed, step, its global index), so a resumed
@@ -260,8 +259,9 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
         (loss / accum).backward()
         loss_sum += loss.detach() / accum
     loss_val = mean_over_processes(float(loss_sum), device)
-    if math.isfinite(loss_val):
+    if math.isfinite(loss_val):                            # the same on every process: the loss is averaged
         state.in_a_row = 0
+        count_classes(state, [inst for _, _, inst in micro_batches], device)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     else:                                                  # skip the step, count it; the schedule moves on
@@ -276,13 +276,16 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
     return loss_val
 
 
-def class_counts_list(counts: dict) -> list[int]:
-    """A checkpoint's {class name: targets seen} as a list indexed like data.INSTRUMENTS."""
-    return [int(counts.get(name, 0)) for name in data.INSTRUMENTS]
+def class_counts_list(counts: dict | None) -> list[int] | None:
+    """A checkpoint's {class name: targets seen} as a list indexed like data.INSTRUMENTS; None stays None (a
+    checkpoint from before the counts were kept: what its weights saw is unknown, and stays so)."""
+    return None if counts is None else [int(counts.get(name, 0)) for name in data.INSTRUMENTS]
 
 
 def count_classes(state: RunState, instruments: list[torch.Tensor], device) -> None:
     """Add one step's target classes (all processes) to the run's counts; generate.py refuses unseen ones."""
+    if state.class_counts is None:
+        return                                     # unknown since an older checkpoint; the same on every rank
     step = torch.bincount(torch.cat(instruments).long().cpu(), minlength=len(data.INSTRUMENTS))
     step = sum_over_processes(step[:len(data.INSTRUMENTS)].to(device)).cpu()
     state.class_counts = [a + int(b) for a, b in zip(state.class_counts, step)]

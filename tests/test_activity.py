@@ -74,6 +74,9 @@ def test_a_crop_the_map_rules_out_is_silent_by_rms_db(tmp_path):
         assert may or not sounds, (start_s, seconds, silence)
         ruled_out += not may
     assert ruled_out > 100
+    # a map shorter than the file (a header that promised more frames than decode) rules nothing out past it
+    assert activity.crop_may_sound(ms[:5], SR, len(x), 8 * SR, SR, 0.0)
+    assert not activity.crop_may_sound(ms[:5], SR, len(x), 0, SR, -30.0)
 
 
 def test_maps_computed_in_parallel_processes_equal_the_serial_ones(tmp_path, monkeypatch):

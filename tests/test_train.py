@@ -10,6 +10,7 @@ import data
 import spectral
 import synth
 import train
+from checkpoint import save_checkpoint, trained_classes
 from conftest import FIXTURE, ROOT
 
 
@@ -77,6 +78,25 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra):
     for key in ("with_context", "context_dropped", "both_dropped", "constant_baseline"):
         r = final["masked_accuracy"][key]
         assert 0 <= r["acc"] <= 1 and len(r["acc_per_level"]) == 2
+
+
+@pytest.mark.slow
+def test_init_from_adds_to_the_class_counts_and_an_older_checkpoint_keeps_them_unknown(tiny_data, tmp_path):
+    data_dir, codec_file = tiny_data
+    assert train.main(argv(data_dir, codec_file, tmp_path / "a", "--max-steps", "2")) == 0
+    first = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
+    assert train.main(argv(data_dir, codec_file, tmp_path / "b", "--max-steps", "2",
+                           "--init-from", str(tmp_path / "a" / "ckpt.pt"))) == 0
+    tuned = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+    assert sum(tuned["class_counts"].values()) == sum(first["class_counts"].values()) + 2 * 4
+    assert all(tuned["class_counts"][k] >= n for k, n in first["class_counts"].items())
+    # a checkpoint from before the counts were kept: resuming it leaves them unknown (generate.py then warns)
+    del first["class_counts"]
+    save_checkpoint(str(tmp_path / "a" / "ckpt.pt"), first)
+    assert train.main(["--out", str(tmp_path / "a"), "--resume", "--max-steps", "3", "--no-progress"]) == 0
+    resumed = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
+    assert resumed["step"] == 3 and resumed["class_counts"] is None
+    assert trained_classes(resumed) is None
 
 
 def test_help_shows_each_knob_with_the_paper_and_demo_values(capsys):
