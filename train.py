@@ -307,16 +307,17 @@ def log_step(bar, metrics, loss: float, state: RunState, lr: float, tokens_per_s
 
 
 def training_batches(codec, args, device, step: int, rank: int, world: int):
-    """The micro-batches of every step from `step` on: from a pool tokenised once (--pool-pairs) or on the fly."""
+    """The micro-batches of every step from `step` on: from a pool tokenised once (--pool-pairs) or on the fly;
+    with the micro-batch size and the target-token cache (None when off)."""
     micro, accum = split_batch(args.batch, args.micro_batch, world)
     if args.pool_pairs:
         train_pool = pool.split_pool(codec, args.data, "train", args.crop_seconds, args.pool_pairs, args.seed,
                                      not args.no_progress and is_main(), "training pairs", is_main())
-        return pool.pool_batches(train_pool, args.batch, args.seed, step, rank, accum, micro), micro
+        return pool.pool_batches(train_pool, args.batch, args.seed, step, rank, accum, micro), micro, None
     cache = pool.TokenCache(int(args.token_cache_gb * 1e9), args.encode_dtype) if args.token_cache_gb > 0 else None
     return pool.loader_batches(codec, args.data, args.crop_seconds, args.batch, args.seed, args.workers, device,
                                step, rank, accum, micro, is_main(), cache, args.crop_grid or None,
-                               args.encode_dtype), micro
+                               args.encode_dtype), micro, cache
 
 
 def log_validation(model, val, micro, state: RunState, metrics) -> bool:
@@ -350,7 +351,7 @@ def train(args, resume: dict | None = None) -> dict:
     codec = prepare_codec(args, device, resume)
     model, cfg, opt, sched, state = build_model(args, codec, device, resume)
     fwd = wrap_model(model, args.compile, world, device)
-    batches, micro = training_batches(codec, args, device, state.step, rank, world)
+    batches, micro, token_cache = training_batches(codec, args, device, state.step, rank, world)
     val = build_validation(codec, args) if is_main() else None
     if is_main():
         print(f"model: {args.preset} preset, {count_parameters(model) / 1e6:.1f} M parameters; codec "
@@ -394,6 +395,9 @@ def train(args, resume: dict | None = None) -> dict:
     if is_main():
         print(f"\n{stop_reason} at step {state.step}; checkpoint {ckpt_path}; lowest validation NLL at step "
               f"{state.best_step}: {best_path} (scored below)", file=sys.stderr)
+        if token_cache is not None:
+            print(f"token cache: {token_cache.hits} of {token_cache.hits + token_cache.misses} target crops reused "
+                  f"({token_cache.bytes / 1e6:.1f} MB held)", file=sys.stderr)
         result["report"] = report_best(model, val, micro, codec.frame_rate, best_path, args.out, state.step)
     return result
 

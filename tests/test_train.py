@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import subprocess
 import sys
@@ -47,11 +48,15 @@ def test_tri_stage_schedule_warms_up_holds_and_decays_to_a_floor():
 @pytest.mark.slow
 @pytest.mark.parametrize("pool, extra", [("0", []), ("12", []), ("0", ["--crop-grid", "0.5", "--token-cache-gb", "0.01"])],
                          ids=["on-the-fly", "token-pool", "on-the-fly-token-cache"])
-def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra):
+def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra, capsys):
     """A run stopped at step 3 and resumed to 6 ends with the same weights as a run of 6 steps (a resumed run's
     token cache starts empty: its targets are encoded afresh, and give the tokens the cache held)."""
     data_dir, codec_file = tiny_data
     assert train.main(argv(data_dir, codec_file, tmp_path / "full", "--max-steps", "6", "--pool-pairs", pool, *extra)) == 0
+    reused = re.search(r"token cache: (\d+) of (\d+) target crops reused", capsys.readouterr().err)
+    assert (reused is not None) == bool(extra)                    # said when the cache is on, and only then
+    if reused:
+        assert int(reused.group(2)) == 6 * 4 and 0 <= int(reused.group(1)) <= 6 * 4   # one lookup per target
     assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "3", "--pool-pairs", pool, *extra)) == 0
     # the resumed run takes its data, codec and recipe from the checkpoint; only the new step limit is given
     assert train.main(["--out", str(tmp_path / "part"), "--resume", "--max-steps", "6", "--no-progress"]) == 0
