@@ -515,7 +515,7 @@ class StemPairDataset(torch.utils.data.Dataset):
         items = []
         try:
             for _ in range(self.max_tries * k):
-                start = float(rng.random()) * max(0.0, b - a - self.crop_seconds)
+                start = self._crop_offset(b - a, rng)
                 crops = [self._segment_crop(track.stems[j], j, whole, a, b, start) for j in range(len(track.stems))]
                 item = self._pair_from_crops(track, crops, rng)
                 if item is not None:
@@ -531,7 +531,7 @@ class StemPairDataset(torch.utils.data.Dataset):
         """The crop at `start` s into segment [a, b) of stem j, sliced from its segment (read on first need,
         kept in `whole`); an empty crop when the activity map shows it silent there."""
         seg_start, seg_len = crop_frames(stem, a, b - a)
-        offset, n = int(round(start * stem.sample_rate)), int(round(self.crop_seconds * stem.sample_rate))
+        offset, n = crop_frames(stem, start, self.crop_seconds)
         if not self._may_sound(stem, seg_start + offset, max(0, min(n, seg_len - offset))):
             return np.zeros(0, np.float32)
         if j not in whole:
