@@ -420,14 +420,9 @@ def signal_descriptors(y: np.ndarray) -> dict[str, list]:
         }
 
 
-def _in_order(descriptors: dict[str, list]) -> dict[str, list]:
-    return {name: descriptors[name] for name in DESCRIPTORS}
-
-
 def describe(y: np.ndarray, sr: int) -> dict[str, list]:
     """All eleven descriptors of Sec. 3.1 for one audio: {name: list of values} (scalars as one-item lists)."""
-    y = at_analysis_rate(y, sr)
-    return _in_order({**note_descriptors(transcribe(y)), **signal_descriptors(y)})
+    return describe_population([y], sr)[0]
 
 
 def describe_population(wavs: list[np.ndarray], sample_rate: int, progress: bool = False, desc: str = "mir",
@@ -439,7 +434,8 @@ def describe_population(wavs: list[np.ndarray], sample_rate: int, progress: bool
         for start in range(0, len(wavs), batch):
             clips = [at_analysis_rate(w, sample_rate) for w in wavs[start:start + batch]]
             for y, notes in zip(clips, transcribe_batch(clips)):
-                out.append(_in_order({**note_descriptors(notes), **signal_descriptors(y)}))
+                found = {**note_descriptors(notes), **signal_descriptors(y)}
+                out.append({name: found[name] for name in DESCRIPTORS})          # in DESCRIPTORS' order
                 bar.update(1)
     return out
 
