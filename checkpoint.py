@@ -91,13 +91,18 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weight
     return net, tok, ckpt
 
 
+def class_counts(ckpt: dict) -> list[int] | None:
+    """A checkpoint's training targets per class as a list indexed like data.INSTRUMENTS (make_checkpoint's
+    dict read back); None for a checkpoint from before the counts were kept: what it saw is unknown."""
+    counts = ckpt.get("class_counts")
+    return None if counts is None else [int(counts.get(name, 0)) for name in INSTRUMENTS]
+
+
 def trained_classes(ckpt: dict) -> dict[str, int] | None:
     """{class name: training targets seen} for the classes a checkpoint trained on; None if it does not say
     (written before the counts were kept)."""
-    counts = ckpt.get("class_counts")
-    if counts is None:
-        return None
-    return {name: int(n) for name, n in counts.items() if int(n) > 0}
+    counts = class_counts(ckpt)
+    return None if counts is None else {name: n for name, n in zip(INSTRUMENTS, counts) if n > 0}
 
 
 def checkpoint_window_seconds(ckpt: dict) -> float | None:

@@ -34,7 +34,7 @@ import pool
 import spectral
 import synth
 from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
-from checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, make_checkpoint, save_checkpoint
+from checkpoint import DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint
 from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 from spectral import SpectralConfig
@@ -211,9 +211,10 @@ def build_model(args, codec, device, resume: dict | None):
     if args.codeword_init and resume is None:
         model.init_from_codewords(codec.codewords(), torch.Generator().manual_seed(args.seed))
     model = model.to(device)
-    if args.init_from:
+    init = load_checkpoint(args.init_from, "cpu") if args.init_from else None
+    if init is not None:
         try:
-            model.load_state_dict(load_checkpoint(args.init_from, "cpu")["model"])
+            model.load_state_dict(init["model"])
         except RuntimeError as e:
             raise TrainError(f"--init-from {args.init_from} does not fit this model (preset/codec differ): "
                              f"{str(e).splitlines()[0]}") from None
@@ -228,10 +229,10 @@ def build_model(args, codec, device, resume: dict | None):
         sched.load_state_dict(resume["scheduler"])
         state = RunState(resume["step"], resume.get("best_val_nll", math.inf),   # older checkpoints: accuracy
                          resume["best_step"], resume.get("nonfinite_steps", 0))
-        state.class_counts = class_counts_list(resume.get("class_counts"))
+        state.class_counts = class_counts(resume)
         torch.set_rng_state(resume["rng"]["torch"])
-    elif args.init_from:   # fine-tuning keeps what the weights were trained on
-        state.class_counts = class_counts_list(load_checkpoint(args.init_from, "cpu").get("class_counts"))
+    elif init is not None:   # fine-tuning keeps what the weights were trained on
+        state.class_counts = class_counts(init)
     return model, cfg, opt, sched, state
 
 
@@ -274,12 +275,6 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
     sched.step()
     state.step += 1
     return loss_val
-
-
-def class_counts_list(counts: dict | None) -> list[int] | None:
-    """A checkpoint's {class name: targets seen} as a list indexed like data.INSTRUMENTS; None stays None (a
-    checkpoint from before the counts were kept: what its weights saw is unknown, and stays so)."""
-    return None if counts is None else [int(counts.get(name, 0)) for name in data.INSTRUMENTS]
 
 
 def count_classes(state: RunState, instruments: list[torch.Tensor], device) -> None:
