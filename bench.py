@@ -28,7 +28,7 @@ import torch
 
 import decode
 from model import PRESETS, StemGen, autocast, count_parameters
-from data import NULL_INSTRUMENT
+from instruments import NULL_INSTRUMENT
 from masking import Objective, masked_loss
 
 FRAME_RATE = 50  # token frames per second of both codecs (Encodec 32 kHz and SpectralConfig.frame_rate)

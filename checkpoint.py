@@ -13,7 +13,7 @@ import torch
 
 import codec as codec_lib
 from audio import atomic_write
-from data import INSTRUMENTS
+from instruments import INSTRUMENTS
 from model import ModelConfig, StemGen
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes, generate.py looks
@@ -92,7 +92,7 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weight
 
 
 def class_counts(ckpt: dict) -> list[int] | None:
-    """A checkpoint's training targets per class as a list indexed like data.INSTRUMENTS (make_checkpoint's
+    """A checkpoint's training targets per class as a list indexed like instruments.INSTRUMENTS (make_checkpoint's
     dict read back); None for a checkpoint from before the counts were kept: what it saw is unknown."""
     counts = ckpt.get("class_counts")
     return None if counts is None else [int(counts.get(name, 0)) for name in INSTRUMENTS]

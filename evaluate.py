@@ -45,6 +45,7 @@ import fad
 import listening
 import mir
 import pool
+from instruments import INSTRUMENTS, UNPITCHED
 
 EXIT_USER_ERROR = 2
 
@@ -110,7 +111,7 @@ def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_
         song = ds.segment_song[seg]
         if song in seen:
             continue
-        pitched = [x for x in ds.segment_pairs(int(seg), 8, rng) if x[2] not in data.UNPITCHED]
+        pitched = [x for x in ds.segment_pairs(int(seg), 8, rng) if x[2] not in UNPITCHED]
         if pitched:
             c, t, k = pitched[0]
             out.append((c.numpy(), t.numpy(), int(k), song))
@@ -158,7 +159,7 @@ def run_listening(args, net, tok, seconds: float, progress: bool) -> dict:
         "generated": listening.chroma_check(stems, contexts, songs, tok.sample_rate, args.seed),
         "real stems": listening.chroma_check([t for _, t, _, _ in examples], contexts, songs, tok.sample_rate,
                                              args.seed),
-        "n": len(examples), "instruments": [data.INSTRUMENTS[k] for _, _, k, _ in examples],
+        "n": len(examples), "instruments": [INSTRUMENTS[k] for _, _, k, _ in examples],
         "sampling": asdict(sampling)}
     return report
 
@@ -374,7 +375,7 @@ def run(args) -> dict:
         "protocol": {"data": os.path.abspath(args.data), "split": args.split, "n": args.n, "seconds": seconds,
                      "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint), "step": ckpt.get("step"),
                      "codec": type(tok).__name__, "codec_sample_rate": tok.sample_rate,
-                     "instruments": [data.INSTRUMENTS[int(i)] for _, _, i in examples]},
+                     "instruments": [INSTRUMENTS[int(i)] for _, _, i in examples]},
         "embedding": fad.embedding_record(embedding),
         "mirdd": {"analysis_sample_rate": mir.ANALYSIS_SR, "kl": "KL(real || generated) per descriptor, mean",
                   "kl_smoothing": args.kl_smoothing, "descriptors": list(mir.DESCRIPTORS),

@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 import audio
 import codec as codec_lib
-import data
 import decode
 from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device, trained_classes
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
+from instruments import INSTRUMENTS, instrument_id
 
 SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
 EXIT_USER_ERROR = 2
@@ -60,8 +60,8 @@ def read_context(path: str) -> tuple[np.ndarray, int]:
 
 
 def instrument_ids(names: list[str]) -> list[int]:
-    """Map user spellings to data.INSTRUMENTS ids (ValueError listing the valid names otherwise)."""
-    return [data.instrument_id(n) for n in names]
+    """Map user spellings to INSTRUMENTS ids (ValueError listing the valid names otherwise)."""
+    return [instrument_id(n) for n in names]
 
 
 def check_trained(instruments: list[int], trained: dict[str, int] | None, checkpoint: str) -> None:
@@ -70,7 +70,7 @@ def check_trained(instruments: list[int], trained: dict[str, int] | None, checkp
         print(f"note: {checkpoint} does not record which classes it trained on (an older checkpoint)",
               file=sys.stderr)
         return
-    untrained = [data.INSTRUMENTS[i] for i in instruments if data.INSTRUMENTS[i] not in trained]
+    untrained = [INSTRUMENTS[i] for i in instruments if INSTRUMENTS[i] not in trained]
     if untrained:
         raise GenerateError(f"{checkpoint} never trained on {', '.join(untrained)}; it trained on: " +
                             ", ".join(f"{name.lower()} ({n})" for name, n in trained.items()))
@@ -78,7 +78,7 @@ def check_trained(instruments: list[int], trained: dict[str, int] | None, checkp
 
 def instrument_slug(iid: int) -> str:
     """File-name form of an instrument class: "Strings (continued)" -> "strings-continued"."""
-    name = data.INSTRUMENTS[iid].lower()
+    name = INSTRUMENTS[iid].lower()
     return "-".join("".join(c if c.isalnum() else " " for c in name).split())
 
 
@@ -91,7 +91,7 @@ def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampli
 
     Args:
         context: float [S] mono audio at tok.sample_rate.
-        instruments: instrument ids (data.INSTRUMENTS), generated in this order.
+        instruments: instrument ids (INSTRUMENTS), generated in this order.
         window, overlap: in codec frames (decode.window_frames).
     Returns:
         one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
@@ -276,7 +276,7 @@ def run(args) -> list[str]:
 
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    say(f"seed {seed}; {', '.join(data.INSTRUMENTS[i] for i in instruments)} for {args.context} "
+    say(f"seed {seed}; {', '.join(INSTRUMENTS[i] for i in instruments)} for {args.context} "
         f"({x.shape[1] / sr:.1f} s, {sr} Hz, {x.shape[0]} ch) on {device}")
     generator = torch.Generator(device=device).manual_seed(seed)
     context = audio.resample(audio.to_mono(x), sr, tok.sample_rate)           # [S'] at the codec rate

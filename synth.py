@@ -31,7 +31,8 @@ from tqdm import tqdm
 import listening
 from audio import write_audio
 from compose import Part, compose
-from data import INSTRUMENTS, SLAKH_LABELS, StemPairDataset, instrument_id, program_class
+from data import StemPairDataset
+from instruments import INSTRUMENTS, SLAKH_LABELS, instrument_id, program_class
 
 SOUNDFONT = os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
 MARKER = "synth.yaml"  # written at the dataset root; marks a folder this script may replace with overwrite=True

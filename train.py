@@ -35,6 +35,7 @@ import spectral
 import synth
 from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
 from checkpoint import DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint
+from instruments import INSTRUMENTS, NULL_INSTRUMENT
 from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 from spectral import SpectralConfig
@@ -176,7 +177,7 @@ def report_best(model, val: dict, batch: int, frame_rate: float, best_path: str,
     """Score the weights with the lowest validation NLL (what generate.py is pointed at), print and log it."""
     if os.path.isfile(best_path):
         model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device)["model"])
-    report = listening.full_report(model, val, batch, frame_rate, data.NULL_INSTRUMENT)
+    report = listening.full_report(model, val, batch, frame_rate, NULL_INSTRUMENT)
     with open(os.path.join(out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"kind": "final", "step": step, **report}) + "\n")
     print(listening.format_report(report), file=sys.stderr)
@@ -194,7 +195,7 @@ class RunState:
     best_step: int = 0
     nonfinite: int = 0            # skipped non-finite steps in all
     in_a_row: int = 0
-    class_counts: list | None = field(default_factory=lambda: [0] * len(data.INSTRUMENTS))  # targets seen, per class
+    class_counts: list | None = field(default_factory=lambda: [0] * len(INSTRUMENTS))  # targets seen, per class
 
 
 def build_model(args, codec, device, resume: dict | None):
@@ -256,7 +257,7 @@ def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState,
         g.manual_seed((args.seed * 1_000_003 + state.step) * 4096 + rank * accum + j)
         with autocast(device):
             loss = masked_loss(fwd, ctx.to(device), tgt.to(device), inst.to(device), args.objective,
-                               data.NULL_INSTRUMENT, g)
+                               NULL_INSTRUMENT, g)
         (loss / accum).backward()
         loss_sum += loss.detach() / accum
     loss_val = mean_over_processes(float(loss_sum), device)
@@ -281,8 +282,8 @@ def count_classes(state: RunState, instruments: list[torch.Tensor], device) -> N
     """Add one step's target classes (all processes) to the run's counts; generate.py refuses unseen ones."""
     if state.class_counts is None:
         return                                     # unknown since an older checkpoint; the same on every rank
-    step = torch.bincount(torch.cat(instruments).long().cpu(), minlength=len(data.INSTRUMENTS))
-    step = sum_over_processes(step[:len(data.INSTRUMENTS)].to(device)).cpu()
+    step = torch.bincount(torch.cat(instruments).long().cpu(), minlength=len(INSTRUMENTS))
+    step = sum_over_processes(step[:len(INSTRUMENTS)].to(device)).cpu()
     state.class_counts = [a + int(b) for a, b in zip(state.class_counts, step)]
 
 
@@ -317,7 +318,7 @@ def training_batches(codec, args, device, step: int, rank: int, world: int):
 
 def log_validation(model, val, micro, state: RunState, metrics) -> bool:
     """Validate, append the row to metrics.jsonl, and say whether this is the lowest NLL so far."""
-    v = listening.validation_scores(model, val, micro, data.NULL_INSTRUMENT)
+    v = listening.validation_scores(model, val, micro, NULL_INSTRUMENT)
     metrics.write(json.dumps({"kind": "val", "step": state.step, **v}) + "\n")
     metrics.flush()
     if v["nll"] < state.best:

@@ -10,6 +10,7 @@ import yaml
 import activity
 import data
 from data import StemPairDataset
+from instruments import instrument_id
 
 SR = 8000
 
@@ -218,7 +219,7 @@ def test_items_read_only_their_stems_and_stay_a_function_of_seed_and_index(tmp_p
         # besides the target (all stems sound everywhere, so a pair is never drawn twice)
         t = np.arange(SR) / SR
         level = {k: abs(np.dot(ctx.numpy(), np.exp(-2j * np.pi * 110 * (k + 1) * t))) / SR for k in range(6)}
-        target_k = [k for k, (c, _) in enumerate(stems.values()) if data.instrument_id(c) == inst][0]
+        target_k = [k for k, (c, _) in enumerate(stems.values()) if instrument_id(c) == inst][0]
         in_ctx = {k for k in range(6) if level[k] > 0.05}
         assert target_k not in in_ctx and in_ctx
         assert sorted(reads) == sorted([f"S{k:02d}" for k in in_ctx] + [f"S{target_k:02d}"])

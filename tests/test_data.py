@@ -11,6 +11,8 @@ import yaml
 from conftest import FIXTURE
 import data
 from data import DatasetError, StemPairDataset
+from instruments import (DRUMS, INSTRUMENTS, N_INSTRUMENTS, NULL_INSTRUMENT, SLAKH_LABELS, instrument_id, program_class,
+                         stem_class)
 
 REDUX = os.path.join(FIXTURE, "slakh2100_flac_redux")
 BABY = os.path.join(FIXTURE, "babyslakh_16k")
@@ -39,16 +41,16 @@ FREQ = {0: 220.0, 4: 110.0, 3: 330.0}  # instrument id (Piano, Bass, Guitar) -> 
 
 
 def test_instrument_classes_and_lookup():
-    assert len(data.INSTRUMENTS) == 17 and data.NULL_INSTRUMENT == 17 and data.N_INSTRUMENTS == 18
-    assert data.INSTRUMENTS[0] == "Piano" and data.INSTRUMENTS[-1] == "Drums"
-    assert data.instrument_id("piano") == 0
-    assert data.instrument_id("synth lead") == data.INSTRUMENTS.index("Synth Lead")
-    assert data.instrument_id("strings-continued") == data.INSTRUMENTS.index("Strings (continued)")
-    assert data.instrument_id("DRUMS") == 16
-    for i, name in enumerate(data.INSTRUMENTS):
-        assert data.instrument_id(name) == i
+    assert len(INSTRUMENTS) == 17 and NULL_INSTRUMENT == 17 and N_INSTRUMENTS == 18
+    assert INSTRUMENTS[0] == "Piano" and INSTRUMENTS[-1] == "Drums"
+    assert instrument_id("piano") == 0
+    assert instrument_id("synth lead") == INSTRUMENTS.index("Synth Lead")
+    assert instrument_id("strings-continued") == INSTRUMENTS.index("Strings (continued)")
+    assert instrument_id("DRUMS") == 16
+    for i, name in enumerate(INSTRUMENTS):
+        assert instrument_id(name) == i
     with pytest.raises(ValueError, match="valid names: Piano, Chromatic Percussion"):
-        data.instrument_id("kazoo")
+        instrument_id("kazoo")
 
 
 # Slakh's class table (slakh-utils, midi_inst_values/general_midi_inst_0based): label -> GM programs.
@@ -63,29 +65,29 @@ SLAKH_TABLE = {"Piano": range(0, 8), "Chromatic Percussion": range(8, 16), "Orga
 def test_every_gm_program_gets_slakhs_class():
     for label, programs in SLAKH_TABLE.items():
         for p in programs:
-            assert data.SLAKH_LABELS[data.program_class(p)] == label, p
+            assert SLAKH_LABELS[program_class(p)] == label, p
             # metadata with the program decides by it, whatever the label says
-            assert data.stem_class({"program_num": p, "inst_class": "Piano"}) == data.program_class(p)
-    assert data.program_class(0, is_drum=True) == data.DRUMS == data.INSTRUMENTS.index("Drums")
+            assert stem_class({"program_num": p, "inst_class": "Piano"}) == program_class(p)
+    assert program_class(0, is_drum=True) == DRUMS == INSTRUMENTS.index("Drums")
     with pytest.raises(ValueError, match="outside 0-127"):
-        data.program_class(128)
+        program_class(128)
 
 
 def test_slakh_labels_are_read_case_sensitively():
-    assert sorted(data.SLAKH_LABELS) == sorted([*SLAKH_TABLE, "Drums"])  # one entry per label, no two alike
+    assert sorted(SLAKH_LABELS) == sorted([*SLAKH_TABLE, "Drums"])  # one entry per label, no two alike
     for label in SLAKH_TABLE:
-        assert data.stem_class({"inst_class": label}) == data.program_class(SLAKH_TABLE[label][0])
-    assert data.stem_class({"inst_class": "Sound Effects"}) == data.instrument_id("synth effects") == 12
-    assert data.stem_class({"inst_class": "Sound effects"}) == data.instrument_id("sound effects") == 15
-    assert data.stem_class({"inst_class": "Drums", "is_drum": True}) == data.stem_class({"is_drum": True}) == 16
-    assert data.stem_class({"inst_class": "kazoo"}) is None and data.stem_class({}) is None
+        assert stem_class({"inst_class": label}) == program_class(SLAKH_TABLE[label][0])
+    assert stem_class({"inst_class": "Sound Effects"}) == instrument_id("synth effects") == 12
+    assert stem_class({"inst_class": "Sound effects"}) == instrument_id("sound effects") == 15
+    assert stem_class({"inst_class": "Drums", "is_drum": True}) == stem_class({"is_drum": True}) == 16
+    assert stem_class({"inst_class": "kazoo"}) is None and stem_class({}) is None
 
 
 def test_every_class_is_reachable_from_programs_and_labels():
-    from_programs = {data.program_class(p) for p in range(128)} | {data.program_class(0, True)}
-    from_labels = {data.stem_class({"inst_class": label}) for label in data.SLAKH_LABELS}
-    assert from_programs == from_labels == set(range(len(data.INSTRUMENTS)))
-    assert data.NULL_INSTRUMENT not in from_programs
+    from_programs = {program_class(p) for p in range(128)} | {program_class(0, True)}
+    from_labels = {stem_class({"inst_class": label}) for label in SLAKH_LABELS}
+    assert from_programs == from_labels == set(range(len(INSTRUMENTS)))
+    assert NULL_INSTRUMENT not in from_programs
 
 
 @pytest.mark.parametrize("m", range(0, 8))
@@ -115,7 +117,7 @@ def test_fixture_layouts_read_and_unrendered_stems_skipped(root):
     names = [s.name for s in tracks[0].stems]
     assert "S06" not in names and len(names) == 10  # S06 has metadata but no audio
     assert skips["stem without audio"] == 1
-    inst = {s.name: data.INSTRUMENTS[s.instrument] for s in tracks[0].stems}
+    inst = {s.name: INSTRUMENTS[s.instrument] for s in tracks[0].stems}
     assert inst["S01"] == "Drums" and inst["S04"] == "Strings (continued)" and inst["S00"] == "Guitar"
     if root == BABY:  # audio_rendered: false everywhere, yet the files exist; Track00007 has no metadata
         assert skips["track without metadata.yaml"] == 1

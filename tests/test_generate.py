@@ -10,13 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
-import data
 import decode
 import generate
 import model as model_lib
 import spectral
 from checkpoint import config_dict, load_model, save_checkpoint
 from conftest import ROOT
+from instruments import INSTRUMENTS
 
 SR = 16000          # codec rate of the test codec
 N_Q, BINS = 2, 16
@@ -275,7 +275,7 @@ def _bad(tmp_path, kind, random_ckpt):
         words = ["gone_codec.pt", "spectral.py fit"]
     elif kind == "untrained instrument":
         ck = torch.load(random_ckpt, weights_only=True)
-        ck["class_counts"] = {name: {"Piano": 10, "Bass": 3}.get(name, 0) for name in data.INSTRUMENTS}
+        ck["class_counts"] = {name: {"Piano": 10, "Bass": 3}.get(name, 0) for name in INSTRUMENTS}
         ckpt, inst = str(tmp_path / "counted.pt"), "synth effects"
         save_checkpoint(ckpt, ck)
         words = ["never trained on Synth Effects", "it trained on: piano (10), bass (3)"]

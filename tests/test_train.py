@@ -1,6 +1,6 @@
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +13,7 @@ import synth
 import train
 from checkpoint import save_checkpoint, trained_classes
 from conftest import FIXTURE, ROOT
+from instruments import INSTRUMENTS
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra, capsys):
     assert a["scheduler"] == b["scheduler"]
     # every target trained on is counted once, in its class; resuming carries the counts on
     assert a["class_counts"] == b["class_counts"] and sum(a["class_counts"].values()) == 6 * 4
-    in_data = {data.INSTRUMENTS[s.instrument] for t in data.scan_tracks(data_dir, "train")[0] for s in t.stems}
+    in_data = {INSTRUMENTS[s.instrument] for t in data.scan_tracks(data_dir, "train")[0] for s in t.stems}
     assert {k for k, n in a["class_counts"].items() if n} <= in_data
     # the checkpoint holds what generate.py and a resumed run need
     for key in ("model_config", "codec_spec", "optimizer", "rng", "best_val_nll", "train_args"):
