@@ -16,7 +16,7 @@ FAD (Sec. 3.1, [20], fad.py) is the Frechet distance between Gaussians fitted to
 populations. The paper used VGGish; we run VGGish in torch from a local weights file when given one
 (`--vggish-weights`, no download), and otherwise an offline log-mel statistics embedding whose scores are
 labelled, in every output, as not comparable with published FAD. MIRDD (mir.py) takes its note descriptors
-from a learned transcriber (basic-pitch's model, run with onnxruntime) and the others from librosa analysers
+from a learned transcriber (transcriber.py: basic-pitch's model, run with onnxruntime) and the others from librosa analysers
 (mir.py's docstring says how they differ from the paper's learned models), so it is not comparable either.
 """
 from __future__ import annotations
@@ -45,6 +45,7 @@ import fad
 import listening
 import mir
 import pool
+import transcriber
 from instruments import INSTRUMENTS, UNPITCHED
 
 EXIT_USER_ERROR = 2
@@ -339,7 +340,7 @@ def run(args) -> dict:
         if os.path.exists(path) and not args.force:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")
     if not args.listening:
-        mir.check_transcriber()  # before hours of generation, not after
+        transcriber.check_transcriber()  # before hours of generation, not after
     embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu")
     device = checkpoint.pick_device(args.device)
     if isinstance(embedding, fad.VGGishEmbedding):
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args)
     except (EvaluateError, audio.AudioError, codec_lib.CodecUnavailable,
-            data.DatasetError, mir.TranscriberUnavailable, ValueError) as e:
+            data.DatasetError, transcriber.TranscriberUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

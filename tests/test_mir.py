@@ -7,6 +7,7 @@ import pytest
 
 import mir
 import synth
+import transcriber
 
 SR = mir.ANALYSIS_SR
 
@@ -199,7 +200,7 @@ def test_transcriber_finds_known_notes_in_rendered_parts_and_their_mix():
     for seed in range(3):
         parts = known_parts(seed)
         stems = render_parts(parts)
-        *est_parts, est_mix = mir.transcribe_batch(stems + [sum(stems)])
+        *est_parts, est_mix = transcriber.transcribe_batch(stems + [sum(stems)])
         parts_f += [note_f_measure(notes, est) for (_, notes), est in zip(parts, est_parts)]
         mix_f.append(note_f_measure([n for _, notes in parts for n in notes], est_mix))
     assert min(parts_f) >= PART_F_BOUND, parts_f
@@ -209,12 +210,12 @@ def test_transcriber_finds_known_notes_in_rendered_parts_and_their_mix():
 def test_batched_transcription_sees_each_clip_as_alone():
     stems = render_parts(known_parts(5), seconds=3.0)
     stems = [stems[0][: int(1.3 * SR)], stems[1], stems[2][: int(2.2 * SR)]]  # unequal lengths, one window or two
-    for y, (note, onset) in zip(stems, mir.note_activations(stems)):
-        alone_note, alone_onset = mir.note_activations([y])[0]
-        assert note.shape == (int(np.ceil(y.size / mir.TRANSCRIBER_HOP)), mir.NOTE_HIGH - mir.NOTE_LOW + 1)
+    for y, (note, onset) in zip(stems, transcriber.note_activations(stems)):
+        alone_note, alone_onset = transcriber.note_activations([y])[0]
+        assert note.shape == (int(np.ceil(y.size / transcriber.HOP)), transcriber.NOTE_HIGH - transcriber.NOTE_LOW + 1)
         np.testing.assert_allclose(note, alone_note, atol=1e-4)
         np.testing.assert_allclose(onset, alone_onset, atol=1e-4)
-    for y, notes in zip(stems, mir.transcribe_batch(stems)):
+    for y, notes in zip(stems, transcriber.transcribe_batch(stems)):
         assert notes.size and notes[:, 1].max() <= y.size / SR + 1e-9  # notes end within their clip
 
 
@@ -227,34 +228,34 @@ def test_missing_transcriber_names_the_install_command(monkeypatch):
             raise ModuleNotFoundError("No module named 'onnxruntime'", name=name)
         return real_import(name, *args, **kwargs)
 
-    mir._transcriber.cache_clear()
+    transcriber._model.cache_clear()
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     try:
-        with pytest.raises(mir.TranscriberUnavailable, match="requirements-nodeps.txt"):
-            mir.transcribe(np.zeros(SR, np.float32))
+        with pytest.raises(transcriber.TranscriberUnavailable, match="requirements-nodeps.txt"):
+            transcriber.transcribe(np.zeros(SR, np.float32))
     finally:
         monkeypatch.undo()
-        mir._transcriber.cache_clear()
+        transcriber._model.cache_clear()
 
 
 # ------------------------------------------------------------------------------------------- supports
 
 def test_note_supports_are_the_transcribers_range():
-    session, _ = mir._transcriber()
-    assert session.get_inputs()[0].shape[1:] == [mir.TRANSCRIBER_WINDOW, 1]
+    session, _ = transcriber._model()
+    assert session.get_inputs()[0].shape[1:] == [transcriber.WINDOW, 1]
     shapes = {o.name: o.shape for o in session.get_outputs()}
-    for name in (mir.NOTE_OUTPUT, mir.ONSET_OUTPUT):
-        assert shapes[name][1:] == [mir.TRANSCRIBER_FRAMES, mir.NOTE_HIGH - mir.NOTE_LOW + 1]
+    for name in (transcriber.NOTE_OUTPUT, transcriber.ONSET_OUTPUT):
+        assert shapes[name][1:] == [transcriber.FRAMES, transcriber.NOTE_HIGH - transcriber.NOTE_LOW + 1]
     # activations in the lowest and the highest of the model's bins become notes at NOTE_LOW and NOTE_HIGH
     note, onset = np.zeros((100, 88), np.float32), np.zeros((100, 88), np.float32)
     note[10:60, [0, 87]] = 0.9
     onset[10, [0, 87]] = 0.9
-    notes = mir.activations_to_notes(note, onset)
-    assert sorted(notes[:, 2]) == [mir.NOTE_LOW, mir.NOTE_HIGH]
-    assert notes[0, 0] == pytest.approx(10 * mir.TRANSCRIBER_HOP / SR)
+    notes = transcriber.activations_to_notes(note, onset)
+    assert sorted(notes[:, 2]) == [transcriber.NOTE_LOW, transcriber.NOTE_HIGH]
+    assert notes[0, 0] == pytest.approx(10 * transcriber.HOP / SR)
     d = mir.note_descriptors(notes)
     assert d["pitch_range"] == [mir.DESCRIPTORS["pitch_range"][1][-1]]  # the widest range is the last bin
-    assert mir.DESCRIPTORS["note_pitches"][1] == tuple(range(mir.NOTE_LOW, mir.NOTE_HIGH + 1))
+    assert mir.DESCRIPTORS["note_pitches"][1] == tuple(range(transcriber.NOTE_LOW, transcriber.NOTE_HIGH + 1))
     assert mir.DESCRIPTORS["note_pitch_classes"][1] == tuple(range(12))
     assert mir.DESCRIPTORS["unique_pitch_classes"][1] == tuple(range(13))
 
@@ -271,8 +272,8 @@ def test_other_supports_are_what_their_analysers_can_produce():
     assert mir.max_density(mir.percussive_onsets(clicks(1500, 3.0))) <= mir.MAX_PERCUSSIVE_DENSITY
 
 
-@pytest.mark.parametrize("name,value", [("note_pitches", mir.NOTE_LOW - 1), ("note_pitches", mir.NOTE_HIGH + 1),
-                                        ("pitch_range", mir.NOTE_HIGH - mir.NOTE_LOW + 1), ("beats_per_bar", 1),
+@pytest.mark.parametrize("name,value", [("note_pitches", transcriber.NOTE_LOW - 1), ("note_pitches", transcriber.NOTE_HIGH + 1),
+                                        ("pitch_range", transcriber.NOTE_HIGH - transcriber.NOTE_LOW + 1), ("beats_per_bar", 1),
                                         ("percussive_density", mir.MAX_PERCUSSIVE_DENSITY + 1),
                                         ("chord_alteration_ratio", 1.5), ("chord_labels", "H:dim")])
 def test_histogram_refuses_values_its_analyser_cannot_produce(name, value):
