@@ -235,39 +235,49 @@ def window_frames(frame_rate: float, max_len: int, window_seconds: float | None 
 
 
 @torch.no_grad()
-def generate_stem_tokens(model, context: torch.Tensor, instrument: int, sampling: Sampling, window: int,
+def generate_stem_tokens(model, context: torch.Tensor, instrument, sampling: Sampling, window: int,
                          overlap: int, generator: torch.Generator | None = None,
                          on_step: OnStep | None = None) -> torch.Tensor:
-    """Target tokens for context tokens [1, Q, T] of any length, window by window (Sec. 2.1.1).
+    """Target tokens for context tokens [B, Q, T] of any length, window by window (Sec. 2.1.1); `instrument` is
+    one id for all B, or one per example.
 
     Each window's overlap with the previous one is given to generate_tokens as a prompt of already-decoded
     target tokens, so the stem continues, and only the frames after it count for its steps (Sampling.level_steps);
-    the results are stitched at token level. Returns LongTensor [1, Q, T].
+    the results are stitched at token level. Returns LongTensor [B, Q, T].
     """
-    target = torch.full_like(context, -1)                                     # [1, Q, T], -1 = not yet
-    inst = torch.tensor([instrument], device=context.device)
+    target = torch.full_like(context, -1)                                     # [B, Q, T], -1 = not yet
+    inst = torch.as_tensor(instrument, device=context.device).reshape(-1).expand(context.shape[0])    # [B]
     for start, end, p in plan_windows(context.shape[-1], window, overlap):
-        prompt = target[:, :, start:start + p] if p else None                 # [1, Q, P]
+        prompt = target[:, :, start:start + p] if p else None                 # [B, Q, P]
         target[:, :, start:end] = generate_tokens(model, context[:, :, start:end], inst, sampling, prompt=prompt,
                                                   generator=generator, on_step=on_step)
     return target
 
 
 @torch.no_grad()
+def generate_stem_batch(model, tok, contexts: np.ndarray, instruments, sampling: Sampling, window: int,
+                        overlap: int, generator: torch.Generator | None = None,
+                        on_step: OnStep | None = None) -> np.ndarray:
+    """Stems for mono contexts [B, S] of one length at tok.sample_rate, decoded together: encode, decode
+    windows (generate_stem_tokens), codec decode. Returns float32 [B, S], sample-aligned with the contexts."""
+    n = contexts.shape[-1]
+    device = next(model.parameters()).device
+    mix = torch.as_tensor(np.asarray(contexts, dtype=np.float32), device=device)  # [B, S]
+    ctx_tokens = tok.encode(mix[:, None])                                         # [B, Q, T]
+    tgt_tokens = generate_stem_tokens(model, ctx_tokens, instruments, sampling, window, overlap, generator,
+                                      on_step)
+    stems = tok.decode(tgt_tokens)[:, 0, :n].float()                              # [B, S]
+    if stems.shape[-1] < n:
+        stems = torch.nn.functional.pad(stems, (0, n - stems.shape[-1]))
+    return stems.cpu().numpy()
+
+
 def generate_stem(model, tok, context: np.ndarray, instrument: int, sampling: Sampling, window: int,
                   overlap: int, generator: torch.Generator | None = None,
                   on_step: OnStep | None = None) -> np.ndarray:
-    """One stem for a mono context [S] at tok.sample_rate, any length: encode, decode windows, codec decode.
+    """One stem for a mono context [S] at tok.sample_rate, any length (generate_stem_batch of one).
 
     Returns float32 [S] at tok.sample_rate, sample-aligned with the context.
     """
-    n = context.shape[-1]
-    device = next(model.parameters()).device
-    mix = torch.as_tensor(np.asarray(context, dtype=np.float32), device=device)   # [S]
-    ctx_tokens = tok.encode(mix[None, None])                                      # [1, Q, T]
-    tgt_tokens = generate_stem_tokens(model, ctx_tokens, instrument, sampling, window, overlap, generator,
-                                      on_step)
-    stem = tok.decode(tgt_tokens)[0, 0, :n].float()                               # [S]
-    if stem.shape[-1] < n:
-        stem = torch.nn.functional.pad(stem, (0, n - stem.shape[-1]))
-    return stem.cpu().numpy()
+    return generate_stem_batch(model, tok, np.asarray(context)[None], instrument, sampling, window, overlap,
+                               generator, on_step)[0]

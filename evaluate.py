@@ -76,8 +76,7 @@ def generate_population(net, tok, examples, sampling, seed: int, window_seconds:
     out = []
     for i, (context, _, instrument) in enumerate(tqdm(examples, desc=desc, unit="ex", disable=not progress)):
         g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-        stem = decode.generate_stem(net, tok, context, int(instrument), sampling, window, overlap, generator=g)
-        out.append(audio.fit_length(stem, len(context)))
+        out.append(decode.generate_stem(net, tok, context, int(instrument), sampling, window, overlap, generator=g))
     return out
 
 
@@ -124,25 +123,21 @@ def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_
     return out
 
 
-@torch.no_grad()
 def generate_batched(net, tok, contexts: list[np.ndarray], instruments: list[int], sampling, seed: int,
-                     batch: int = 16, progress: bool = False) -> list[np.ndarray]:
-    """Stems for equal-length contexts (one window each), `batch` examples per decoding loop; batch j is
-    seeded with (seed, j)."""
+                     window_seconds: float | None = None, batch: int = 16, progress: bool = False) -> list[np.ndarray]:
+    """Stems for equal-length contexts, `batch` examples decoded together (decode.generate_stem_batch); batch j
+    is seeded with (seed, j)."""
     device = next(net.parameters()).device
+    window, overlap = decode.window_frames(tok.frame_rate, net.cfg.max_len, window_seconds)
+    plan = decode.plan_windows(math.ceil(len(contexts[0]) * tok.frame_rate / tok.sample_rate), window, overlap)
     out = []
-    n_frames = math.ceil(len(contexts[0]) * tok.frame_rate / tok.sample_rate)
-    bar = tqdm(total=len(contexts) * sum(sampling.level_steps(n_frames)), desc="generate pitched stems",
-               unit="step", disable=not progress)
-    for j in range(0, len(contexts), batch):
-        wave = torch.as_tensor(np.stack(contexts[j:j + batch]), device=device)[:, None]      # [b, 1, S]
-        inst = torch.tensor(instruments[j:j + batch], device=device)
-        g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
-        tokens = decode.generate_tokens(net, tok.encode(wave), inst, sampling, generator=g,
-                                        on_step=lambda n: bar.update(n * len(inst)))
-        stems = tok.decode(tokens)[:, 0].float().cpu().numpy()                              # [b, S']
-        out += [audio.fit_length(s, wave.shape[-1]) for s in stems]
-    bar.close()
+    with tqdm(total=len(contexts) * decode.planned_steps(sampling, plan), desc="generate pitched stems",
+              unit="step", disable=not progress) as bar:
+        for j in range(0, len(contexts), batch):
+            g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
+            b = len(contexts[j:j + batch])
+            out += list(decode.generate_stem_batch(net, tok, np.stack(contexts[j:j + batch]), instruments[j:j + batch],
+                                                   sampling, window, overlap, g, lambda n: bar.update(n * b)))
     return out
 
 
@@ -154,7 +149,7 @@ def run_listening(args, net, tok, seconds: float, progress: bool) -> dict:
     examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
     sampling = decode.Sampling(temperature=args.temperature, **({"steps": tuple(args.steps)} if args.steps else {}))
     stems = generate_batched(net, tok, [c for c, _, _, _ in examples], [k for _, _, k, _ in examples], sampling,
-                             args.seed, progress=progress)
+                             args.seed, window_seconds=seconds, progress=progress)
     contexts, songs = [c for c, _, _, _ in examples], [s for _, _, _, s in examples]
     report["chroma"] = {
         "generated": listening.chroma_check(stems, contexts, songs, tok.sample_rate, args.seed),

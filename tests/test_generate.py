@@ -217,6 +217,21 @@ def test_windowed_stem_has_no_seam(copy_ckpt, random_ckpt, tiny_codec, tmp_path,
     assert max(at_boundary) <= max(elsewhere), (at_boundary, max(elsewhere))
 
 
+
+def test_a_batch_of_contexts_is_windowed_like_one(copy_ckpt):
+    """generate_stem_batch decodes several contexts together through the same windows: the copy model gives
+    back each context's own tokens, whatever the others hold and whatever their instruments."""
+    net, tok, _ = load_model(copy_ckpt)
+    xs = np.stack([tones(3.0, SR, freqs=f)[0] for f in ((220.0, 277.2), (330.0, 415.3, 493.9))])      # [2, S]
+    sampling = replace(decode.Sampling(), steps=(200, 100))
+    ctx = tok.encode(torch.from_numpy(xs)[:, None])                                                     # [2, Q, T]
+    assert len(decode.plan_windows(ctx.shape[-1], 40, 20)) > 1 and not torch.equal(ctx[0], ctx[1])
+    out = decode.generate_stem_tokens(net, ctx, [0, 9], sampling, 40, 20, torch.Generator().manual_seed(0))
+    assert torch.equal(out, ctx)
+    stems = decode.generate_stem_batch(net, tok, xs, [0, 9], sampling, 40, 20, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(stems, tok.decode(ctx)[:, 0, :xs.shape[1]].numpy(), atol=1e-5)
+
+
 @pytest.mark.slow
 def test_several_instruments_in_turn_write_stems_and_mix(random_ckpt, tiny_codec, tmp_path, monkeypatch,
                                                          capsys):
