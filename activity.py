@@ -101,7 +101,8 @@ def crop_may_sound(ms: np.ndarray, sr: int, frames: int, start: int, n: int, sil
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def _file_key(path: str) -> tuple[int, int]:
+def file_stamp(path: str) -> tuple[int, int]:
+    """(size, mtime in ns) of a file: what says it changed, for the activity cache and the token cache."""
     st = os.stat(path)
     return int(st.st_size), int(st.st_mtime_ns)
 
@@ -164,7 +165,7 @@ def activity_maps(root: str, stems: list, cache_dir: str | None = None, progress
     for s in stems:
         rel = os.path.relpath(s.path, root)
         try:
-            size, mtime = _file_key(s.path)
+            size, mtime = file_stamp(s.path)
         except OSError:
             continue                      # gone since the scan: no map, reading the stem reports it
         hit = cached.get(rel)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from activity import activity_maps, crop_may_sound
+from activity import activity_maps, crop_may_sound, file_stamp
 from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
 from instruments import stem_class
 
@@ -275,9 +275,9 @@ def target_key(stem: Stem, start_s: float, seconds: float, sample_rate: int) -> 
 
     Equal keys mean equal target audio, so its tokens can be reused; a file rewritten since gets a new key.
     """
-    st = os.stat(stem.path)
+    size, mtime = file_stamp(stem.path)
     start, frames = crop_frames(stem, start_s, seconds)
-    return (f"{os.path.abspath(stem.path)}|{st.st_size}|{st.st_mtime_ns}|{stem.sample_rate}|{start}|{frames}|"
+    return (f"{os.path.abspath(stem.path)}|{size}|{mtime}|{stem.sample_rate}|{start}|{frames}|"
             f"{sample_rate}|{int(round(seconds * sample_rate))}")
 
 
