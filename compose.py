@@ -24,6 +24,12 @@ PROGRESSIONS = {  # scale degrees (0 = tonic), one chord per bar
     "major": [[0, 4, 5, 3], [0, 5, 3, 4], [0, 3, 4, 0], [5, 3, 0, 4], [0, 3, 5, 4], [3, 4, 0, 0], [0, 1, 4, 0]],
     "minor": [[0, 5, 2, 6], [0, 3, 4, 0], [0, 6, 5, 6], [0, 3, 6, 2], [0, 5, 3, 4], [5, 6, 0, 0]],
 }
+# Held-out songs (validation and test) draw only from these, which no training song uses: what a held-out
+# song shows is following a progression the model has not heard, not recalling one it has.
+HELD_OUT_PROGRESSIONS = {
+    "major": [[0, 2, 3, 4], [0, 5, 1, 4], [3, 0, 4, 5]],
+    "minor": [[0, 2, 6, 3], [0, 4, 5, 3], [0, 6, 3, 4]],
+}
 FORMS = [["A", "A", "B", "A"], ["A", "B", "A", "B"], ["A", "B", "C", "B"], ["A", "A", "B", "B"], ["A", "B", "B", "A"]]
 
 
@@ -52,11 +58,11 @@ class Plan:
         return self.tonic + (0 if self.mode == "major" else 12)
 
 
-def make_plan(rng: np.random.Generator) -> Plan:
-    """Draw a song's key, tempo, metre, chord progressions and form."""
+def make_plan(rng: np.random.Generator, held_out: bool = False) -> Plan:
+    """Draw a song's key, tempo, metre, chord progressions (HELD_OUT_PROGRESSIONS for a held-out song) and form."""
     mode = "major" if rng.random() < 0.6 else "minor"
     form = list(FORMS[rng.integers(len(FORMS))])
-    progs = PROGRESSIONS[mode]
+    progs = (HELD_OUT_PROGRESSIONS if held_out else PROGRESSIONS)[mode]
     picks = rng.permutation(len(progs))
     chords = {name: progs[picks[k % len(progs)]] for k, name in enumerate(sorted(set(form)))}
     bars = 4 if rng.random() < 0.5 else 8
@@ -273,9 +279,10 @@ def choose_band(rng: np.random.Generator, one_program: bool = False) -> list[tup
     return band
 
 
-def compose(rng: np.random.Generator, seconds: float, one_program: bool = False) -> tuple[Plan, list[Part]]:
+def compose(rng: np.random.Generator, seconds: float, one_program: bool = False,
+            held_out: bool = False) -> tuple[Plan, list[Part]]:
     """Write a song: one plan, then every part from it, sections repeated along the form."""
-    plan = make_plan(rng)
+    plan = make_plan(rng, held_out)
     spb = 60.0 / plan.tempo  # seconds per beat
     section_beats = plan.bars * plan.beats
     n_sections = int(np.ceil(seconds / (section_beats * spb)))

@@ -108,7 +108,16 @@ def _track_dirs(root: str) -> list[tuple[str, str]]:
                            "or train/ validation/ test/; `python synth.py --out DIR` makes one)")
     split_dirs = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
     out = []
-    if split_dirs:
+    parts = [] if split_dirs else sorted(  # a folder of datasets (the built-in data: composed songs + real works)
+        os.path.join(root, d) for d in os.listdir(root)
+        if not d.startswith(".") and any(os.path.isdir(os.path.join(root, d, s)) for s in SPLITS))
+    if parts:
+        out = [t for p in parts for t in _track_dirs(p)]
+        names = Counter(os.path.basename(d) for d, _ in out)
+        twice = [n for n, c in names.items() if c > 1]
+        if twice:
+            raise DatasetError(f"track {twice[0]} appears in two datasets under {root}; rename one")
+    elif split_dirs:
         seen: dict[str, str] = {}
         for s in split_dirs:
             for name in sorted(os.listdir(os.path.join(root, s))):

@@ -46,7 +46,9 @@ class Sampling:
     guidance: str = "multi"       # "multi" (eq. 3), "joint" (eq. 2) or "none"
     scale_audio: float = 3.0      # lambda_a: guidance scale of the context-mix (eq. 3), lambda of eq. 2
     scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
-    temperature: float = 1.0      # softmax temperature of the sampled candidates
+    temperature: float = 1.0      # softmax temperature of the sampled candidates (the paper gives none)
+    fine_temperature: float | None = None  # levels 1.. (finer RVQ levels): None = `temperature`; 0 = greedy,
+    #                               the most likely token, as SoundStorm decodes its finer levels (NOTES.md)
     scale_steps: bool = True      # False: every call runs `steps` as given, however few frames it decodes (the
     #                               behaviour before steps were per STEPS_FRAMES frames; bench.py compares them)
 
@@ -57,11 +59,17 @@ class Sampling:
             raise ValueError(f"steps must be positive, one count per level; got {tuple(self.steps)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be above 0, got {self.temperature}")
+        if self.fine_temperature is not None and self.fine_temperature < 0:
+            raise ValueError(f"fine_temperature must be 0 (greedy) or above, got {self.fine_temperature}")
 
     @classmethod
     def naive(cls, **overrides) -> "Sampling":
         """The paper's naive setting (Sec. 3.2, Tab. 3): no classifier-free guidance and no causal bias."""
         return replace(cls(guidance="none", w_s=0.0), **overrides)
+
+    def level_temperature(self, level: int) -> float:
+        """The sampling temperature of one RVQ level (0: greedy)."""
+        return self.temperature if level == 0 or self.fine_temperature is None else self.fine_temperature
 
     def level_steps(self, n_frames: int) -> tuple[int, ...]:
         """Steps per level for a call that decodes n_frames target frames (steps_for, unless scale_steps is off)."""
@@ -103,7 +111,12 @@ def sample_tokens(logprobs: torch.Tensor, temperature: float, generator: torch.G
 
     Gumbel-max sampling (argmax of log p / temperature + Gumbel noise) draws from softmax(log p / temperature);
     the confidence c(x_n) of eq. 1 is the sampled token's probability under that same distribution.
+    Temperature 0 is greedy: the most likely token, its confidence its probability under softmax(log p).
     """
+    if temperature == 0:
+        logp = torch.log_softmax(logprobs.float(), dim=-1)
+        confidence, tokens = logp.max(dim=-1)
+        return tokens, confidence.exp()
     logp = torch.log_softmax(logprobs.float() / temperature, dim=-1)
     u = torch.rand(logp.shape, device=logp.device, generator=generator).clamp_(min=1e-20)
     tokens = (logp - torch.log(-torch.log(u))).argmax(dim=-1)
@@ -133,7 +146,7 @@ def decode_step(model, contexts, target, instruments, dropped, level: int, k: in
     with autocast(contexts.device):
         logits = model(contexts, target.repeat(n_branches, 1, 1), instruments, dropped, level=level)
         logp = combine_branches(sampling.guidance, logits, sampling.scale_audio, sampling.scale_instrument)
-    candidates, confidence = sample_tokens(logp, sampling.temperature, generator)          # [B, T]
+    candidates, confidence = sample_tokens(logp, sampling.level_temperature(level), generator)  # [B, T]
     rho = causal_rank(confidence, sampling.w_c, sampling.w_s, sampling.w_r, generator)     # eq. 1, [B, T]
     return fix_top_ranked(target[:, level], candidates, rho, k, model.cfg.mask_id)
 

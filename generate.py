@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
                    help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
     g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
+    g.add_argument("--fine-temperature", type=float,
+                   help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "
+                        f"{'--temperature' if d.fine_temperature is None else d.fine_temperature})")
     g.add_argument("--naive", action="store_true",
                    help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
                         "flags above still override it")
@@ -221,7 +224,7 @@ def sampling_from_args(args) -> Sampling:
     """The paper's best (or, with --naive, naive) setting, with every explicitly given flag applied."""
     base = Sampling.naive() if args.naive else Sampling()
     given = {k: getattr(args, k) for k in ("w_c", "w_s", "w_r", "guidance", "scale_audio", "scale_instrument",
-                                           "temperature") if getattr(args, k) is not None}
+                                           "temperature", "fine_temperature") if getattr(args, k) is not None}
     if args.steps is not None:
         given["steps"] = tuple(args.steps)
     return replace(base, **given)

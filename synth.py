@@ -156,7 +156,8 @@ def render_song(job: tuple) -> tuple[str, int]:
     """Compose, render and write song `index` of a dataset (runs in a worker process)."""
     index, track_dir, seconds, seed, sample_rate, soundfont, one_program = job
     rng = np.random.default_rng([seed, index])
-    plan, parts = compose(rng, seconds, one_program)
+    held_out = os.path.basename(os.path.dirname(track_dir)) != "train"
+    plan, parts = compose(rng, seconds, one_program, held_out)
     n = int(round(seconds * sample_rate))
     stems = []
     for part in parts:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from decode import (DEFAULT_WINDOW_SECONDS, STEPS_FRAMES, Sampling, causal_rank, cosine_schedule, generate_stem_tokens,
-                    generate_tokens, plan_windows, planned_steps, steps_for, window_frames)
+                    generate_tokens, plan_windows, planned_steps, sample_tokens, steps_for, window_frames)
 from model import ModelConfig, StemGen
 
 CFG = ModelConfig(n_q=2, bins=16, dim=32, n_heads=2, n_layers=1, max_len=128)
@@ -226,3 +226,37 @@ def test_windows_agree_across_seams_with_scaled_steps(scale_steps):
     sampling = Sampling(steps=(200, 100), scale_steps=scale_steps)
     out = generate_stem_tokens(Copier(CFG), ctx, 4, sampling, 40, 15, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, ctx)
+
+
+def test_temperature_zero_is_greedy_with_the_tokens_probability_as_confidence():
+    logp = torch.log_softmax(torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    tokens, conf = sample_tokens(logp, 0.0, torch.Generator().manual_seed(1))
+    again, _ = sample_tokens(logp, 0.0, torch.Generator().manual_seed(2))
+    assert torch.equal(tokens, logp.argmax(-1)) and torch.equal(tokens, again)
+    assert torch.allclose(conf, logp.exp().max(-1).values)
+
+
+class PeakedFineLevels(torch.nn.Module):
+    """Logits with a mild preference for token 3 at every level: sampling at temperature 1 draws other tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = CFG
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, context, target, instrument, context_dropped=None, level=None):
+        logits = torch.zeros(context.shape[0], context.shape[-1], CFG.bins)
+        logits[..., 3] = 1.0
+        return logits + self.w
+
+
+def test_fine_temperature_zero_decodes_finer_levels_greedily_and_leaves_level_0_sampled():
+    ctx, inst = inputs(T=40)
+    sampling = Sampling(steps=(8, 8), guidance="none", fine_temperature=0.0)
+    assert sampling.level_temperature(0) == 1.0 and sampling.level_temperature(1) == 0.0
+    assert Sampling(temperature=0.5).level_temperature(1) == 0.5
+    out = generate_tokens(PeakedFineLevels(), ctx, inst, sampling, generator=torch.Generator().manual_seed(0))
+    assert (out[:, 1] == 3).all()                  # greedy: always the most likely token
+    assert (out[:, 0] != 3).any()                  # level 0 still sampled at temperature 1
+    with pytest.raises(ValueError, match="fine_temperature"):
+        Sampling(fine_temperature=-1.0)

@@ -1,0 +1,78 @@
+"""corpus.py: real works from music21's corpus rendered into the Slakh layout, split by work, Bach reserved."""
+import os
+
+import numpy as np
+import pretty_midi
+import pytest
+import yaml
+
+import corpus
+import data
+
+pytest.importorskip("music21")
+
+
+def test_bach_is_never_listed_and_asking_for_it_is_refused():
+    root = corpus.corpus_root()
+    works = corpus.list_works(root)
+    assert works and not any(w.split(os.sep)[0] == "bach" for w in works)
+    assert any(w.startswith("palestrina") for w in works)
+    with pytest.raises(corpus.CorpusError, match="reserved"):
+        corpus.list_works(root, ["bach", "haydn"])
+
+
+def test_movements_of_one_work_share_a_name_and_so_a_split(tmp_path):
+    mass = "!!!COM: someone\n!!!OPR: Missa Brevis\n!!!OTL: Kyrie\n**kern\n4c\n*-\n"
+    for name in ("Kyrie_07.krn", "Agnus_I_99.krn"):
+        (tmp_path / "palestrina").mkdir(exist_ok=True)
+        (tmp_path / "palestrina" / name).write_text(mass)
+    a = corpus.work_name(str(tmp_path), os.path.join("palestrina", "Kyrie_07.krn"))
+    b = corpus.work_name(str(tmp_path), os.path.join("palestrina", "Agnus_I_99.krn"))
+    assert a == b == "palestrina/Missa Brevis"
+    assert corpus.work_name(str(tmp_path), os.path.join("haydn", "opus1no1", "movement3.mxl")) == "haydn/opus1no1"
+    splits = {corpus.work_split(f"work {i}") for i in range(200)}
+    assert splits == {"train", "validation", "test"}
+    assert corpus.work_split("palestrina/Missa Brevis") == corpus.work_split("palestrina/Missa Brevis")
+
+
+def test_all_transpositions_keep_the_instruments_and_move_every_note(tmp_path):
+    out, counts = corpus.render_corpus(str(tmp_path / "t"), folders=["palestrina"], max_works=1, transpositions="all",
+                                       seconds=2.0, chunks=1, seed=0, workers=1, progress=False)
+    tracks = sorted(d for s in ("train", "validation", "test") if os.path.isdir(os.path.join(out, s))
+                    for d in [os.path.join(out, s, t) for t in os.listdir(os.path.join(out, s))])
+    assert counts["tracks"] == len(tracks) == 12
+    metas = [yaml.safe_load(open(os.path.join(t, "metadata.yaml"))) for t in tracks]
+    assert sorted(m["corpus"]["transpose"] for m in metas) == list(range(12))
+    assert len({m["corpus"]["piece"] for m in metas}) == 1
+    assert len({tuple(s["program_num"] for s in m["stems"].values()) for m in metas}) == 1
+
+    def pitches(track):
+        return [n.pitch for n in pretty_midi.PrettyMIDI(os.path.join(track, "MIDI", "S01.mid")).instruments[0].notes]
+
+    by_k = {m["corpus"]["transpose"]: t for m, t in zip(metas, tracks)}
+    base = np.array(pitches(by_k[0]))
+    for k in (1, 5, 7):
+        assert np.all((np.array(pitches(by_k[k])) - base) % 12 == k)
+    ds_tracks, _ = data.scan_tracks(out, "all")
+    assert len(ds_tracks) == 12 and all(len(t.stems) >= 2 for t in ds_tracks)
+
+
+def test_a_folder_of_datasets_is_read_as_one(tmp_path):
+    import shutil
+    from conftest import FIXTURE
+    slakh = os.path.join(FIXTURE, "slakh2100_flac_redux")
+    root = tmp_path / "both"
+    root.mkdir()
+    shutil.copytree(slakh, root / "slakh")
+    corpus.render_corpus(str(root / "corpus"), folders=["palestrina"], max_works=2, transpositions="1", seconds=2.0,
+                         chunks=1, seed=0, workers=1, progress=False)
+    alone = len(data.scan_tracks(slakh, "all")[0]) + len(data.scan_tracks(str(root / "corpus"), "all")[0])
+    assert len(data.scan_tracks(str(root), "all")[0]) == alone
+    shutil.copytree(root / "corpus", root / "again")
+    with pytest.raises(data.DatasetError, match="two datasets"):
+        data.scan_tracks(str(root), "all")
+
+
+def test_bad_transpositions_value_is_a_clear_error(tmp_path):
+    with pytest.raises(corpus.CorpusError, match="transpositions"):
+        corpus.render_corpus(str(tmp_path / "x"), transpositions="13", progress=False)
