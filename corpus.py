@@ -36,9 +36,13 @@ import pretty_midi
 from compose import CLASS_PARTS, Part
 from instruments import INSTRUMENTS, program_class
 from synth import (DEFAULT_SAMPLE_RATE, SynthError, _check_soundfont, _finish_out, _prepare_out, _rms, _run_jobs,
-                   render_part, write_track)
+                   read_info, render_part, write_track)
 
 RESERVED = ("bach",)       # music21 corpus folders never rendered: held out for our own evaluation
+# Folders of single-line tunes (and teaching material): parsing them yields no multi-part work, only time
+# (ryansMammoth alone is 1,059 files); they are read only when asked for by name.
+TUNE_FOLDERS = ("airdsAirs", "demos", "essenFolksong", "miscFolk", "nottingham-dataset", "oneills1850",
+                "ryansMammoth", "theoryExercises")
 EXTENSIONS = (".krn", ".mxl", ".xml", ".musicxml", ".abc")
 SPLIT_SHARES = (0.8, 0.1)  # train, validation; the rest test (by a hash of the work's name)
 MIN_PARTS = 2              # a work needs a context and a target
@@ -74,7 +78,8 @@ def list_works(root: str, folders: list[str] | None = None) -> list[str]:
         top = rel.split(os.sep)[0]
         if rel == ".":
             continue  # the corpus's own modules
-        if top in RESERVED or (asked and top not in asked) or "__pycache__" in rel or top.startswith("_"):
+        skip = top not in asked if asked else top in TUNE_FOLDERS
+        if top in RESERVED or skip or "__pycache__" in rel or top.startswith("_"):
             dirs[:] = []
             continue
         out += [os.path.join(rel, f) for f in files if f.lower().endswith(EXTENSIONS)]
@@ -253,6 +258,26 @@ def render_corpus(out_dir: str, folders: list[str] | None = None, split: str = "
     return out_dir, counts
 
 
+# The built-in demo's real works (train.py renders them beside synth.DEMO_SONGS): folders whose scores music21
+# parses in well under a second, one 10 s chunk of each work in one random key.
+DEMO_WORKS = dict(folders=["palestrina", "monteverdi", "josquin"], max_works=160, transpositions="1", seconds=10.0,
+                  chunks=1)
+
+
+def demo_corpus(out_dir: str, seed: int = 0, progress: bool = True) -> str:
+    """The demo's real works (DEMO_WORKS) at out_dir: rendered on first use; a folder made with other settings
+    is refused rather than used silently."""
+    made = read_info(out_dir) if os.path.isdir(out_dir) else None
+    want = {k: DEMO_WORKS[k] for k in ("transpositions", "seconds", "chunks")} | {"seed": int(seed)}
+    if made is None and not os.path.isdir(out_dir):
+        print(f"rendering {DEMO_WORKS['max_works']} real works from music21's corpus into {out_dir}", file=sys.stderr)
+        return render_corpus(out_dir, seed=seed, progress=progress, **DEMO_WORKS)[0]
+    if made is None or {k: made.get(k) for k in want} != want or made.get("files") != DEMO_WORKS["max_works"]:
+        raise CorpusError(f"{out_dir} was made with other settings ({made}); delete it to render the demo's works "
+                          "again, or pass --data")
+    return out_dir
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description="Render real multi-part works from music21's corpus (offline, in its wheel) into a Slakh-layout "
@@ -260,7 +285,8 @@ def main(argv=None) -> None:
                     "held-out evaluation and never rendered.")
     p.add_argument("--out", required=True, help="output dataset folder (must not exist or be empty)")
     p.add_argument("--folders", nargs="*", default=None,
-                   help="corpus folders to take works from (default: all but the reserved bach/), e.g. palestrina haydn")
+                   help="corpus folders to take works from, e.g. palestrina haydn (default: every folder but the "
+                        "reserved bach/ and the single-line tune collections)")
     p.add_argument("--split", default="all", choices=["all", "train", "validation", "test"],
                    help="render only the works of one split (by the work's hash; default all three)")
     p.add_argument("--max-works", type=int, default=None, help="at most this many corpus files, drawn with --seed")

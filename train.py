@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 import codec as codec_lib
+import corpus
 import data
 import listening
 import pool
@@ -41,7 +42,7 @@ from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 from spectral import SpectralConfig
 
 DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
-DEMO_DATA = os.path.join("data", "demo")  # synth.DEMO_SONGS, rendered on first use
+DEMO_DATA = os.path.join("data", "demo")  # composed/ (synth.DEMO_SONGS) and corpus/ (corpus.DEMO_WORKS), made on first use
 BEST = "best.pt"  # beside ckpt.pt: the weights with the lowest validation NLL
 MAX_NONFINITE_IN_A_ROW = 10
 
@@ -95,6 +96,13 @@ RECIPES = {
                    warmup=100, hold=1000, decay=700, final_lr_frac=0.1, max_steps=1800, patience=1800,
                    eval_every=300, save_every=300, val_pairs=256, codeword_init=True, pool_pairs=4096,
                    threads=2, workers=0, objective=Objective(coarse_prob=0.7)),
+    # The shipped checkpoint (checkpoints/, README "The shipped model"): the demo's model and pool, trained
+    # longer on composed songs and real works (corpus.py), with every level drawn more often (level 0 40 %,
+    # each finer level 20 %) so that the finer levels are learned too.
+    "music": Recipe(preset="tiny", codec="spectral", batch=16, micro_batch=16, crop_seconds=5.0, lr=2e-3,
+                    warmup=200, hold=4000, decay=3800, final_lr_frac=0.1, max_steps=8000, patience=8000,
+                    eval_every=500, save_every=250, val_pairs=256, codeword_init=True, pool_pairs=16384,
+                    threads=2, workers=0, objective=Objective(coarse_prob=0.4)),
 }
 
 
@@ -130,9 +138,11 @@ def tri_stage_lr(step: int, warmup: int, hold: int, decay: int, final_frac: floa
 
 
 def prepare_data(args) -> None:
-    """The demo's songs are rendered on first use (synth.demo_dataset); other data must exist."""
+    """The demo's data is made on first use: composed songs (synth.demo_dataset) and real works
+    (corpus.demo_corpus), side by side in one folder of datasets; other data must exist."""
     if args.demo and args.data == DEMO_DATA and (is_main() or os.path.isdir(args.data)):
-        synth.demo_dataset(args.data, args.seed, progress=not args.no_progress)
+        synth.demo_dataset(os.path.join(args.data, "composed"), args.seed, progress=not args.no_progress)
+        corpus.demo_corpus(os.path.join(args.data, "corpus"), args.seed, progress=not args.no_progress)
     if not os.path.isdir(args.data):
         raise TrainError(f"dataset folder not found: {args.data}")
 
@@ -416,6 +426,8 @@ def parse_args(argv=None):
                     "reports whether it listens). With --data: the paper's recipe (Sec. 3) on a Slakh-layout "
                     "dataset. Each knob below defaults to the recipe's value, shown as (paper | demo).")
     p.add_argument("--data", help="Slakh-layout dataset folder (TrackNNNNN/metadata.yaml + stems/SNN.flac)")
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="the recipe whose values fill unset knobs (default: paper with --data, demo without)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"run folder: ckpt.pt, metrics.jsonl, curves.png (default: {DEFAULT_OUT})")
     paper, demo = recipe_values("paper"), recipe_values("demo")
     types = {"int": int, "float": float, "str": str, "float | None": float, "bool": yes_no}   # the knobs' annotations
@@ -442,7 +454,9 @@ def resolve_args(args, saved: dict | None = None) -> argparse.Namespace:
             if hasattr(args, k) and getattr(args, k) is None:
                 setattr(args, k, v)
         demo = saved.get("demo", demo)
-    for k, v in recipe_values("demo" if demo else "paper").items():
+    recipe = args.recipe or (saved or {}).get("recipe") or ("demo" if demo else "paper")
+    args.recipe = recipe
+    for k, v in recipe_values(recipe).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.demo = demo
