@@ -17,6 +17,29 @@ from instruments import INSTRUMENTS
 from model import ModelConfig, StemGen
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes, generate.py looks
+# The model shipped in the repository (README "The shipped model"): used when no checkpoint is given and no
+# run exists, so that a part can be added to a user's music right after the install.
+SHIPPED_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "stemgen-music.pt")
+
+
+def default_checkpoint() -> tuple[str, str]:
+    """(path, why) of the checkpoint to use when none is given: the demo run's best weights, else its latest,
+    else the shipped model."""
+    best = os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), "best.pt")
+    for path, why in ((best, "the best weights of your run"), (DEFAULT_CHECKPOINT, "the latest weights of your run")):
+        if os.path.isfile(path):
+            return path, why
+    return SHIPPED_CHECKPOINT, "the shipped model (no run in runs/default/)"
+
+
+def shipped(ckpt: dict, provenance: dict) -> dict:
+    """A checkpoint cut down to what generation needs (weights in bf16, config, codec, class counts, training
+    arguments) plus where it came from: small enough to ship in the repository."""
+    keep = ("model_config", "codec_spec", "step", "best_val_nll", "best_step", "class_counts", "train_args")
+    out = {k: ckpt[k] for k in keep if k in ckpt}
+    out["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    out["provenance"] = dict(provenance)
+    return out
 
 
 class CheckpointError(ValueError):

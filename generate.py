@@ -32,7 +32,8 @@ from tqdm import tqdm
 import audio
 import codec as codec_lib
 import decode
-from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, load_model, pick_device, trained_classes
+from checkpoint import (DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, pick_device,
+                        trained_classes)
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
 from instruments import INSTRUMENTS, instrument_id
@@ -169,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "piano, bass, drums, 'synth lead'; 'synth effects' is GM programs 96-103, which Slakh "
                         "labels 'Sound Effects', and 'sound effects' is programs 119-127); the checkpoint must "
                         "have trained on it; repeat to make several stems in turn")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, metavar="PATH",
-                   help=f"model checkpoint written by train.py (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help=f"model checkpoint written by train.py (default: runs/default/best.pt, else "
+                        f"{DEFAULT_CHECKPOINT}, else the shipped model checkpoints/stemgen-music.pt)")
     p.add_argument("--out", action="append", metavar="PATH",
                    help="stem output path, one per --instrument (default: CONTEXT.INSTRUMENT.EXT, EXT being the "
                         "context's file type)")
@@ -267,6 +269,10 @@ def run(args) -> list[str]:
     x, sr = read_context(args.context)                                        # [C, S] at the file's rate
     subtype = audio.audio_format(args.context)[1]                             # e.g. PCM_24: kept in the outputs
     device = pick_device(args.device)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if args.checkpoint is None:
+        args.checkpoint, why = default_checkpoint()
+        say(f"checkpoint: {args.checkpoint} ({why}; --checkpoint chooses another)")
     net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
     check_trained(instruments, trained_classes(ckpt), args.checkpoint)
     if len(sampling.steps) != net.cfg.n_q:
@@ -278,7 +284,6 @@ def run(args) -> list[str]:
         net = torch.compile(net, mode="reduce-overhead")   # fixed window shapes: one CUDA graph per level
 
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     say(f"seed {seed}; {', '.join(INSTRUMENTS[i] for i in instruments)} for {args.context} "
         f"({x.shape[1] / sr:.1f} s, {sr} Hz, {x.shape[0]} ch) on {device}")
     generator = torch.Generator(device=device).manual_seed(seed)

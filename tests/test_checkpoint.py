@@ -55,3 +55,31 @@ def test_window_is_the_training_crop_when_recorded():
     assert checkpoint_window_seconds({"train_args": {"crop_seconds": 12}}) == 12.0
     assert checkpoint_window_seconds({}) is None
     assert DEFAULT_CHECKPOINT == os.path.join("runs", "default", "ckpt.pt")
+
+
+def test_default_checkpoint_is_the_users_run_before_the_shipped_model(tmp_path, monkeypatch):
+    """Without --checkpoint: runs/default/best.pt, else runs/default/ckpt.pt, else the shipped model."""
+    import checkpoint
+    monkeypatch.chdir(tmp_path)
+    assert checkpoint.default_checkpoint()[0] == checkpoint.SHIPPED_CHECKPOINT
+    save_checkpoint(DEFAULT_CHECKPOINT, {"step": 1})
+    assert checkpoint.default_checkpoint()[0] == DEFAULT_CHECKPOINT
+    save_checkpoint(os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), "best.pt"), {"step": 1})
+    path, why = checkpoint.default_checkpoint()
+    assert path.endswith("best.pt") and "best" in why
+
+
+def test_a_shipped_checkpoint_keeps_the_model_in_bf16_and_drops_the_training_state():
+    """shipped() halves the weights and keeps what generation reads; the model it rebuilds is the bf16 rounding
+    of the original."""
+    import checkpoint
+    torch.manual_seed(0)
+    m = StemGen(CFG).eval()
+    full = {"model_config": asdict(CFG), "model": m.state_dict(), "optimizer": {"x": torch.zeros(100)},
+            "rng": {}, "step": 5, "class_counts": {"Piano": 3}}
+    small = checkpoint.shipped(full, {"command": "python train.py"})
+    assert "optimizer" not in small and "rng" not in small and small["provenance"]["command"] == "python train.py"
+    assert all(v.dtype == torch.bfloat16 for v in small["model"].values() if v.is_floating_point())
+    m2 = StemGen.from_checkpoint(small)
+    for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
+        assert b.dtype == a.dtype and torch.equal(b, a.to(torch.bfloat16).to(a.dtype)), k
