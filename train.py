@@ -100,7 +100,7 @@ RECIPES = {
     # longer on composed songs and real works (corpus.py), with every level drawn more often (level 0 40 %,
     # each finer level 20 %) so that the finer levels are learned too.
     "music": Recipe(preset="tiny", codec="spectral", batch=16, micro_batch=16, crop_seconds=5.0, lr=2e-3,
-                    warmup=200, hold=4000, decay=3800, final_lr_frac=0.1, max_steps=8000, patience=8000,
+                    warmup=200, hold=6000, decay=5800, final_lr_frac=0.1, max_steps=12000, patience=12000,
                     eval_every=500, save_every=250, val_pairs=256, codeword_init=True, pool_pairs=16384,
                     threads=2, workers=0, objective=Objective(coarse_prob=0.4)),
 }
