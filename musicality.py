@@ -54,6 +54,19 @@ def harmonic_share(wave: np.ndarray, sample_rate: int, n_fft: int = 2048, hop: i
     return float(np.sum(np.abs(harmonic[inband]) ** 2) / total)
 
 
+def harmonic_shares(populations: dict[str, list[np.ndarray]], songs: list, sample_rate: int, seed: int = 0) -> dict:
+    """Per population of waves (one per example, examples labelled by song): the mean harmonic share with a
+    song-bootstrap 95 % interval."""
+    out = {}
+    for name, waves in populations.items():
+        if len(waves) != len(songs):
+            raise ValueError(f"{name}: {len(waves)} waves for {len(songs)} song labels")
+        values = np.array([harmonic_share(w, sample_rate) for w in waves])
+        mean, lo, hi = listening.song_bootstrap(values, np.asarray(songs), seed=seed)
+        out[name] = {"mean": mean, "lo": lo, "hi": hi}
+    return out
+
+
 @torch.no_grad()
 def round_trip(codec, wave: np.ndarray) -> np.ndarray:
     """A mono wave [S] at codec.sample_rate encoded and decoded again, trimmed to S samples."""
@@ -248,11 +261,12 @@ def plot_examples(path: str, rows: list[dict], sample_rate: int) -> str:
         for j, (column, mag) in enumerate(zip(columns, mags)):
             ax = axes[i, j]
             ax.imshow(librosa.amplitude_to_db(mag, ref=ref, top_db=80.0), origin="lower", aspect="auto",
-                      cmap="magma", vmin=-80, vmax=0)
+                      cmap="magma", vmin=-80, vmax=0, extent=(0.0, len(row[column]) / sample_rate, 0, mag.shape[0]))
             ax.set_title(f"{row.get('label', f'example {i}')}: {column}" if j == 0 else column, fontsize=9)
-            ax.set_xlabel("frame")
+            ax.set_xlabel("seconds")
             ax.set_ylabel("semitones above C1" if j == 0 else "")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
