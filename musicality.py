@@ -13,6 +13,7 @@ out sounds like notes. This module measures that, each number beside what bounds
   generated part move with its context's key? The score correlates the stem's time-averaged chroma with
   its context's at the right shift minus the mean over the 11 wrong shifts: about 0 for a part that ignores
   the context (exactly 0 averaged over all 12 transpositions of a piece), and the real part is the ceiling.
+  Whether the right shift correlates best is counted beside it (chance: 1 context in 12).
 - `plot_examples`: constant-Q spectrograms of a context, the generated stem and the real stem side by side.
 """
 from __future__ import annotations
@@ -114,7 +115,11 @@ def shift_correlations(stem_chroma_mean: np.ndarray, context_chroma_mean: np.nda
 
 
 def transposition_score(stem_chroma_mean: np.ndarray, context_chroma_mean: np.ndarray) -> tuple[float, bool]:
-    """(correlation at shift 0 minus the mean over the 11 other shifts, whether shift 0 correlates best)."""
+    """(correlation at shift 0 minus the mean over the 11 other shifts, whether shift 0 correlates best).
+
+    The 12 shifted Pearson correlations sum to 0 (the rolled contexts average to a flat chroma), so the score
+    is 12/11 of the shift-0 correlation; the wrong shifts add the right-shift-best flag (chance: 1 in 12).
+    """
     r = shift_correlations(stem_chroma_mean, context_chroma_mean)
     return float(r[0] - r[1:].mean()), bool(r[0] > r[1:].max())
 

@@ -46,6 +46,8 @@ def test_transposition_score_is_highest_at_the_right_shift_for_a_part_that_follo
     follows = context + 0.1 * rng.random(12)
     score, best = M.transposition_score(follows, context)
     assert score > 0.8 and best
+    r = M.shift_correlations(follows, context)
+    assert abs(r.sum()) < 1e-12 and score == pytest.approx(12 / 11 * r[0])  # the 12 shifts' correlations sum to 0
     score_wrong, best_wrong = M.transposition_score(follows, np.roll(context, 5))
     assert score_wrong < score and not best_wrong
     assert M.transposition_score(np.ones(12), context) == (0.0, False)     # a flat chroma follows nothing
