@@ -420,7 +420,9 @@ class StemPairDataset(torch.utils.data.Dataset):
         return self._mix_pair(track, crops, [sounding[k] for k in ctx_idx], sounding[tgt])
 
     def _mix_pair(self, track: Track, crops, ctx_idx: list[int], tgt: int):
-        """Sum the context stems' crops and take the target's, at self.sample_rate; None when either is silent."""
+        """Sum the context stems' crops and take the target's, at self.sample_rate; None when either is silent.
+
+        Returns (context, target, target class, target stem index, the context stems' classes, sorted)."""
 
         def at_rate(k):  # [S] at self.sample_rate
             return fit_length(resample(crops[k], track.stems[k].sample_rate, self.sample_rate), self.n_samples)
@@ -430,11 +432,14 @@ class StemPairDataset(torch.utils.data.Dataset):
         if rms_db(context) < self.silence_db or rms_db(target) < self.silence_db:
             return None
         return (torch.from_numpy(context.astype(np.float32)), torch.from_numpy(target.astype(np.float32)),
-                track.stems[tgt].instrument, tgt)
+                track.stems[tgt].instrument, tgt, tuple(sorted({track.stems[k].instrument for k in ctx_idx})))
 
     def segment_pairs(self, index: int, k: int, rng: np.random.Generator) -> list[tuple]:
-        """Up to k items from segment `index`, drawn from the distribution __getitem__ draws from, reading each
-        stem once.
+        """Up to k (context, target, instrument, context classes) items from segment `index`, drawn from the
+        distribution __getitem__ draws from, reading each stem once.
+
+        The 4th element is the sorted tuple of the classes of the stems summed into the context (listening.py
+        picks other songs' contexts by it).
 
         For pools of pre-tokenised pairs: one read of the segment serves k crops. Returns fewer than k
         items when max_tries * k crops do not give them (a mostly silent segment).
@@ -450,7 +455,7 @@ class StemPairDataset(torch.utils.data.Dataset):
                 crops = [self._segment_crop(track.stems[j], j, whole, a, b, start) for j in range(len(track.stems))]
                 item = self._pair_from_crops(track, crops, rng)
                 if item is not None:
-                    items.append(item[:3])
+                    items.append(item[:3] + item[4:5])
                     if len(items) == k:
                         break
         except AudioError as e:

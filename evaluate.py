@@ -44,9 +44,10 @@ import decode
 import fad
 import listening
 import mir
+import musicality
 import pool
 import transcriber
-from instruments import INSTRUMENTS, UNPITCHED
+from instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 EXIT_USER_ERROR = 2
 
@@ -104,7 +105,8 @@ class Reference:
 # Listening (listening.py): the context's worth in nats, and in the chroma of generated stems
 
 def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_rate: int, seed: int):
-    """Up to n (context [S], real stem [S], instrument, song) examples with a pitched target, one per song."""
+    """Up to n (context [S], real stem [S], instrument, song, context classes) examples with a pitched target,
+    one per song."""
     ds = data.StemPairDataset(data_root, split, sample_rate, seconds, seed=seed, verbose=False)
     rng, out, seen = np.random.default_rng([seed, 7]), [], set()
     for seg in rng.permutation(len(ds.segments)):
@@ -113,8 +115,8 @@ def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_
             continue
         pitched = [x for x in ds.segment_pairs(int(seg), 8, rng) if x[2] not in UNPITCHED]
         if pitched:
-            c, t, k = pitched[0]
-            out.append((c.numpy(), t.numpy(), int(k), song))
+            c, t, k, classes = pitched[0]
+            out.append((c.numpy(), t.numpy(), int(k), song, classes))
             seen.add(song)
         if len(out) == n:
             break
@@ -141,39 +143,128 @@ def generate_batched(net, tok, contexts: list[np.ndarray], instruments: list[int
     return out
 
 
-def run_listening(args, net, tok, seconds: float, progress: bool) -> dict:
-    """The token-level report on held-out pairs and the paired chroma check on generated pitched stems."""
+def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None) -> dict:
+    """The token-level report on held-out pairs, the paired chroma check and the notes-vs-noise table on
+    generated pitched stems; with args.transposition the transposition test, with args.plot OUT/listening.png."""
     pairs = pool.split_pool(tok, args.data, args.split, seconds, max(args.n, 256), args.seed, progress,
                             "tokenising pairs", verbose=False)
     report = listening.listening_report(net, pairs, frame_rate=tok.frame_rate, seed=args.seed)
     examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
     sampling = decode.Sampling(temperature=args.temperature, **({"steps": tuple(args.steps)} if args.steps else {}))
-    stems = generate_batched(net, tok, [c for c, _, _, _ in examples], [k for _, _, k, _ in examples], sampling,
-                             args.seed, window_seconds=seconds, progress=progress)
-    contexts, songs = [c for c, _, _, _ in examples], [s for _, _, _, s in examples]
-    report["chroma"] = {
-        "generated": listening.chroma_check(stems, contexts, songs, tok.sample_rate, args.seed),
-        "real stems": listening.chroma_check([t for _, t, _, _ in examples], contexts, songs, tok.sample_rate,
-                                             args.seed),
-        "n": len(examples), "instruments": [INSTRUMENTS[k] for _, _, k, _ in examples],
-        "sampling": asdict(sampling)}
+
+    def generate(contexts, instruments):
+        return generate_batched(net, tok, contexts, instruments, sampling, args.seed, window_seconds=seconds,
+                                progress=progress)
+
+    contexts, reals = [e[0] for e in examples], [e[1] for e in examples]
+    instruments, songs = [e[2] for e in examples], [e[3] for e in examples]
+    held = class_matrix([e[4] for e in examples])
+    stems = generate(contexts, instruments)
+    g = torch.Generator().manual_seed(args.seed)
+    populations = {"generated": stems, "real stems": reals,
+                   "real stems, codec round trip": [musicality.round_trip(tok, t) for t in reals],
+                   "real stems, round trip with random finer levels": [musicality.round_trip_random_fine(tok, t, g)
+                                                                       for t in reals]}
+    report["chroma"] = {who: listening.chroma_check(populations[who], contexts, songs, tok.sample_rate, args.seed,
+                                                    instruments, held) for who in CHROMA_ROWS}
+    report["chroma"].update({"n": len(examples), "instruments": [INSTRUMENTS[k] for k in instruments],
+                             "sampling": asdict(sampling)})
+    report["notes"] = notes_vs_noise(populations, songs, tok.sample_rate, args.seed,
+                                     embedding or fad.load_embedding("logmel"))
+    if args.transposition:
+        report["transposition"] = {
+            cls: musicality.transposition_test(args.transposition, cls, generate, tok.sample_rate, seconds,
+                                               args.transposition_split, args.seed)
+            for cls in args.transposition_classes}
+    if args.plot:
+        rows = [{"context": c, "generated": s, "real": t, "label": f"{INSTRUMENTS[k]}, song {song}"}
+                for c, s, t, k, song in list(zip(contexts, stems, reals, instruments, songs))[:args.plot_n]]
+        os.makedirs(args.out, exist_ok=True)
+        report["plot"] = musicality.plot_examples(os.path.join(args.out, PLOT_FILE), rows, tok.sample_rate)
     return report
 
 
+CHROMA_ROWS = ("generated", "real stems", "real stems, codec round trip")
+REFERENCE = "real stems"
+PLOT_FILE = "listening.png"
+
+
+def notes_vs_noise(populations: dict, songs: list, sample_rate: int, seed: int, embedding) -> dict:
+    """Harmonic share of each population (song-bootstrap intervals) and FAD of each other population against
+    the real stems."""
+    real = fad.gaussian_fit(fad.embed_population(embedding, populations[REFERENCE], sample_rate), "real stems")
+    distances = {}
+    for name, waves in populations.items():
+        if name != REFERENCE:
+            emb = fad.embed_population(embedding, waves, sample_rate)
+            distances[name] = fad.frechet_distance(*real, *fad.gaussian_fit(emb, name))
+    return {"harmonic_share": musicality.harmonic_shares(populations, songs, sample_rate, seed),
+            "fad_against_real": distances, "embedding": fad.embedding_record(embedding),
+            "harmonic_band_hz": list(musicality.HARMONIC_BAND), "hpss_margin": musicality.HPSS_MARGIN}
+
+
 def listening_markdown(report: dict) -> str:
-    """The listening report as Markdown: the NLL table, the verdict, and the chroma table."""
+    """The listening report as Markdown: the NLL table, the verdict, the chroma table, the notes-vs-noise table
+    and, when run, the transposition table."""
     lines = ["| level 0, whole target masked | NLL (nats) | top-1 acc |", "| --- | --- | --- |"]
     lines += [f"| {k.replace('_', ' ')} | {v['nll']:.3f} | {v['acc']:.3f} |" for k, v in report["conditions"].items()]
     lines += [f"| gain {k.replace('_', ' ')} | {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}] | |"
               for k, g in report["gains"].items()]
-    lines += ["", report["verdict"], "", f"Chroma agreement of {report['chroma']['n']} pitched stems with their own "
-              "context and with another song's (paired gain, 95 % bootstrap interval over songs):", "",
+    lines += ["", report["verdict"]]
+    if report.get("other_song_fallbacks"):
+        lines.append(f"({report['other_song_fallbacks']} pairs took another song's context holding their target's "
+                     "class: no other song's context lacked it)")
+    chroma = report["chroma"]
+    lines += ["", f"Chroma agreement of {chroma['n']} pitched stems with their own context and with another song's "
+              "(paired gain, 95 % bootstrap interval over songs):", "",
               "| stems | measure | own context | other song's | gain |", "| --- | --- | --- | --- | --- |"]
-    for who in ("generated", "real stems"):
-        for m, r in report["chroma"][who].items():
+    for who in CHROMA_ROWS:
+        for m in listening.CHROMA_MEASURES:
+            r = chroma[who][m]
             lines.append(f"| {who} | {m} | {r['own']:.3f} | {r['other']:.3f} | {r['gain']:.3f} "
                          f"[{r['lo']:.3f}, {r['hi']:.3f}] |")
+    if chroma[CHROMA_ROWS[0]].get("other_song_fallbacks"):
+        lines.append(f"\n({chroma[CHROMA_ROWS[0]]['other_song_fallbacks']} stems took another song's context "
+                     "holding their class: none lacked it)")
+    lines += notes_markdown(report["notes"])
+    for r in report.get("transposition", {}).values():
+        lines += transposition_markdown(r)
+    if report.get("plot"):
+        lines += ["", f"Spectrograms of a few examples: {report['plot']}"]
     return "\n".join(lines) + "\n"
+
+
+def notes_markdown(notes: dict) -> list[str]:
+    """The notes-vs-noise table: harmonic share of each population, FAD of each against the real stems."""
+    e = notes["embedding"]
+    lo, hi = notes["harmonic_band_hz"]
+    fad_head = "FAD vs real stems" + ("" if e["comparable_with_published_fad"] else f" ({e['name']}, not comparable)")
+    lines = ["", f"Notes or noise: harmonic share (energy {lo:g}-{hi:g} Hz that HPSS with margin "
+                 f"{notes['hpss_margin']:g} calls harmonic; 95 % song-bootstrap interval) and FAD against the real "
+                 "stems:", "", f"| stems | harmonic share | {fad_head} |", "| --- | --- | --- |"]
+    for name, h in notes["harmonic_share"].items():
+        distance = notes["fad_against_real"].get(name)
+        lines.append(f"| {name} | {h['mean']:.3f} [{h['lo']:.3f}, {h['hi']:.3f}] | "
+                     f"{'-' if distance is None else f'{distance:.3f}'} |")
+    return lines
+
+
+def transposition_markdown(r: dict) -> list[str]:
+    """One class's transposition test: generated and real parts' scores and right-shift counts."""
+    lines = ["", f"Transposition test, {r['instrument']}: {r['n']} contexts from {r['pieces']} "
+                 f"piece{'s' if r['pieces'] != 1 else ''} "
+                 f"({r['transpositions']} piece-transpositions); score = chroma correlation with the context at the "
+                 "right shift minus the mean over the 11 wrong ones (0: ignores the key; 95 % piece-bootstrap "
+                 "interval):", "", "| part | score | right shift best |", "| --- | --- | --- |"]
+    for who, label in (("generated", "generated"), ("real", "real part (ceiling)")):
+        x = r[who]
+        lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
+                     f"{x['n']} |")
+    if r["pieces"] < 2:
+        lines.append("\n(one piece only: its interval, from resampling pieces, says nothing)")
+    if r["skipped"]:
+        lines.append("\n(skipped tracks: " + ", ".join(f"{n} {k}" for k, n in sorted(r["skipped"].items())) + ")")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,9 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which table to produce; none = one run with the paper's best sampling")
     p.add_argument("--listening", action="store_true",
                    help="instead of FAD/MIRDD: does the model listen? Level-0 NLL with the true, a dropped, another "
-                        "song's and a shifted context on max(--n, 256) held-out pairs, and the chroma of "
-                        "--audio-n generated pitched stems against their own and another song's context")
+                        "song's and a shifted context on max(--n, 256) held-out pairs; the chroma of "
+                        "--audio-n generated pitched stems against their own and another song's context; and "
+                        "whether they sound like notes (harmonic share, FAD) beside the real stems, their codec "
+                        "round trip and the round trip with random finer levels")
     p.add_argument("--audio-n", type=int, default=32, help="--listening: pitched stems to generate (one per song)")
+    p.add_argument("--transposition", metavar="DIR",
+                   help="--listening: also run the transposition test on DIR, a Slakh-layout folder of transposed "
+                        "renderings whose metadata.yaml files say corpus: {piece, transpose}")
+    p.add_argument("--transposition-classes", nargs="+", default=["bass"], metavar="CLASS",
+                   help="--transposition: the classes to generate, one test each")
+    p.add_argument("--transposition-split", default="all",
+                   help="--transposition: the split of DIR to use (all, train, validation or test)")
+    p.add_argument("--plot", action="store_true",
+                   help=f"--listening: draw CQT spectrograms of context, generated and real stem for a few examples "
+                        f"to OUT/{PLOT_FILE}")
+    p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples")
     p.add_argument("--scales", default="2,3,4", help="guided values of lambda for --sweep guidance")
     p.add_argument("--ws-values", default="0,0.1,0.2,0.5", help="w_s values for --sweep causal-bias")
     p.add_argument("--embedding", default="logmel", choices=["logmel", "vggish"],
@@ -331,7 +435,15 @@ def run(args) -> dict:
     if args.n < 2:
         raise EvaluateError("--n must be at least 2 (FAD fits a Gaussian to each population)")
     json_path, md_path = output_paths(args.out, args.sweep, args.listening)
-    for path in (json_path, md_path):
+    if args.listening and args.transposition and not os.path.isdir(args.transposition):
+        raise EvaluateError(f"--transposition {args.transposition}: folder not found")
+    if args.listening and args.transposition:
+        for cls in args.transposition_classes:
+            instrument_id(cls)   # an unknown class name fails now, with the valid names, not after generation
+    if args.plot and args.plot_n < 1:
+        raise EvaluateError("--plot-n must be at least 1")
+    plot_path = [os.path.join(args.out, PLOT_FILE)] if args.listening and args.plot else []
+    for path in [json_path, md_path] + plot_path:
         if os.path.exists(path) and not args.force:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")
     if not args.listening:
@@ -349,7 +461,7 @@ def run(args) -> dict:
     settings = sweep_settings(args.sweep, base, _floats(args.scales, "--scales"), _floats(args.ws_values, "--ws-values"))
     progress = not args.no_progress
     if args.listening:
-        result = {"listening": run_listening(args, net, tok, seconds, progress),
+        result = {"listening": run_listening(args, net, tok, seconds, progress, embedding),
                   "protocol": {"data": os.path.abspath(args.data), "split": args.split, "seconds": seconds,
                                "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint),
                                "step": ckpt.get("step")}, "versions": versions()}

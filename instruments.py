@@ -6,6 +6,8 @@ values plus a null entry for a dropped instrument condition (NOTES.md, section 1
 """
 from __future__ import annotations
 
+import torch
+
 # The 17 instrument classes, in the order of Slakh's class table (slakh-utils' general_midi_inst_0based):
 # the GM program families, then Drums. Our names are the GM family names, which a user can type. Slakh's own
 # labels differ for the two effects classes only, and only in case:
@@ -85,3 +87,11 @@ def stem_class(info: dict) -> int | None:
         return instrument_id(label)
     except ValueError:
         return None
+
+
+def class_matrix(class_lists) -> torch.Tensor:
+    """Bool [N, len(INSTRUMENTS)]: row i is True at the class ids in class_lists[i] (e.g. a context's stems)."""
+    out = torch.zeros(len(class_lists), len(INSTRUMENTS), dtype=torch.bool)
+    for i, classes in enumerate(class_lists):
+        out[i, [int(k) for k in classes]] = True
+    return out

@@ -25,6 +25,7 @@ from model import autocast
 
 CONDITIONS = ("true_context", "context_dropped", "other_song", "shifted")
 MIN_SHIFT_SECONDS = 1.5  # the shifted context moves at least this far (a third of the crop when it is shorter)
+CHROMA_MEASURES = ("frame", "key")  # chroma_agreement's two numbers: chords in time, and key
 GAINS = {"over_dropped": "context_dropped", "over_other_song": "other_song", "over_shifted": "shifted"}
 
 
@@ -56,20 +57,38 @@ def level0_nll(model, context: torch.Tensor, target: torch.Tensor, instrument: t
     return torch.cat(nll), torch.cat(acc)
 
 
-def other_song_order(song: torch.Tensor) -> torch.Tensor:
-    """For each pair, the index of a pair from another song (half-way round the list, then onwards)."""
+def other_song_order(song, instrument=None, context_classes=None) -> tuple[torch.Tensor, int]:
+    """For each pair, the index of a pair from another song (half-way round the list, then onwards), and how
+    many pairs had to fall back.
+
+    With the pairs' target classes `instrument` [N] and their contexts' classes `context_classes` (bool
+    [N, n_classes]), a pair whose own context lacks its target's class only takes a context that lacks it
+    too (a context holding the part to be generated would tell the model more than the true one). When no
+    other song's pair qualifies, the first other song's pair is taken and counted as a fallback.
+    Returns (order long [N], fallbacks).
+    """
+    song = np.asarray(song)
     n = len(song)
-    out = torch.empty(n, dtype=torch.long)
+    if (instrument is None) != (context_classes is None):
+        raise ValueError("other_song_order needs both the target classes and the context classes, or neither")
+    if instrument is not None:
+        instrument, held = np.asarray(instrument, dtype=np.int64), np.asarray(context_classes, dtype=bool)
+        if held.shape[0] != n or len(instrument) != n:
+            raise ValueError(f"other_song_order: {n} songs, {len(instrument)} target classes and "
+                             f"{held.shape[0]} rows of context classes; give one of each per pair")
+    out, fallbacks = torch.empty(n, dtype=torch.long), 0
     for i in range(n):
-        j = (i + n // 2) % n
-        for _ in range(n):
-            if song[j] != song[i]:
-                break
-            j = (j + 1) % n
-        else:
+        candidates = (i + n // 2 + np.arange(n)) % n
+        other = song[candidates] != song[i]
+        if not other.any():
             raise ValueError("another song's context needs pairs from at least two songs")
-        out[i] = j
-    return out
+        fitting = other
+        if instrument is not None and not held[i, instrument[i]]:
+            fitting = other & ~held[candidates, instrument[i]]
+        if not fitting.any():
+            fitting, fallbacks = other, fallbacks + 1
+        out[i] = int(candidates[int(np.argmax(fitting))])
+    return out, fallbacks
 
 
 def shift_context(context: torch.Tensor, min_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -100,22 +119,27 @@ def listening_report(model, pairs: dict, batch: int = 32, frame_rate: float = 50
     """Score held-out pairs four ways (module docstring) and bootstrap each gain over songs.
 
     Args:
-        pairs: dict of context, target [N, Q, T], instrument [N], song [N] (pool.token_pool's layout).
+        pairs: dict of context, target [N, Q, T], instrument [N], song [N] and optionally context_classes
+            [N, n_classes] (pool.token_pool's layout); with the classes, another song's context never holds
+            the target's class when the pair's own context does not (other_song_order).
         frame_rate: token frames per second, for the shift.
         min_shift: least circular shift of the shifted context in frames; default MIN_SHIFT_SECONDS, at most
             a third of the crop.
     Returns:
-        {"conditions": {name: {"nll", "acc"}}, "gains": {name: {"mean", "lo", "hi"}}, "pairs", "songs", "verdict"}
+        {"conditions": {name: {"nll", "acc"}}, "gains": {name: {"mean", "lo", "hi"}}, "pairs", "songs",
+        "min_shift_frames", "other_song_fallbacks" (None without context classes), "verdict"}
     """
     ctx, tgt, inst, song = pairs["context"], pairs["target"], pairs["instrument"], pairs["song"]
+    classes = pairs.get("context_classes")
     n_songs = int(len(torch.unique(song)))
     if n_songs < 2:
         raise ValueError("the listening report needs held-out pairs from at least two songs")
     if min_shift is None:
         min_shift = min(round(MIN_SHIFT_SECONDS * frame_rate), ctx.shape[-1] // 3)
     g = torch.Generator().manual_seed(seed)
+    other, fallbacks = other_song_order(song, None if classes is None else inst, classes)
     contexts = {"true_context": (ctx, False), "context_dropped": (ctx, True),
-                "other_song": (ctx[other_song_order(song)], False), "shifted": (shift_context(ctx, min_shift, g), False)}
+                "other_song": (ctx[other], False), "shifted": (shift_context(ctx, min_shift, g), False)}
     per_pair = {name: level0_nll(model, c, tgt, inst, dropped, batch) for name, (c, dropped) in contexts.items()}
     base = per_pair["true_context"][0].numpy()
     gains = {}
@@ -123,7 +147,8 @@ def listening_report(model, pairs: dict, batch: int = 32, frame_rate: float = 50
         mean, lo, hi = song_bootstrap(per_pair[worse][0].numpy() - base, song.numpy(), seed=seed)
         gains[gain] = {"mean": mean, "lo": lo, "hi": hi}
     report = {"conditions": {k: {"nll": float(v[0].mean()), "acc": float(v[1].mean())} for k, v in per_pair.items()},
-              "gains": gains, "pairs": int(len(song)), "songs": n_songs, "min_shift_frames": int(min_shift)}
+              "gains": gains, "pairs": int(len(song)), "songs": n_songs, "min_shift_frames": int(min_shift),
+              "other_song_fallbacks": None if classes is None else fallbacks}
     report["verdict"] = verdict(report)
     return report
 
@@ -151,6 +176,9 @@ def format_report(report: dict) -> str:
     for name, g in report["gains"].items():
         lines.append(f"  gain {name.replace('_', ' '):<25} {g['mean']:8.3f}   [{g['lo']:.3f}, {g['hi']:.3f}]")
     lines.append(report["verdict"])
+    if report.get("other_song_fallbacks"):
+        lines.append(f"  ({report['other_song_fallbacks']} pairs took another song's context that holds their "
+                     "target's class: no other song's context without it)")
     if "masked_accuracy" in report:
         lines.append("masked-token accuracy, partly visible targets (overall | per level):")
         lines += [f"  {name:>18}: {r['acc']:.3f} | {' '.join(f'{a:.3f}' for a in r['acc_per_level'])}"
@@ -242,22 +270,24 @@ def chroma_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def chroma_check(stems: list[np.ndarray], contexts: list[np.ndarray], song: list[int], sample_rate: int,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, instrument=None, context_classes=None) -> dict:
     """Paired audio-level check: stem i against context i minus stem i against another song's context.
 
+    With the stems' classes `instrument` [N] and the contexts' classes `context_classes` (bool [N, n_classes]),
+    the other song's context is chosen as in the listening report (other_song_order).
     Returns per measure ("frame", "key"): own, other (means) and the paired gain with a bootstrap interval
-    over songs.
+    over songs; and "other_song_fallbacks" (None without the classes).
     """
-    song_t = torch.as_tensor(song)
-    other = other_song_order(song_t)
+    other, fallbacks = other_song_order(song, instrument, context_classes)
     cs = [chroma(s, sample_rate) for s in stems]
     cc = [chroma(c, sample_rate) for c in contexts]
     own = np.array([chroma_agreement(cs[i], cc[i]) for i in range(len(cs))])               # [N, 2]
     oth = np.array([chroma_agreement(cs[i], cc[int(other[i])]) for i in range(len(cs))])
     out = {}
-    for k, name in enumerate(("frame", "key")):
+    for k, name in enumerate(CHROMA_MEASURES):
         mean, lo, hi = song_bootstrap(own[:, k] - oth[:, k], np.asarray(song), seed=seed)
         out[name] = {"own": float(own[:, k].mean()), "other": float(oth[:, k].mean()), "gain": mean, "lo": lo, "hi": hi}
+    out["other_song_fallbacks"] = None if instrument is None else fallbacks
     return out
 
 

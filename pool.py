@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from data import DatasetError, StemPairDataset
+from instruments import class_matrix
 
 
 def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed: int, batch: int = 32,
@@ -34,22 +35,24 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
         ds: the dataset whose pairs are drawn (its `segment_pairs`).
         encode: waves FloatTensor [B, S] -> tokens LongTensor [B, Q, T] (the codec).
     Returns:
-        dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]) and song (long [N],
-        the index of the pair's track in ds.tracks, for song-level statistics).
+        dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]), song (long [N],
+        the index of the pair's track in ds.tracks, for song-level statistics) and context_classes (bool
+        [N, len(INSTRUMENTS)], the classes of the stems summed into each pair's context).
     """
     if n_pairs < 1 or per_segment < 1:
         raise DatasetError("a token pool needs n_pairs >= 1 and per_segment >= 1")
     rng = np.random.default_rng([seed, 2**31])
     order, cursor, empty_in_a_row = rng.permutation(len(ds.segments)), 0, 0
-    pending, out = [], {"context": [], "target": [], "instrument": [], "song": []}
+    pending, out = [], {"context": [], "target": [], "instrument": [], "song": [], "context_classes": []}
 
     def flush():
-        waves = torch.stack([c for c, _, _, _ in pending] + [t for _, t, _, _ in pending])   # [2b, S]
-        tok = encode(waves).to("cpu", torch.int16)                                         # [2b, Q, T]
+        waves = torch.stack([c for c, _, _, _, _ in pending] + [t for _, t, _, _, _ in pending])   # [2b, S]
+        tok = encode(waves).to("cpu", torch.int16)                                               # [2b, Q, T]
         out["context"].append(tok[:len(pending)])
         out["target"].append(tok[len(pending):])
-        out["instrument"] += [k for _, _, k, _ in pending]
-        out["song"] += [s for _, _, _, s in pending]
+        out["instrument"] += [k for _, _, k, _, _ in pending]
+        out["context_classes"] += [classes for _, _, _, classes, _ in pending]
+        out["song"] += [s for _, _, _, _, s in pending]
         pending.clear()
 
     drawn = 0
@@ -63,14 +66,15 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
             if empty_in_a_row > len(order):
                 raise DatasetError(f"no usable (context, target) pair in any segment of {ds.root} [{ds.split}]")
             song = ds.segment_song[seg]
-            pending += [(c, t, k, song) for c, t, k in items]
+            pending += [(c, t, k, classes, song) for c, t, k, classes in items]
             bar.update(len(items))
             if len(pending) >= batch:
                 flush()
     if pending:
         flush()
     return {"context": torch.cat(out["context"]), "target": torch.cat(out["target"]),
-            "instrument": torch.tensor(out["instrument"]), "song": torch.tensor(out["song"])}
+            "instrument": torch.tensor(out["instrument"]), "song": torch.tensor(out["song"]),
+            "context_classes": class_matrix(out["context_classes"])}
 
 
 def split_pool(codec, root: str, split: str, crop_seconds: float, n: int, seed: int, progress: bool = True,

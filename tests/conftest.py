@@ -49,3 +49,32 @@ def pytest_unconfigure(config):
     import shutil
     if TEST_CACHE:
         shutil.rmtree(TEST_CACHE[0], ignore_errors=True)
+
+
+CORPUS_PARTS = (("S00", 0, "Piano", 60), ("S01", 48, "Strings", 72), ("S02", 33, "Bass", 36))  # name, program, label, octave
+
+
+def write_corpus(root, pieces=2, transpositions=range(12), seconds=2.0, sr=16000, chords=4):
+    """A Slakh-layout folder of transposed renderings: piece p in each transposition t is a track whose
+    metadata.yaml says `corpus: {piece: "p<p>", transpose: t}`. Every piece is a seeded progression of major and
+    minor triads: piano and strings play the triads, the bass their roots. Returns the folder."""
+    import soundfile as sf
+    import yaml
+    os.makedirs(root, exist_ok=True)
+    for p in range(pieces):
+        prog = np.random.default_rng([p, 99])
+        progression = [(int(prog.integers(12)), 4 if prog.random() < 0.5 else 3) for _ in range(chords)]
+        for t in transpositions:
+            track = os.path.join(root, f"Track{p * 12 + t:05d}")
+            os.makedirs(os.path.join(track, "stems"))
+            rng = np.random.default_rng([p, t])
+            meta = {"stems": {}, "corpus": {"piece": f"p{p}", "transpose": int(t)}}
+            for name, program, label, octave in CORPUS_PARTS:
+                notes = ([[octave + r + t]] if label == "Bass" else [[octave + r + t + i for i in (0, third, 7)]]
+                         for r, third in progression)
+                wave = np.concatenate([chord(n[0], seconds / chords, sr, rng) for n in notes])
+                sf.write(os.path.join(track, "stems", name + ".wav"), wave, sr)
+                meta["stems"][name] = {"program_num": program, "is_drum": False, "inst_class": label}
+            with open(os.path.join(track, "metadata.yaml"), "w") as f:
+                yaml.safe_dump(meta, f)
+    return root

@@ -10,7 +10,9 @@ import torch
 import checkpoint
 import evaluate
 import mir
+from conftest import write_corpus
 from decode import Sampling
+from instruments import INSTRUMENTS, UNPITCHED
 
 
 # ------------------------------------------------------------------------------------------- sweeps
@@ -115,3 +117,67 @@ def test_user_errors_end_in_one_message(tiny_setup, capsys):
     assert evaluate.main(_args(str(root / "missing"), ckpt, root / "o2")) == evaluate.EXIT_USER_ERROR
     assert "missing" in capsys.readouterr().err
     assert not os.path.exists(root / "o1") and not os.path.exists(root / "o2")
+
+
+# ------------------------------------------------------------------------------------------- listening
+
+def test_pitched_examples_take_one_pitched_stem_per_song(tiny_setup):
+    ds, _, _ = tiny_setup
+    examples = evaluate.pitched_examples(ds, "all", 10, 2.0, 16000, seed=0)
+    songs = [song for _, _, _, song, _ in examples]
+    assert 2 <= len(examples) <= 3 and len(set(songs)) == len(songs)          # 3 songs in all: at most one each
+    for context, real, k, _, classes in examples:
+        assert k not in UNPITCHED and context.shape == real.shape == (32000,)
+        assert all(0 <= c < len(INSTRUMENTS) for c in classes) and classes
+    assert len(evaluate.pitched_examples(ds, "all", 2, 2.0, 16000, seed=0)) == 2
+    with pytest.raises(evaluate.EvaluateError, match="fewer than two songs"):
+        evaluate.pitched_examples(ds, "test", 10, 2.0, 16000, seed=0)           # the test split holds one song
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*embeddings for a 128-dimensional")   # 3 stems: FAD is only checked to run
+def test_listening_run_reports_every_measure_and_draws_the_examples(tiny_setup, tmp_path):
+    """evaluate.py --listening end to end on a random tiny model: the NLL table, the chroma rows (real stems
+    decoded from their tokens too), notes or noise, the transposition test and the picture, in JSON and Markdown."""
+    ds, ckpt, _ = tiny_setup
+    corpus = write_corpus(str(tmp_path / "corpus"), pieces=1)
+    out = tmp_path / "out"
+    assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--audio-n", "3", "--transposition",
+                               corpus, "--plot", "--plot-n", "2")) == 0
+    r = json.loads((out / "listening.json").read_text())["listening"]
+    assert r["pairs"] == 256 and r["songs"] == 3 and 0 <= r["other_song_fallbacks"] <= 256
+    chroma = r["chroma"]
+    assert set(evaluate.CHROMA_ROWS) <= set(chroma) and 2 <= chroma["n"] <= 3
+    for who in evaluate.CHROMA_ROWS:
+        for m in ("frame", "key"):
+            assert chroma[who][m]["lo"] <= chroma[who][m]["gain"] <= chroma[who][m]["hi"]
+    shares = r["notes"]["harmonic_share"]
+    assert list(shares) == ["generated", "real stems", "real stems, codec round trip",
+                            "real stems, round trip with random finer levels"]
+    assert all(0 <= h["lo"] <= h["mean"] <= h["hi"] <= 1 for h in shares.values())
+    assert shares["real stems"]["mean"] > 0.3                          # rendered pitched stems are mostly notes
+    assert set(r["notes"]["fad_against_real"]) == set(shares) - {"real stems"}
+    assert all(np.isfinite(d) and d >= 0 for d in r["notes"]["fad_against_real"].values())
+    bass = r["transposition"]["bass"]
+    assert bass["n"] == 12 and bass["pieces"] == 1 and bass["instrument"] == "Bass"
+    assert bass["real"]["mean"] > 0.3 and 0 <= bass["generated"]["right_shift_best"] <= 12
+    md = (out / "listening.md").read_text()
+    for text in ("| real stems, codec round trip | key |", "| real stems, round trip with random finer levels |",
+                 "Transposition test, Bass: 12 contexts from 1 piece ", "| real part (ceiling) |", "listening.png"):
+        assert text in md, text
+    png = (out / "listening.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # a second run refuses to overwrite the picture too
+    os.remove(out / "listening.json")
+    os.remove(out / "listening.md")
+    assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--plot")) == evaluate.EXIT_USER_ERROR
+
+
+def test_listening_flags_are_checked_before_any_work(tiny_setup, tmp_path, capsys):
+    ds, ckpt, _ = tiny_setup
+    assert evaluate.main(_args(ds, ckpt, tmp_path / "a", "--listening", "--transposition",
+                               str(tmp_path / "nowhere"))) == evaluate.EXIT_USER_ERROR
+    assert "--transposition" in capsys.readouterr().err
+    assert evaluate.main(_args(ds, ckpt, tmp_path / "b", "--listening", "--transposition", str(tmp_path),
+                               "--transposition-classes", "kazoo")) == evaluate.EXIT_USER_ERROR
+    assert "unknown instrument 'kazoo'" in capsys.readouterr().err

@@ -80,8 +80,31 @@ def test_a_tiny_stemgen_trained_where_the_context_determines_the_target_listens(
 def test_other_song_order_never_pairs_a_context_with_its_own_song():
     """Condition (c) must use another song's context for every pair, even with uneven songs."""
     song = torch.tensor([0] * 10 + [1] * 3 + [2] * 2)
-    order = listening.other_song_order(song)
-    assert (song[order] != song).all()
+    order, fallbacks = listening.other_song_order(song)
+    assert (song[order] != song).all() and fallbacks == 0
+
+
+def test_other_song_context_lacks_the_target_class_when_the_own_context_does():
+    """A pair whose context has no bass gets another song's context without bass; one that has it may take any."""
+    rng = np.random.default_rng(0)
+    n, bass = 60, 4
+    song = np.repeat(np.arange(6), 10)
+    instrument = rng.integers(0, 6, n)
+    held = rng.random((n, 17)) < 0.5
+    held[np.arange(n), instrument] = rng.random(n) < 0.5                  # about half hold their target's class
+    order, fallbacks = listening.other_song_order(song, instrument, held)
+    order = order.numpy()
+    assert (song[order] != song).all() and fallbacks == 0
+    lacking = ~held[np.arange(n), instrument]
+    assert lacking.any() and not held[order, instrument][lacking].any()
+    # every other song's context holds bass: the pairs without bass fall back, and are counted
+    song2, inst2 = np.array([0, 0, 1, 1]), np.full(4, bass)
+    held2 = np.zeros((4, 17), bool)
+    held2[[2, 3], bass] = True                                            # song 1's contexts hold bass
+    order2, fallbacks2 = listening.other_song_order(song2, inst2, held2)
+    assert fallbacks2 == 2 and (song2[order2.numpy()] != song2).all()
+    with pytest.raises(ValueError, match="both"):
+        listening.other_song_order(song2, inst2)
 
 
 def test_shifted_context_is_the_same_context_rolled_by_at_least_min_shift():

@@ -78,9 +78,14 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra, capsys):
     val = [r for r in rows if r["kind"] == "val"]
     assert val and len(val[-1]["acc_per_level"]) == 2 and val[-1]["nll"] > 0 and val[-1]["nll_no_context"] > 0
     final = rows[-1]
-    assert final["kind"] == "final" and final["songs"] >= 2
+    validation_tracks = data.scan_tracks(data_dir, "validation")[0]
+    assert final["kind"] == "final" and final["songs"] == len(validation_tracks)   # every validation song scored
     assert set(final["conditions"]) == {"true_context", "context_dropped", "other_song", "shifted"}
-    assert final["verdict"].startswith(("listens", "does not listen yet"))
+    gains = final["gains"]                                  # the verdict follows listening.verdict's rule
+    listens = gains["over_dropped"]["lo"] > 0 and gains["over_other_song"]["lo"] > 0
+    assert final["verdict"].startswith("listens") == listens
+    assert final["verdict"].startswith("does not listen yet") == (not listens)
+    assert 0 <= final["other_song_fallbacks"] <= final["pairs"] == 4
     for key in ("with_context", "context_dropped", "both_dropped", "constant_baseline"):
         r = final["masked_accuracy"][key]
         assert 0 <= r["acc"] <= 1 and len(r["acc_per_level"]) == 2

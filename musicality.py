@@ -1,0 +1,277 @@
+"""Music, not noise: what a person would hear in a generated stem, as numbers with references and floors.
+
+The listening report (listening.py) shows that the model uses its context; it does not show that what comes
+out sounds like notes. This module measures that, each number beside what bounds it:
+
+- `harmonic_share`: the fraction of a stem's 40-4000 Hz STFT energy that harmonic-percussive separation
+  (librosa HPSS, margin 2) calls harmonic. Sustained pitched notes score high, noise low. Its references
+  for a codec are the real stems' own score, their codec round trip (`round_trip`, the codec's ceiling) and
+  the round trip with every finer level replaced by random tokens (`round_trip_random_fine`, what "right
+  coarse tokens, noise above them" sounds like).
+- `transposition_score` and `transposition_test`: on a corpus of pieces rendered in several transpositions
+  (each track's metadata.yaml has `corpus: {piece: <str>, transpose: <semitones 0..11>}`), does a
+  generated part move with its context's key? The score correlates the stem's time-averaged chroma with
+  its context's at the right shift minus the mean over the 11 wrong shifts: about 0 for a part that ignores
+  the context (exactly 0 averaged over all 12 transpositions of a piece), and the real part is the ceiling.
+  Whether the right shift correlates best is counted beside it (chance: 1 context in 12).
+- `plot_examples`: constant-Q spectrograms of a context, the generated stem and the real stem side by side.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import torch
+import yaml
+
+import data
+import listening
+from audio import fit_length, resample
+from instruments import INSTRUMENTS, instrument_id
+
+HARMONIC_BAND = (40.0, 4000.0)  # Hz: where notes live; below is rumble, above mostly noise and partials
+HPSS_MARGIN = 2.0              # librosa HPSS margin: a bin must be twice as harmonic as percussive to count
+N_SHIFTS = 12
+
+
+# ------------------------------------------------------------------------------------ notes or noise
+
+
+def harmonic_share(wave: np.ndarray, sample_rate: int, n_fft: int = 2048, hop: int = 512,
+                   margin: float = HPSS_MARGIN, band: tuple[float, float] = HARMONIC_BAND) -> float:
+    """Fraction of a wave's in-band STFT energy that HPSS (with `margin`) assigns to the harmonic part; 0 for silence."""
+    import librosa
+    x = np.asarray(wave, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"harmonic_share takes a mono wave [S], got shape {x.shape}")
+    spec = librosa.stft(x, n_fft=n_fft, hop_length=hop)
+    harmonic, _ = librosa.decompose.hpss(spec, margin=margin)
+    freqs = librosa.fft_frequencies(sr=sample_rate, n_fft=n_fft)
+    inband = (freqs >= band[0]) & (freqs <= band[1])
+    total = float(np.sum(np.abs(spec[inband]) ** 2))
+    if total <= 1e-12:
+        return 0.0
+    return float(np.sum(np.abs(harmonic[inband]) ** 2) / total)
+
+
+def harmonic_shares(populations: dict[str, list[np.ndarray]], songs: list, sample_rate: int, seed: int = 0) -> dict:
+    """Per population of waves (one per example, examples labelled by song): the mean harmonic share with a
+    song-bootstrap 95 % interval."""
+    out = {}
+    for name, waves in populations.items():
+        if len(waves) != len(songs):
+            raise ValueError(f"{name}: {len(waves)} waves for {len(songs)} song labels")
+        values = np.array([harmonic_share(w, sample_rate) for w in waves])
+        mean, lo, hi = listening.song_bootstrap(values, np.asarray(songs), seed=seed)
+        out[name] = {"mean": mean, "lo": lo, "hi": hi}
+    return out
+
+
+@torch.no_grad()
+def round_trip(codec, wave: np.ndarray) -> np.ndarray:
+    """A mono wave [S] at codec.sample_rate encoded and decoded again, trimmed to S samples."""
+    x = torch.as_tensor(np.asarray(wave, dtype=np.float32))[None, None]
+    return _decoded(codec, codec.encode(x), x.shape[-1])
+
+
+def random_fine_tokens(tokens: torch.Tensor, bins: int, generator: torch.Generator) -> torch.Tensor:
+    """Tokens [B, Q, T] with level 0 kept and levels 1..Q-1 replaced by uniform random ids in [0, bins)."""
+    out = tokens.clone()
+    noise = torch.randint(0, bins, tuple(out[:, 1:].shape), generator=generator)
+    out[:, 1:] = noise.to(out.device, out.dtype)
+    return out
+
+
+@torch.no_grad()
+def round_trip_random_fine(codec, wave: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """A wave's round trip with its finer levels (1..Q-1) replaced by random tokens: the right coarse tokens
+    under noise, a floor for what the finer levels add."""
+    x = torch.as_tensor(np.asarray(wave, dtype=np.float32))[None, None]
+    return _decoded(codec, random_fine_tokens(codec.encode(x), codec.bins, generator), x.shape[-1])
+
+
+def _decoded(codec, tokens: torch.Tensor, length: int) -> np.ndarray:
+    """Decode [1, Q, T] tokens to a float32 numpy wave of exactly `length` samples."""
+    return fit_length(codec.decode(tokens)[0, 0].float().cpu().numpy(), length).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- transposition
+
+
+def shift_correlations(stem_chroma_mean: np.ndarray, context_chroma_mean: np.ndarray) -> np.ndarray:
+    """[12] Pearson correlations of a stem's 12-bin chroma with its context's rolled by 0..11 semitones
+    (0 where either is flat)."""
+    a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (stem_chroma_mean, context_chroma_mean))
+    if a.shape != (N_SHIFTS,) or b.shape != (N_SHIFTS,):
+        raise ValueError(f"chroma means must have 12 bins, got {a.shape} and {b.shape}")
+    za = a - a.mean()
+    out = np.zeros(N_SHIFTS)
+    for s in range(N_SHIFTS):
+        zb = np.roll(b, s) - b.mean()
+        den = np.sqrt((za ** 2).sum() * (zb ** 2).sum())
+        out[s] = (za * zb).sum() / den if den > 1e-12 else 0.0
+    return out
+
+
+def transposition_score(stem_chroma_mean: np.ndarray, context_chroma_mean: np.ndarray) -> tuple[float, bool]:
+    """(correlation at shift 0 minus the mean over the 11 other shifts, whether shift 0 correlates best).
+
+    The 12 shifted Pearson correlations sum to 0 (the rolled contexts average to a flat chroma), so the score
+    is 12/11 of the shift-0 correlation; the wrong shifts add the right-shift-best flag (chance: 1 in 12).
+    """
+    r = shift_correlations(stem_chroma_mean, context_chroma_mean)
+    return float(r[0] - r[1:].mean()), bool(r[0] > r[1:].max())
+
+
+def corpus_entry(track: data.Track) -> tuple[str, int]:
+    """(piece, transpose) from a track's metadata.yaml `corpus:` entry; ValueError saying what is missing."""
+    path = os.path.join(track.path, "metadata.yaml")
+    with open(path) as f:
+        meta = yaml.safe_load(f)
+    entry = meta.get("corpus") if isinstance(meta, dict) else None
+    if not isinstance(entry, dict) or "piece" not in entry or "transpose" not in entry:
+        raise ValueError(f"{path} has no `corpus: {{piece: ..., transpose: ...}}` entry; the transposition test "
+                         "needs a folder of transposed renderings of pieces (e.g. made by corpus.py)")
+    transpose = entry["transpose"]
+    if isinstance(transpose, bool) or not isinstance(transpose, int) or not 0 <= transpose < N_SHIFTS:
+        raise ValueError(f"{path}: corpus.transpose must be a whole number of semitones in 0..11, got {transpose!r}")
+    return str(entry["piece"]), transpose
+
+
+def first_sounding_start(part: np.ndarray, context: np.ndarray, sample_rate: int, seconds: float,
+                         hop_seconds: float = 1.0, silence_db: float = data.DEFAULT_SILENCE_DB) -> float | None:
+    """The first start (a multiple of hop_seconds) of a `seconds` window where the part and the context are
+    both above silence_db (RMS, dBFS); None when there is none (a song shorter than the window: start 0 only)."""
+    n, hop = int(round(seconds * sample_rate)), max(1, int(round(hop_seconds * sample_rate)))
+    for start in range(0, max(len(part) - n, 0) + 1, hop):
+        if min(data.rms_db(part[start:start + n]), data.rms_db(context[start:start + n])) >= silence_db:
+            return start / sample_rate
+    return None
+
+
+def transposition_examples(data_root: str, instrument: str, sample_rate: int, seconds: float, split: str = "all",
+                           search_seconds: float = 60.0) -> tuple[list[dict], Counter]:
+    """Each track with a stem of the class: its first stem of that class (the real part) and the sum of all its
+    other stems (the context), cropped to the first window where both sound; and a Counter of skipped tracks.
+
+    Each example: {"track", "piece", "transpose", "context" [S], "real" [S]} at sample_rate.
+    """
+    k = instrument_id(instrument)
+    tracks, _ = data.scan_tracks(data_root, split)
+    examples, skipped = [], Counter()
+    n = int(round(seconds * sample_rate))
+    for track in tracks:
+        part = next((s for s in track.stems if s.instrument == k), None)
+        if part is None:
+            skipped[f"no {INSTRUMENTS[k]} stem"] += 1
+            continue
+        piece, transpose = corpus_entry(track)
+        span = min(track.seconds, search_seconds)
+        waves = {s.name: fit_length(resample(data.read_crop(s, 0.0, span), s.sample_rate, sample_rate),
+                                    int(round(span * sample_rate))) for s in track.stems}
+        real = waves.pop(part.name)
+        context = np.sum(list(waves.values()), axis=0)
+        start = first_sounding_start(real, context, sample_rate, seconds)
+        if start is None:
+            skipped["part and context never sound together"] += 1
+            continue
+        a = int(round(start * sample_rate))
+        examples.append({"track": track.name, "piece": piece, "transpose": transpose,
+                         "context": fit_length(context[a:a + n], n).astype(np.float32),
+                         "real": fit_length(real[a:a + n], n).astype(np.float32)})
+    return examples, skipped
+
+
+def mean_chroma(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[12] time-averaged chroma of a mono wave (listening.chroma)."""
+    return listening.chroma(wave, sample_rate).mean(axis=1)
+
+
+def score_summary(scores: list[float], best: list[bool], pieces: list[str], seed: int = 0) -> dict:
+    """Mean transposition score with a piece-bootstrap 95 % interval, and how often the right shift is best."""
+    mean, lo, hi = listening.song_bootstrap(np.asarray(scores), np.asarray(pieces), seed=seed)
+    return {"mean": mean, "lo": lo, "hi": hi, "right_shift_best": int(sum(best)), "n": len(scores)}
+
+
+def transposition_test(data_root: str, instrument: str, generate, sample_rate: int, seconds: float,
+                       split: str = "all", seed: int = 0) -> dict:
+    """Does a generated part move with its context's key? Transposition scores of generated and real parts.
+
+    Args:
+        data_root: a Slakh-layout folder whose tracks carry `corpus: {piece, transpose}` in metadata.yaml.
+        instrument: the class to generate (a name instruments.instrument_id knows, e.g. "bass").
+        generate: (contexts: list of [S] waves, instruments: list of class ids) -> list of [S] stems.
+        seconds: crop length; sample_rate: the rate `generate` takes and returns.
+    Returns:
+        {"instrument", "n", "pieces", "transpositions", "skipped", "generated": summary, "real": summary,
+        "examples": [per-track scores]}; each summary is score_summary's (piece-bootstrap intervals).
+    """
+    examples, skipped = transposition_examples(data_root, instrument, sample_rate, seconds, split)
+    if not examples:
+        raise ValueError(f"{data_root} [{split}]: no track with a {instrument} stem to test "
+                         f"({dict(skipped) or 'no tracks'})")
+    stems = generate([e["context"] for e in examples], [instrument_id(instrument)] * len(examples))
+    if len(stems) != len(examples):
+        raise ValueError(f"generate returned {len(stems)} stems for {len(examples)} contexts")
+    rows = []
+    for e, stem in zip(examples, stems):
+        ctx = mean_chroma(e["context"], sample_rate)
+        gen, gen_best = transposition_score(mean_chroma(fit_length(np.asarray(stem, np.float32), len(e["context"])),
+                                                        sample_rate), ctx)
+        real, real_best = transposition_score(mean_chroma(e["real"], sample_rate), ctx)
+        rows.append({"track": e["track"], "piece": e["piece"], "transpose": e["transpose"], "generated": gen,
+                     "generated_right_shift_best": gen_best, "real": real, "real_right_shift_best": real_best})
+    pieces = [r["piece"] for r in rows]
+    return {"instrument": INSTRUMENTS[instrument_id(instrument)], "n": len(rows), "pieces": len(set(pieces)),
+            "transpositions": len({(r["piece"], r["transpose"]) for r in rows}), "skipped": dict(skipped),
+            "generated": score_summary([r["generated"] for r in rows], [r["generated_right_shift_best"] for r in rows],
+                                       pieces, seed),
+            "real": score_summary([r["real"] for r in rows], [r["real_right_shift_best"] for r in rows], pieces, seed),
+            "examples": rows}
+
+
+# ------------------------------------------------------------------------------------------------ picture
+
+
+def log_cqt(wave: np.ndarray, sample_rate: int, hop: int = 512) -> np.ndarray:
+    """|CQT| of a mono wave, semitone bins from C1 up to at most C8 below 0.9 Nyquist [n_bins, frames]."""
+    import librosa
+    fmin = float(librosa.note_to_hz("C1"))
+    n_bins = int(min(84, np.floor(12 * np.log2(0.45 * sample_rate / fmin))))
+    return np.abs(librosa.cqt(np.asarray(wave, dtype=np.float32), sr=sample_rate, hop_length=hop, fmin=fmin,
+                              n_bins=n_bins))
+
+
+def plot_examples(path: str, rows: list[dict], sample_rate: int) -> str:
+    """A PNG with one row per example: CQT spectrograms (dB) of its context, generated and real stem; returns path.
+
+    Each row: {"context", "generated", "real"} mono waves at sample_rate, and optionally "label" (a title).
+    """
+    if not rows:
+        raise ValueError("plot_examples needs at least one example (a dict of context, generated and real waves)")
+    columns = ("context", "generated", "real")
+    for i, row in enumerate(rows):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"plot_examples: example {i} has no {', '.join(missing)} wave")
+    import librosa
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 2.6 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        mags = [log_cqt(row[c], sample_rate) for c in columns]
+        ref = max(float(m.max()) for m in mags) or 1.0        # one reference per row: the three are comparable
+        for j, (column, mag) in enumerate(zip(columns, mags)):
+            ax = axes[i, j]
+            ax.imshow(librosa.amplitude_to_db(mag, ref=ref, top_db=80.0), origin="lower", aspect="auto",
+                      cmap="magma", vmin=-80, vmax=0, extent=(0.0, len(row[column]) / sample_rate, 0, mag.shape[0]))
+            ax.set_title(f"{row.get('label', f'example {i}')}: {column}" if j == 0 else column, fontsize=9)
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("semitones above C1" if j == 0 else "")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+

@@ -1,0 +1,141 @@
+"""musicality.py: notes or noise (harmonic share, codec references), the transposition test, the picture."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import musicality as M
+from conftest import chord, random_triads, write_corpus
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Two pieces in all 12 transpositions (24 tracks of piano, strings and bass, 2 s each)."""
+    return write_corpus(str(tmp_path_factory.mktemp("corpus") / "pieces"))
+
+
+def test_harmonic_share_is_high_for_notes_low_for_noise_and_zero_for_silence():
+    rng = np.random.default_rng(0)
+    tone = chord([57], 2.0, SR, rng)                           # A3 with 6 partials
+    triads = random_triads(0.5, 4, SR, rng)
+    noise = (0.1 * rng.standard_normal(2 * SR)).astype(np.float32)
+    assert M.harmonic_share(tone, SR) > 0.8 and M.harmonic_share(triads, SR) > 0.7
+    assert M.harmonic_share(noise, SR) < 0.2
+    assert M.harmonic_share(np.zeros(SR, np.float32), SR) == 0.0
+    with pytest.raises(ValueError, match="mono"):
+        M.harmonic_share(np.zeros((2, SR), np.float32), SR)
+
+
+def test_transposition_score_of_a_part_that_ignores_its_context_averages_to_zero_over_12_keys():
+    """Algebra: the same stem against a context chroma rolled through all 12 keys scores 0 on average, exactly."""
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        stem, context = rng.random(12), rng.random(12)
+        scores = [M.transposition_score(stem, np.roll(context, t))[0] for t in range(12)]
+        assert abs(np.mean(scores)) < 1e-12
+        assert max(scores) > 0.1                               # ... though single keys do not score 0
+
+
+def test_transposition_score_is_highest_at_the_right_shift_for_a_part_that_follows():
+    rng = np.random.default_rng(2)
+    context = rng.random(12)
+    follows = context + 0.1 * rng.random(12)
+    score, best = M.transposition_score(follows, context)
+    assert score > 0.8 and best
+    r = M.shift_correlations(follows, context)
+    assert abs(r.sum()) < 1e-12 and score == pytest.approx(12 / 11 * r[0])  # the 12 shifts' correlations sum to 0
+    score_wrong, best_wrong = M.transposition_score(follows, np.roll(context, 5))
+    assert score_wrong < score and not best_wrong
+    assert M.transposition_score(np.ones(12), context) == (0.0, False)     # a flat chroma follows nothing
+    with pytest.raises(ValueError, match="12 bins"):
+        M.transposition_score(np.ones(11), context)
+
+
+def test_a_model_that_copies_its_context_follows_every_transposition(corpus):
+    """The context itself, returned as the part: well above 0, the right shift always best, and at least as high
+    as the real bass that plays the chords' roots (the ceiling), which is clearly above 0 too."""
+    r = M.transposition_test(corpus, "bass", lambda contexts, inst: [c.copy() for c in contexts], SR, 2.0)
+    assert r["n"] == 24 and r["pieces"] == 2 and r["transpositions"] == 24 and r["instrument"] == "Bass"
+    gen, real = r["generated"], r["real"]
+    assert gen["lo"] > 0.5 and gen["right_shift_best"] == 24
+    assert real["lo"] > 0.2 and gen["mean"] >= real["mean"]
+    assert all(x["lo"] <= x["mean"] <= x["hi"] for x in (gen, real))
+
+
+def test_a_model_that_ignores_its_context_scores_about_zero_over_the_12_transpositions(corpus):
+    """The same audio whatever the context: its right shift is rarely best, and its mean score is near 0."""
+    fixed = chord([60, 64, 67], 2.0, SR, np.random.default_rng(5))
+    calls = []
+
+    def constant(contexts, instruments):
+        calls.append(instruments)
+        return [fixed for _ in contexts]
+
+    r = M.transposition_test(corpus, "bass", constant, SR, 2.0)
+    assert calls == [[4] * 24]                                  # one call, every context asks for a bass (id 4)
+    assert abs(r["generated"]["mean"]) < 0.1 and r["generated"]["right_shift_best"] <= 6
+    assert r["generated"]["mean"] < r["real"]["mean"] - 0.2
+
+
+def test_transposition_test_refuses_a_folder_without_corpus_entries_or_without_the_class(corpus, tmp_path):
+    copy = str(tmp_path / "plain")
+    write_corpus(copy, pieces=1, transpositions=[0, 1])
+    meta_path = os.path.join(copy, "Track00000", "metadata.yaml")
+    meta = yaml.safe_load(open(meta_path))
+    del meta["corpus"]
+    yaml.safe_dump(meta, open(meta_path, "w"))
+    with pytest.raises(ValueError, match="corpus"):
+        M.transposition_test(copy, "bass", lambda c, k: c, SR, 1.0)
+    with pytest.raises(ValueError, match="no track with a organ stem"):
+        M.transposition_test(corpus, "organ", lambda c, k: c, SR, 1.0)
+
+
+def test_first_sounding_start_skips_a_silent_intro():
+    """The first 1 s step whose 2 s window passes the crop rule (RMS over the window above silence_db)."""
+    part = np.concatenate([np.zeros(3 * SR), np.ones(3 * SR)]).astype(np.float32) * 0.1
+    context = np.full(6 * SR, 0.1, np.float32)
+    assert M.first_sounding_start(part, context, SR, 2.0) == 2.0
+    assert M.first_sounding_start(context, part, SR, 2.0) == 2.0
+    assert M.first_sounding_start(np.zeros(6 * SR, np.float32), context, SR, 2.0) is None
+
+
+def test_random_fine_tokens_keep_level_0_and_draw_the_rest_uniformly():
+    tokens = torch.randint(0, 8, (3, 4, 500), generator=torch.Generator().manual_seed(0))
+    a = M.random_fine_tokens(tokens, 64, torch.Generator().manual_seed(1))
+    b = M.random_fine_tokens(tokens, 64, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(a[:, 0], tokens[:, 0])
+    fine = a[:, 1:]
+    assert int(fine.min()) >= 0 and int(fine.max()) < 64
+    assert (fine >= 8).float().mean() > 0.8                     # from all 64 ids, not the 8 the input used
+    assert torch.bincount(fine.reshape(-1), minlength=64).min() > 0
+
+
+def test_round_trips_through_a_codec_keep_the_length_and_random_fine_levels_change_the_sound(tmp_path):
+    import spectral
+    root = write_corpus(str(tmp_path / "c"), pieces=1, transpositions=[0, 5])
+    codec = spectral.fit_spectral(root, None, n_q=2, bins=16, dim=16, sample_rate=SR, n_fft=512,
+                                  seconds_per_track=2, kmeans_iters=3, griffin_lim_iters=4, progress=False)
+    x = random_triads(0.25, 5, SR, np.random.default_rng(3))[:SR + 123]        # not a whole number of frames
+    same = M.round_trip(codec, x)
+    assert same.shape == x.shape and same.dtype == np.float32 and np.array_equal(same, M.round_trip(codec, x))
+    noisy = M.round_trip_random_fine(codec, x, torch.Generator().manual_seed(0))
+    again = M.round_trip_random_fine(codec, x, torch.Generator().manual_seed(0))
+    assert noisy.shape == x.shape and np.array_equal(noisy, again) and not np.allclose(noisy, same)
+
+
+def test_plot_examples_writes_a_png_and_refuses_no_examples(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = [{"context": random_triads(0.5, 4, SR, rng), "generated": random_triads(0.5, 4, SR, rng),
+             "real": random_triads(0.5, 4, SR, rng), "label": f"piano {i}"} for i in range(2)]
+    path = M.plot_examples(str(tmp_path / "ex.png"), rows, SR)
+    png = open(path, "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    with pytest.raises(ValueError, match="at least one example"):
+        M.plot_examples(str(tmp_path / "none.png"), [], SR)
+    with pytest.raises(ValueError, match="no real"):
+        M.plot_examples(str(tmp_path / "bad.png"), [{"context": rows[0]["context"], "generated": rows[0]["real"]}], SR)
+    assert not os.path.exists(tmp_path / "none.png")

@@ -1,0 +1,67 @@
+"""pool.token_pool: each pair keeps the song it came from and the classes summed into its context."""
+import os
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+
+import pool
+from data import StemPairDataset
+from instruments import instrument_id
+
+SR = 8000
+CLASSES = (("piano", 0), ("bass", 33), ("organ", 16))   # class name, GM program
+
+
+def frequency(track: int, stem: int) -> int:
+    """Every stem of every track plays its own whole-Hz sine, so a crop's spectrum names its stems."""
+    return 500 * track + 100 * (stem + 1)
+
+
+def write_sines(root: str, tracks: int = 3, seconds: float = 2.0) -> None:
+    t = np.arange(int(seconds * SR)) / SR
+    for k in range(tracks):
+        track = os.path.join(root, f"Track{k:05d}")
+        os.makedirs(os.path.join(track, "stems"))
+        meta = {"stems": {}}
+        for j in range(3):
+            sf.write(os.path.join(track, "stems", f"S{j:02d}.wav"),
+                     (0.1 * np.sin(2 * np.pi * frequency(k, j) * t)).astype(np.float32), SR)
+            meta["stems"][f"S{j:02d}"] = {"program_num": CLASSES[(j + k) % 3][1], "is_drum": False}
+        with open(os.path.join(track, "metadata.yaml"), "w") as f:
+            yaml.safe_dump(meta, f)
+
+
+def sounding(wave: np.ndarray) -> set[int]:
+    """The whole-Hz frequencies that carry a sine in a 1 s wave."""
+    mag = np.abs(np.fft.rfft(wave))
+    return {int(f) for f in np.flatnonzero(mag > 0.25 * mag.max())}
+
+
+def test_pool_pairs_carry_their_track_and_their_context_classes(tmp_path):
+    root = str(tmp_path / "sines")
+    write_sines(root)
+    ds = StemPairDataset(root, "all", SR, crop_seconds=1.0, seed=0, verbose=False)
+    seen = []
+
+    def encode(waves):                      # keeps what it was given; tokens are not what this test is about
+        seen.append(waves.clone())
+        return torch.zeros(waves.shape[0], 1, 50, dtype=torch.long)
+
+    got = pool.token_pool(ds, encode, n_pairs=30, per_segment=4, seed=0, batch=8, progress=False)
+    contexts = torch.cat([w[:len(w) // 2] for w in seen]).numpy()
+    targets = torch.cat([w[len(w) // 2:] for w in seen]).numpy()
+    assert len(got["song"]) == len(contexts) == 30 and got["context_classes"].shape == (30, 17)
+    assert len(set(got["song"].tolist())) == 3
+    for i in range(30):
+        track = ds.tracks[int(got["song"][i])]
+        k = int(track.name[-5:])
+        stems_in_context = {f % 500 // 100 - 1 for f in sounding(contexts[i])}
+        (target_freq,) = sounding(targets[i])
+        assert {f // 500 for f in sounding(contexts[i]) | {target_freq}} == {k}          # all from its song
+        target_stem = target_freq % 500 // 100 - 1
+        assert target_stem not in stems_in_context
+        assert int(got["instrument"][i]) == instrument_id(CLASSES[(target_stem + k) % 3][0])
+        classes = {instrument_id(CLASSES[(j + k) % 3][0]) for j in stems_in_context}
+        assert set(np.flatnonzero(got["context_classes"][i].numpy()).tolist()) == classes
