@@ -150,7 +150,8 @@ def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None
                             "tokenising pairs", verbose=False)
     report = listening.listening_report(net, pairs, frame_rate=tok.frame_rate, seed=args.seed)
     examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
-    sampling = decode.Sampling(temperature=args.temperature, **({"steps": tuple(args.steps)} if args.steps else {}))
+    sampling = decode.Sampling(temperature=args.temperature, fine_temperature=args.fine_temperature,
+                               **({"steps": tuple(args.steps)} if args.steps else {}))
 
     def generate(contexts, instruments):
         return generate_batched(net, tok, contexts, instruments, sampling, args.seed, window_seconds=seconds,
@@ -293,7 +294,8 @@ def sweep_settings(kind: str, base, scales=(2.0, 3.0, 4.0), ws_values=(0.0, 0.1,
     if kind == "causal-bias":
         return [(f"w_s = {w:g}", f"w_s={w:g}", replace(base, w_s=w, w_c=0.1, w_r=1.0)) for w in ws_values]
     if kind == "best-vs-naive":
-        naive = decode.Sampling.naive(steps=base.steps, temperature=base.temperature, scale_steps=base.scale_steps)
+        naive = decode.Sampling.naive(steps=base.steps, temperature=base.temperature,
+                                      fine_temperature=base.fine_temperature, scale_steps=base.scale_steps)
         return [("naive", "naive", naive), ("best", "best", base)]
     raise EvaluateError(f"unknown sweep {kind!r}: use none, guidance, causal-bias or best-vs-naive")
 
@@ -375,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="FAD and MIRDD of a StemGen checkpoint with the paper's protocol (Sec. 3.2) and ablations "
                     "(Tab. 1-3). Writes JSON and a Markdown table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=checkpoint.DEFAULT_CHECKPOINT, help="model checkpoint")
+    p.add_argument("--checkpoint", help="model checkpoint (default: runs/default/best.pt, else "
+                                        f"{checkpoint.DEFAULT_CHECKPOINT}, else the shipped model)")
     p.add_argument("--data", required=True, help="Slakh-layout dataset folder (e.g. made by synth.py)")
     p.add_argument("--split", default="test", help="held-out split the examples come from")
     p.add_argument("--n", type=int, default=400, help="number of examples (paper: 400)")
@@ -416,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: the paper's "
                         f"{' '.join(map(str, decode.Sampling.steps))})")
     p.add_argument("--temperature", type=float, default=decode.Sampling.temperature, help="sampling temperature")
+    p.add_argument("--fine-temperature", type=float, default=decode.Sampling.fine_temperature,
+                   help="temperature of the finer RVQ levels (0: greedy; default: --temperature)")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--codec-weights", metavar="PATH",
@@ -453,9 +458,12 @@ def run(args) -> dict:
     if isinstance(embedding, fad.VGGishEmbedding):
         embedding.net.to(device)
         embedding.device = device
+    if args.checkpoint is None:
+        args.checkpoint, why = checkpoint.default_checkpoint()
+        print(f"checkpoint: {args.checkpoint} ({why}; --checkpoint chooses another)", file=sys.stderr)
     net, tok, ckpt = checkpoint.load_model(args.checkpoint, device, args.codec_weights)
     seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or decode.DEFAULT_WINDOW_SECONDS
-    base = decode.Sampling(temperature=args.temperature)
+    base = decode.Sampling(temperature=args.temperature, fine_temperature=args.fine_temperature)
     if args.steps:
         base = replace(base, steps=tuple(args.steps))
     settings = sweep_settings(args.sweep, base, _floats(args.scales, "--scales"), _floats(args.ws_values, "--ws-values"))
