@@ -110,14 +110,3 @@ def checkpoint_window_seconds(ckpt: dict) -> float | None:
     value = (ckpt.get("train_args") or {}).get("crop_seconds")
     return float(value) if value else None
 
-
-def pick_device(name: str) -> torch.device:
-    """The device a model is loaded onto: "auto" is CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a torch device name (e.g. cpu, cuda, cuda:1)") from None

@@ -46,6 +46,7 @@ import listening
 import mir
 import pool
 import transcriber
+from cli import pick_device
 from instruments import INSTRUMENTS, UNPITCHED
 
 EXIT_USER_ERROR = 2
@@ -337,7 +338,7 @@ def run(args) -> dict:
     if not args.listening:
         transcriber.check_transcriber()  # before hours of generation, not after
     embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu")
-    device = checkpoint.pick_device(args.device)
+    device = pick_device(args.device)
     if isinstance(embedding, fad.VGGishEmbedding):
         embedding.net.to(device)
         embedding.device = device
