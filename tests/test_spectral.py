@@ -1,6 +1,7 @@
 """spectral.py: the offline codec's round trip, its file and spec in checkpoints, fitting, one home for defaults."""
 import dataclasses
 import inspect
+import math
 import os
 import re
 
@@ -153,8 +154,9 @@ def test_two_pass_fitting_frames_are_the_frames_a_one_pass_draw_keeps(tmp_path, 
 def test_spectral_config_is_the_one_home_of_the_defaults():
     """The fit command, fit_spectral and the codec's constructor all take their defaults from SpectralConfig."""
     d = S.SpectralConfig()
-    assert (d.sample_rate, d.frame_rate, d.hop, d.n_fft, d.power, d.dim, d.n_q, d.bins) == \
-        (32000, 50, 640, 2048, 0.3, 64, 4, 1024)
+    encodec = C.ENCODEC_32KHZ_CONFIG               # the paper's codec: the two are interchangeable in a model
+    assert (d.sample_rate, d.hop) == (encodec["sampling_rate"], math.prod(encodec["upsampling_ratios"]))
+    assert d.hop * d.frame_rate == d.sample_rate
     args = S.build_parser().parse_args(["fit", "--data", "D", "--out", "F"])
     for f in dataclasses.fields(S.SpectralConfig):
         if f.name != "frame_rate":  # the frame rate is fixed at the paper's 50 Hz, not a flag
