@@ -1,25 +1,24 @@
-"""Speed and memory benchmarks (not tests): training throughput and generation latency.
+"""Benchmarks (not tests): training throughput, generation latency, data loading, a codec's round trip.
 
     python bench.py train --preset paper --batch 16 --crop-seconds 20      # tokens/s, MFU, peak memory
     python bench.py generate --preset paper --seconds 20                   # time per 20 s stem, RTF
     python bench.py generate --preset tiny --seconds 5 --threads 1         # the demo's 5 s windows on a CPU
     python bench.py data --data slakh/ --workers 4                        # training items/s, activity map on/off
+    python bench.py codec --codec FILE|encodec_32khz --data DIR           # round-trip quality (roundtrip.py)
 
 `generate` also compares decoding steps per window as given ("before") with steps scaled to the frames each
 window decodes ("after", decode.steps_for) for one window and a 3-minute context (--context-seconds):
 forward passes, seconds per second of audio and the speed-up, in one run.
 
-Random weights are used (timing does not depend on them); every figure is printed with the device, dtype
-and settings it was measured with. Model FLOPs utilisation (MFU) counts 6 x parameters x tokens plus the
-attention matmuls for training, against the device's dense bf16 peak (a table for NVIDIA data-centre GPUs;
-on a CPU it is measured with one large matmul, labelled "measured").
+Random weights are used for timing (it does not depend on them); every figure is printed with the device,
+dtype and settings it was measured with. Timing, peaks and model FLOPs utilisation (MFU) are counted in perf.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -27,68 +26,20 @@ from dataclasses import replace
 import torch
 
 import decode
-from model import PRESETS, StemGen, autocast, count_parameters
+import pool
+import roundtrip
+from checkpoint import open_codec
+from cli import USER_ERROR, pick_device
+from codec import ENCODEC_32KHZ_CONFIG, CodecUnavailable, EncodecCodec
+from data import CROP_SECONDS, StemPairDataset
+from guidance import BRANCHES
 from instruments import NULL_INSTRUMENT
 from masking import Objective, masked_loss
+from model import PRESETS, StemGen, autocast, count_parameters
+from perf import device_name, forward_flops, peak_tflops, sync, timed_once, train_flops_per_step
+from spectral import SpectralCodec, SpectralConfig
 
-FRAME_RATE = 50  # token frames per second of both codecs (Encodec 32 kHz and SpectralConfig.frame_rate)
-
-# Dense bf16 peak (TFLOP/s) from the vendors' datasheets.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_once(fn, device) -> float:
-    """Seconds of one call of fn after one untimed warm-up call."""
-    fn()
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
-
-
-def peak_tflops(device, dtype) -> tuple[float, str]:
-    """The device's peak matmul throughput: a datasheet value on known GPUs, else measured."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, val in PEAK_TFLOPS.items():
-            if key in name:
-                return val, f"datasheet dense bf16 ({name})"
-    n = 2048 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    a @ a
-    sync(device)
-    reps = 3 if device.type == "cpu" else 20
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ a
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12, f"measured {n}x{n} {dtype} matmul"
-
-
-def train_flops_per_step(model, B: int, T: int) -> float:
-    """6 N per sequence element (forward + backward) for the weights used, plus attention.
-
-    Embedding lookups are free; training applies one output head per example (its trained level).
-    """
-    cfg = model.cfg
-    n_embed = sum(p.numel() for name, p in model.named_parameters() if "embed" in name)
-    n = count_parameters(model) - n_embed - (cfg.n_q - 1) * cfg.dim * cfg.bins
-    attn = 12 * cfg.n_layers * cfg.dim * T      # QK^T and AV, forward + backward, per element
-    return (6 * n + attn) * B * T
-
-
-def forward_flops(model, B: int, T: int, level: bool = True) -> float:
-    cfg = model.cfg
-    n_embed = sum(p.numel() for name, p in model.named_parameters() if "embed" in name)
-    n_head = cfg.dim * cfg.bins * cfg.n_q
-    n = count_parameters(model) - n_embed - (n_head * (cfg.n_q - 1) // cfg.n_q if level else 0)
-    return (2 * n + 4 * cfg.n_layers * cfg.dim * T) * B * T
+FRAME_RATE = SpectralConfig.frame_rate  # token frames per second; Encodec 32 kHz's strides give the same 50 Hz
 
 
 def build(args, device):
@@ -99,16 +50,14 @@ def build(args, device):
 
 def make_codec(args, device):
     """The codec whose encode/decode cost is measured, with random parameters (timing does not need weights)."""
-    import codec as codec_lib
-    from spectral import SpectralCodec, SpectralConfig
     if args.codec == "encodec_32khz":
-        return codec_lib.load_encodec(args.codec_weights, device), "encodec_32khz, trained weights"
+        return open_codec("encodec_32khz", args.codec_weights, device), "encodec_32khz, trained weights"
     if args.codec == "encodec_random":
-        from transformers import EncodecConfig, EncodecModel
-        model = EncodecModel(EncodecConfig(**codec_lib.ENCODEC_32KHZ_CONFIG))
+        from transformers import EncodecConfig, EncodecModel    # as codec.load_encodec: only Encodec needs it
+        model = EncodecModel(EncodecConfig(**ENCODEC_32KHZ_CONFIG))
         for layer in model.quantizer.layers:      # the init leaves the codebooks at zero: every token would be 0
             layer.codebook.embed.normal_()
-        return codec_lib.EncodecCodec(model).to(device), "encodec_32khz architecture, random weights"
+        return EncodecCodec(model).to(device), "encodec_32khz architecture, random weights"
     g, c = torch.Generator().manual_seed(0), SpectralConfig()
     n_freq = c.n_fft // 2 + 1
     basis = torch.linalg.qr(torch.randn(n_freq, c.dim, generator=g))[0].T.contiguous()   # [D, F] orthonormal
@@ -119,7 +68,7 @@ def make_codec(args, device):
 
 
 def bench_train(args):
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, cfg = build(args, device)
     T = math.ceil(args.crop_seconds * FRAME_RATE)
@@ -169,7 +118,6 @@ def tokenize_shares(codec, B: int, crop_seconds: float, step_s: float, device) -
     """Time to tokenize a batch's contexts and targets, and their share of a step (model step + tokenizing):
     fresh, with every target's tokens found in a pool.TokenCache, and (CUDA) under bf16 autocast, with the
     agreement of bf16 and fp32 tokens per level (on noise; use --codec encodec_32khz for the trained codec)."""
-    import pool
     g = torch.Generator(device=device).manual_seed(1)
     context, target = (torch.randn(B, int(crop_seconds * codec.sample_rate), device=device, generator=g) * 0.1
                        for _ in range(2))
@@ -265,7 +213,7 @@ def steps_before_after(fwd, cfg, sampling, window_seconds: float, context_second
 
 
 def bench_generate(args):
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     model, cfg = build(args, device)
     model.eval()
     fwd = torch.compile(model, mode="reduce-overhead") if args.compile else model   # CUDA graphs
@@ -283,7 +231,7 @@ def bench_generate(args):
     sync(device)
     total = time.perf_counter() - t
     # the same forward passes alone (fixed shapes, as in the loop) give the model's share of the time
-    n_branches = {"none": 1, "joint": 2, "multi": 3}[args.guidance]
+    n_branches = len(BRANCHES[args.guidance])
     n_passes = forward_passes(T, sampling.level_steps(T))
     tgt = torch.full_like(ctx, cfg.mask_id).repeat(n_branches, 1, 1)
     c3 = ctx.repeat(n_branches, 1, 1)
@@ -334,7 +282,6 @@ def bench_data(args):
     item indices, so that neither gains from the other's file reads. The activity cache goes to a temporary
     folder unless --cache-dir is given, so that the map's build time is measured and the data folder is not written.
     """
-    from data import StemPairDataset
     if args.cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="stemgen-bench-cache-") as tmp:   # removed afterwards
             return bench_data(argparse.Namespace(**{**vars(args), "cache_dir": tmp}))
@@ -367,35 +314,37 @@ def bench_data(args):
             "speedup": round(mean["activity"] / mean["old"], 2)}
 
 
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+def bench_codec(args) -> dict:
+    """A codec's round-trip quality on the held-out files of --data (roundtrip.measure): one row per file."""
+    device = pick_device(args.device)
+    if args.codec == "encodec_32khz":
+        codec = open_codec("encodec_32khz", args.codec_weights, device)
+    else:
+        codec = open_codec("spectral", args.codec, device)
+    rows = roundtrip.measure(codec, args.data, args.seconds, args.max_files, args.seed)
+    return {"bench": "codec", "codec": codec.name, "source": args.codec, "device": str(device), "data": args.data,
+            "seconds": args.seconds, "files": len(rows), **{f"mean_{k}": v for k, v in roundtrip.means(rows).items()},
+            "rows": rows}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else the platform's processor string."""
-    import platform
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else f"{platform.processor() or platform.machine()} CPU"
+def common_arguments(s: argparse.ArgumentParser, device: bool = True) -> None:
+    """--json, which every benchmark takes, and --device (all but data's)."""
+    if device:
+        s.add_argument("--device", default="auto", help="auto (CUDA, then Apple's MPS, then the CPU), cpu, cuda[:N], mps")
+    s.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("train", "generate"):
         s = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        common_arguments(s)
         s.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-        s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         s.add_argument("--compile", action="store_true", help="torch.compile the model")
         s.add_argument("--codec", default="spectral", choices=["spectral", "encodec_random", "encodec_32khz", "none"],
                        help="codec whose encode/decode time is measured (random weights, or the trained Encodec)")
         s.add_argument("--codec-weights", default=None, help="local facebook/encodec_32khz folder (--codec encodec_32khz)")
-        s.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
         s.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0: torch's default); 1 is steadier on a CPU shared with other work")
     t = sub.choices["train"]
@@ -403,18 +352,6 @@ def main(argv=None):
     t.add_argument("--crop-seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS)
     t.add_argument("--steps", type=int, default=10, help="timed steps")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    d = sub.add_parser("data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="training items/s of a Slakh-layout folder, with and without the activity map")
-    d.add_argument("--data", required=True, help="Slakh-layout dataset folder (read only)")
-    d.add_argument("--split", default="train")
-    d.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (both paths)")
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--items", type=int, default=200, help="items per round")
-    d.add_argument("--rounds", type=int, default=2, help="rounds of each path, alternating")
-    d.add_argument("--crop-seconds", type=float, default=20.0)
-    d.add_argument("--sample-rate", type=int, default=32000)
-    d.add_argument("--cache-dir", default=None, help="activity cache folder (default: a temporary one)")
-    d.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     g = sub.choices["generate"]
     g.add_argument("--seconds", type=float, default=decode.DEFAULT_WINDOW_SECONDS, help="stem length")
     g.add_argument("--steps", type=int, nargs="+", default=list(decode.Sampling.steps),
@@ -428,18 +365,61 @@ def main(argv=None):
     g.add_argument("--rounds", type=int, default=3,
                    help="alternating before/after measurements; the least time per pass of each is kept")
     g.add_argument("--guidance", default=decode.Sampling.guidance, choices=list(decode.GUIDANCE_MODES))
-    args = p.parse_args(argv)
+    add_data_parser(sub)
+    add_codec_parser(sub)
+    return p
+
+
+def add_data_parser(sub) -> None:
+    d = sub.add_parser("data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="training items/s of a Slakh-layout folder, with and without the activity map")
+    common_arguments(d, device=False)
+    d.add_argument("--data", required=True, help="Slakh-layout dataset folder (read only)")
+    d.add_argument("--split", default="train")
+    d.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (both paths)")
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--items", type=int, default=200, help="items per round")
+    d.add_argument("--rounds", type=int, default=2, help="rounds of each path, alternating")
+    d.add_argument("--crop-seconds", type=float, default=CROP_SECONDS)
+    d.add_argument("--sample-rate", type=int, default=SpectralConfig.sample_rate)
+    d.add_argument("--cache-dir", default=None, help="activity cache folder (default: a temporary one)")
+
+
+def add_codec_parser(sub) -> None:
+    c = sub.add_parser("codec", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="round-trip quality of a codec on held-out audio (spectral convergence, chroma)")
+    common_arguments(c)
+    c.add_argument("--codec", required=True, help="fitted spectral codec file, or encodec_32khz")
+    c.add_argument("--codec-weights", default=None, help="local facebook/encodec_32khz folder (encodec_32khz)")
+    c.add_argument("--data", required=True, help="dataset folder (test/ split used when present)")
+    c.add_argument("--seconds", type=float, default=CROP_SECONDS, help="audio per file (from its start)")
+    c.add_argument("--max-files", type=int, default=None, help="measure a random subset of this many files")
+    c.add_argument("--seed", type=int, default=0)
+
+
+BENCHMARKS = {"train": bench_train, "generate": bench_generate, "data": bench_data, "codec": bench_codec}
+
+
+def main(argv=None) -> int:
+    """Run one benchmark and print what it measured: a table, or one JSON line with --json."""
+    args = build_parser().parse_args(argv)
     torch.manual_seed(0)
     if getattr(args, "threads", 0) > 0:
         torch.set_num_threads(args.threads)
-    res = {"train": bench_train, "generate": bench_generate, "data": bench_data}[args.cmd](args)
+    try:
+        res = BENCHMARKS[args.cmd](args)
+    except (CodecUnavailable, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USER_ERROR
     if args.json:
         print(json.dumps(res))
+    elif args.cmd == "codec":
+        print(roundtrip.table(res["rows"]))
     else:
         for k, v in res.items():
             print(f"{k:>28}: {v}")
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Checkpoints: saving (atomic) and loading them, and the model and codec rebuilt from one.
+"""Checkpoints: saving (atomic) and loading them, and the model and codec rebuilt from one; the codec a user names.
 
 A checkpoint is a plain dict of tensors and primitives (model weights, model config, codec spec, step,
 optimizer, scheduler and RNG state, the training arguments), loadable with torch.load(weights_only=True). It is
@@ -12,7 +12,9 @@ from dataclasses import asdict
 import torch
 
 import codec as codec_lib
+import spectral
 from audio import atomic_write
+from codec import Codec, CodecUnavailable
 from instruments import INSTRUMENTS
 from model import ModelConfig, StemGen
 
@@ -105,7 +107,7 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weight
         raise CheckpointError(f"checkpoint {checkpoint} does not fit this version of model.py: "
                               f"{str(e).splitlines()[0]}") from None
     try:  # CodecUnavailable propagates to the caller
-        tok = codec_lib.load_codec(ckpt["codec_spec"], device=device, weights=codec_weights)
+        tok = load_codec(ckpt["codec_spec"], device=device, weights=codec_weights)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {checkpoint}: {e}") from None
     if (tok.n_q, tok.bins) != (net.cfg.n_q, net.cfg.bins):
@@ -113,6 +115,54 @@ def load_model(checkpoint: str, device: str | torch.device = "cpu", codec_weight
                               f"expects {net.cfg.n_q} x {net.cfg.bins}")
     return net, tok, ckpt
 
+
+# ---- the codec from a spec or a name: the one place that knows every codec --------------------------------
+
+OFFLINE_CODEC_HINT = f"Or use the offline codec instead: --codec spectral (fit it first with `{spectral.FIT_HINT}`)."
+
+
+def open_encodec(weights: str | None = None, device="cpu") -> Codec:
+    """codec.load_encodec, its CodecUnavailable message ending with the offline alternative."""
+    try:
+        return codec_lib.load_encodec(weights, device)
+    except CodecUnavailable as e:
+        raise CodecUnavailable(f"{e} {OFFLINE_CODEC_HINT}") from None
+
+
+def load_codec(spec: dict, device="cpu", weights: str | None = None) -> Codec:
+    """Rebuild a codec from `Codec.spec()` (as stored in checkpoints).
+
+    `weights` overrides where the codec's parameters come from: the Encodec folder for encodec_32khz,
+    a fitted file for a spectral spec that does not embed its arrays.
+    """
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if name == "encodec_32khz":
+        w = weights or spec.get("weights")
+        codec = open_encodec(None if w in (None, "", codec_lib.ENCODEC_HUB_ID) else w, device)
+    elif name == "spectral":
+        codec = spectral.spectral_from_spec(spec, device, weights)
+    else:
+        raise ValueError(f"unknown codec spec {name!r}: expected 'encodec_32khz' or 'spectral'")
+    for key in ("sample_rate", "frame_rate", "n_q", "bins"):
+        if key in spec and spec[key] != getattr(codec, key):
+            raise CodecUnavailable(f"codec mismatch: the spec says {key}={spec[key]} but the loaded "
+                                   f"{codec.name} codec has {getattr(codec, key)}; pass the weights it was made with")
+    return codec
+
+
+def open_codec(name: str, weights: str | None = None, device="cpu") -> Codec:
+    """The codec a user names on a command line: `--codec encodec_32khz|spectral --codec-weights PATH`."""
+    if name == "encodec_32khz":
+        return open_encodec(weights, device)
+    if name == "spectral":
+        if not weights:
+            raise CodecUnavailable(f"--codec spectral needs the fitted file: --codec-weights FILE "
+                                   f"(make it with `{spectral.FIT_HINT}`)")
+        return spectral.spectral_from_spec(spectral.load_spectral_file(weights), device)
+    raise ValueError(f"unknown codec {name!r}: choose encodec_32khz or spectral")
+
+
+# ---- what a checkpoint says about its training ------------------------------------------------------------
 
 def class_counts(ckpt: dict) -> list[int] | None:
     """A checkpoint's training targets per class as a list indexed like instruments.INSTRUMENTS (make_checkpoint's
@@ -133,14 +183,3 @@ def checkpoint_window_seconds(ckpt: dict) -> float | None:
     value = (ckpt.get("train_args") or {}).get("crop_seconds")
     return float(value) if value else None
 
-
-def pick_device(name: str) -> torch.device:
-    """The device a model is loaded onto: "auto" is CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a torch device name (e.g. cpu, cuda, cuda:1)") from None

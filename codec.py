@@ -1,29 +1,23 @@
-"""The audio tokenizer (Sec. 2.1, Sec. 3): one small interface, the paper's 32 kHz Encodec, loading, measuring.
+"""The audio tokenizer (Sec. 2.1, Sec. 3): one small interface and the paper's 32 kHz Encodec.
 
 Both channels of StemGen (context mix and target stem) are sequences of residual-vector-quantized tokens
 `[B, Q, T]` at 50 Hz. The paper uses the public MusicGen Encodec (32 kHz, 4 levels x 2048 bins, Sec. 3):
 `encodec_32khz`, transformers' `EncodecModel` from `facebook/encodec_32khz` (hub or a local copy). It needs
 a download, so an offline codec with the same interface is offered too: `spectral` (spectral.py), fitted on
-the user's own data. `load_codec` rebuilds either from the spec a checkpoint stores.
-
-`python codec.py measure --codec FILE|encodec_32khz --data DIR` reports the round-trip quality of a codec on
-held-out audio (spectral convergence and chroma similarity).
+the user's own data. checkpoint.py builds either from a name (`open_codec`) or from the spec a checkpoint
+stores (`load_codec`); `python bench.py codec` measures a codec's round-trip quality (roundtrip.py).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-import sys
-import time
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-import data
-from audio import audio_info, check_finite, load_mono, resample, to_mono
+from audio import check_finite, resample, to_mono
 
 ENCODEC_HUB_ID = "facebook/encodec_32khz"
 
@@ -178,11 +172,11 @@ class Codec:
 # ----------------------------------------------------------------------------------------------------------
 
 def encodec_help(problem: str) -> str:
-    """The message of every CodecUnavailable for encodec_32khz: the problem, then how to fix it."""
+    """The message of every CodecUnavailable for encodec_32khz: the problem, then how to fix it (checkpoint.py's
+    factories add the offline alternative, the spectral codec)."""
     return (f"{problem}\nThe paper's codec ({ENCODEC_HUB_ID}) is needed. On a machine with internet run\n"
             f"    huggingface-cli download {ENCODEC_HUB_ID} --local-dir DIR\n"
-            "copy DIR here and pass --codec-weights DIR. Or use the offline codec instead: --codec spectral "
-            "(fit it first with `python spectral.py fit --data DATA_DIR --out FILE`).")
+            "copy DIR here and pass --codec-weights DIR.")
 
 
 def hub_offline() -> bool:
@@ -194,7 +188,6 @@ def hub_offline() -> bool:
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connection to the hub (HF_ENDPOINT honoured), so that no network means failing at once
     rather than sitting through huggingface_hub's retry loop."""
-    from urllib.parse import urlparse
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # behind a proxy a direct connection says nothing; let the hub client try
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -283,138 +276,3 @@ def load_encodec(weights: str | None = None, device="cpu") -> EncodecCodec:
         raise CodecUnavailable(encodec_help(f"Cannot load {ENCODEC_HUB_ID} {where}: "
                                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"))
     return EncodecCodec(model, source=os.path.abspath(weights) if weights else ENCODEC_HUB_ID).to(device)
-
-
-def load_codec(spec: dict, device="cpu", weights: str | None = None) -> Codec:
-    """Rebuild a codec from `Codec.spec()` (as stored in checkpoints).
-
-    `weights` overrides where the codec's parameters come from: the Encodec folder for encodec_32khz,
-    a fitted file for a spectral spec that does not embed its arrays.
-    """
-    name = spec.get("name") if isinstance(spec, dict) else None
-    if name == "encodec_32khz":
-        w = weights or spec.get("weights")
-        codec = load_encodec(None if w in (None, "", ENCODEC_HUB_ID) else w, device)
-    elif name == "spectral":
-        from spectral import spectral_from_spec  # imported here: spectral.py builds on this file
-        codec = spectral_from_spec(spec, device, weights)
-    else:
-        raise ValueError(f"unknown codec spec {name!r}: expected 'encodec_32khz' or 'spectral'")
-    for key in ("sample_rate", "frame_rate", "n_q", "bins"):
-        if key in spec and spec[key] != getattr(codec, key):
-            raise CodecUnavailable(f"codec mismatch: the spec says {key}={spec[key]} but the loaded "
-                                   f"{codec.name} codec has {getattr(codec, key)}; pass the weights it was made with")
-    return codec
-
-
-def open_codec(name: str, weights: str | None = None, device="cpu") -> Codec:
-    """The codec a user names on a command line: `--codec encodec_32khz|spectral --codec-weights PATH`."""
-    if name == "encodec_32khz":
-        return load_encodec(weights, device)
-    if name == "spectral":
-        if not weights:
-            raise CodecUnavailable("--codec spectral needs the fitted file: --codec-weights FILE "
-                                   "(make it with `python spectral.py fit --data DATA_DIR --out FILE`)")
-        from spectral import load_spectral_file, spectral_from_spec  # here: spectral.py builds on this file
-        return spectral_from_spec(load_spectral_file(weights), device)
-    raise ValueError(f"unknown codec {name!r}: choose encodec_32khz or spectral")
-
-
-# ---- measuring a codec's round trip (on the held-out tracks of data.find_tracks) ---------------------------
-
-def magnitude_frames(x: np.ndarray, n_fft: int, hop: int) -> torch.Tensor:
-    """|STFT| [F, T] of a mono buffer [S]: Hann window, a frame centred on every multiple of hop (zero padding).
-
-    torch.stft, not the spectral codec's own STFT, so that a metric shares no code with a codec it measures.
-    """
-    wav = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    return torch.stft(wav, n_fft, hop, window=torch.hann_window(n_fft), center=True, pad_mode="constant",
-                      return_complex=True).abs()
-
-
-def spectral_convergence(ref: np.ndarray, est: np.ndarray, n_fft: int = 2048, hop: int = 512) -> float:
-    """|| |STFT(ref)| - |STFT(est)| ||_F / || |STFT(ref)| ||_F (0 is perfect)."""
-    a, b = magnitude_frames(ref, n_fft, hop), magnitude_frames(est, n_fft, hop)
-    return float((a - b).norm() / a.norm().clamp_min(1e-12))
-
-
-def chroma_similarity(ref: np.ndarray, est: np.ndarray, sample_rate: int, n_fft: int = 4096,
-                      hop: int = 1024) -> tuple[float, float]:
-    """Frame-wise chroma agreement over the frames where `ref` sounds: (mean cosine, mean Pearson correlation)."""
-    import librosa  # only the measuring code needs it
-
-    fb = torch.from_numpy(librosa.filters.chroma(sr=sample_rate, n_fft=n_fft)).float()  # [12, F]
-    a, b = (fb @ magnitude_frames(s, n_fft, hop).pow(2) for s in (ref, est))  # [12, T]
-    energy = a.sum(0)
-    active = energy > 1e-4 * energy.max()
-    if not bool(active.any()):
-        raise ValueError("the reference is silent: chroma similarity is undefined")
-    a, b = a[:, active], b[:, active]
-    cosine = F.cosine_similarity(a, b, dim=0, eps=1e-12)
-    corr = F.cosine_similarity(a - a.mean(0), b - b.mean(0), dim=0, eps=1e-12)
-    return float(cosine.mean()), float(corr.mean())
-
-
-def measure(codec: Codec, data_dir: str, seconds: float = 20.0, max_files: int | None = None, seed: int = 0,
-            progress: bool = True) -> list[dict]:
-    """Round-trip every held-out file (the test split; loose files as they are): one row of metrics per file."""
-    files = [p for track in data.find_tracks(data_dir, ("test",)) for p in track]
-    rng = np.random.default_rng(seed)
-    if max_files is not None and len(files) > max_files:
-        files = sorted(rng.choice(files, max_files, replace=False))
-    rows = []
-    for p in tqdm(files, desc="round trips", disable=not progress):
-        sr, n, _ = audio_info(p)
-        want = int(seconds * sr)
-        x = load_mono(p, codec.sample_rate, 0, min(n, want))
-        if np.abs(x).max() < 1e-4:
-            continue  # silent stems tell nothing about the codec
-        t0 = time.perf_counter()
-        y = codec.decode_audio(codec.encode_audio(x, codec.sample_rate), len(x))
-        seconds_taken = time.perf_counter() - t0
-        cos, corr = chroma_similarity(x, y, codec.sample_rate)
-        rows.append({"file": os.path.relpath(p, data_dir), "seconds": len(x) / codec.sample_rate,
-                     "spectral_convergence": spectral_convergence(x, y), "chroma_cosine": cos,
-                     "chroma_correlation": corr, "round_trip_s": seconds_taken})
-    if not rows:
-        raise ValueError(f"no non-silent audio to measure under {data_dir}")
-    return rows
-
-
-# ---- command line -------------------------------------------------------------------------------------------
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("measure", help="round-trip quality of a codec on held-out audio",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    m.add_argument("--codec", required=True, help="fitted spectral codec file, or encodec_32khz")
-    m.add_argument("--codec-weights", default=None, help="local facebook/encodec_32khz folder (encodec_32khz)")
-    m.add_argument("--data", required=True, help="dataset folder (test/ split used when present)")
-    m.add_argument("--seconds", type=float, default=20.0, help="audio per file (from its start)")
-    m.add_argument("--max-files", type=int, default=None, help="measure a random subset of this many files")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    try:
-        if args.codec == "encodec_32khz":
-            codec = load_encodec(args.codec_weights, args.device)
-        else:
-            codec = open_codec("spectral", args.codec, args.device)
-        rows = measure(codec, args.data, args.seconds, args.max_files, args.seed)
-    except (CodecUnavailable, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{'file':40s} {'SC':>6s} {'chroma cos':>10s} {'chroma corr':>11s} {'time s':>7s}")
-    for r in rows:
-        print(f"{r['file'][-40:]:40s} {r['spectral_convergence']:6.3f} {r['chroma_cosine']:10.3f} "
-              f"{r['chroma_correlation']:11.3f} {r['round_trip_s']:7.2f}")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in
-            ("spectral_convergence", "chroma_cosine", "chroma_correlation")}
-    print(f"{'mean of ' + str(len(rows)) + ' files':40s} {mean['spectral_convergence']:6.3f} "
-          f"{mean['chroma_cosine']:10.3f} {mean['chroma_correlation']:11.3f}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

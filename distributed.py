@@ -12,6 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from cli import pick_device
+
 
 def stop_all(local: bool, device) -> bool:
     """True on every process when any process wants to stop (keeps DDP ranks in step)."""
@@ -44,9 +46,9 @@ def is_main() -> bool:
 
 
 def setup_distributed():
-    """DDP from torchrun's environment; returns (rank, world, device)."""
+    """DDP from torchrun's environment; returns (rank, world, device). One process alone: `--device auto`'s."""
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, pick_device("auto")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -47,6 +47,7 @@ import mir
 import musicality
 import pool
 import transcriber
+from cli import pick_device
 from instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 EXIT_USER_ERROR = 2
@@ -454,7 +455,7 @@ def run(args) -> dict:
     if not args.listening:
         transcriber.check_transcriber()  # before hours of generation, not after
     embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu")
-    device = checkpoint.pick_device(args.device)
+    device = pick_device(args.device)
     if isinstance(embedding, fad.VGGishEmbedding):
         embedding.net.to(device)
         embedding.device = device

@@ -32,8 +32,8 @@ from tqdm import tqdm
 import audio
 import codec as codec_lib
 import decode
-from checkpoint import (DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, pick_device,
-                        trained_classes)
+from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, trained_classes
+from cli import pick_device
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
 from instruments import INSTRUMENTS, instrument_id

@@ -6,7 +6,7 @@ by residual k-means, decoded by inverting the PCA and recovering phase with fast
 on the user's own data and stored inside checkpoints (`spec()`), so a checkpoint carries its tokenizer.
 
     python spectral.py fit --data DIR --out FILE        # fit on the train split of a Slakh-layout folder
-    python codec.py measure --codec FILE --data DIR     # its round-trip quality on held-out audio
+    python bench.py codec --codec FILE --data DIR       # its round-trip quality on held-out audio
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from audio import AudioError, atomic_write, audio_info, load_mono
+from cli import USER_ERROR
 from codec import Codec, CodecUnavailable, pad_to_frames
 from data import find_tracks
 
@@ -51,9 +52,7 @@ class SpectralConfig:
         return self.sample_rate // self.frame_rate
 
 
-# ----------------------------------------------------------------------------------------------------------
-# STFT, Griffin-Lim and residual VQ
-# ----------------------------------------------------------------------------------------------------------
+# ---- STFT, Griffin-Lim and residual VQ ------------------------------------------------------------------
 
 def stft(wav: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     """Hann-window STFT of [B, S] with frames centred on multiples of hop (zero padding): [B, S // hop + 1, F]."""
@@ -134,9 +133,7 @@ def rvq_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
     return sum(codebooks[q][codes[:, q]] for q in range(codebooks.shape[0]))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The codec and its file
-# ----------------------------------------------------------------------------------------------------------
+# ---- The codec and its file -----------------------------------------------------------------------------
 
 class SpectralCodec(Codec):
     """Offline RVQ codec: |STFT|^power frames at 50 Hz -> PCA -> residual k-means; Griffin-Lim to decode."""
@@ -212,7 +209,7 @@ def load_spectral_file(path: str) -> dict:
     except Exception as e:
         raise CodecUnavailable(f"cannot read spectral codec file {path}: {e}") from None
     if not isinstance(spec, dict) or spec.get("name") != "spectral":
-        raise CodecUnavailable(f"{path} is not a spectral codec file (made by `python spectral.py fit`)")
+        raise CodecUnavailable(f"{path} is not a spectral codec file (made by `{FIT_HINT}`)")
     spec["source"] = spec.get("source") or path
     return spec
 
@@ -232,9 +229,7 @@ def spectral_from_spec(spec: dict, device="cpu", weights: str | None = None) -> 
                          spec.get("source") or None).to(device)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Fitting
-# ----------------------------------------------------------------------------------------------------------
+# ---- Fitting --------------------------------------------------------------------------------------------
 
 def read_track_crop(files: list[str], sample_rate: int, seconds: float, rng: np.random.Generator
                     ) -> list[np.ndarray]:
@@ -396,9 +391,7 @@ def fit_spectral(data_dir: str, out_path: str | None, config: SpectralConfig | N
     return codec
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------
+# ---- Command line ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     """`fit`, its defaults taken from SpectralConfig."""
@@ -444,7 +437,7 @@ def main(argv=None) -> int:
         run_fit(args)
     except (CodecUnavailable, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     return 0
 
 

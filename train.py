@@ -35,7 +35,8 @@ import pool
 import spectral
 import synth
 from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
-from checkpoint import DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint
+from checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, load_codec, make_checkpoint, open_codec,
+                        save_checkpoint)
 from instruments import INSTRUMENTS, NULL_INSTRUMENT
 from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
@@ -153,7 +154,7 @@ def prepare_codec(args, device, resume: dict | None = None):
     A resumed run uses the codec stored in its checkpoint.
     """
     if resume is not None:
-        return codec_lib.load_codec(resume["codec_spec"], device=device, weights=args.codec_weights)
+        return load_codec(resume["codec_spec"], device=device, weights=args.codec_weights)
     if args.codec == "spectral":
         path = args.codec_file or os.path.join(args.data, "spectral_codec.pt")
         if not os.path.isfile(path):
@@ -162,8 +163,8 @@ def prepare_codec(args, device, resume: dict | None = None):
             print(f"fitting the offline spectral codec on {args.data} -> {path}", file=sys.stderr)
             spectral.fit_spectral(args.data, path, bins=args.codec_bins, seed=args.seed,
                                   progress=not args.no_progress)
-        return codec_lib.open_codec("spectral", path, device)
-    return codec_lib.open_codec(args.codec, args.codec_weights, device)
+        return open_codec("spectral", path, device)
+    return open_codec(args.codec, args.codec_weights, device)
 
 
 def build_validation(codec, args) -> dict:

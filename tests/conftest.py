@@ -1,13 +1,21 @@
+"""Shared test helpers (test files import them from here, never from one another) and the session's setup."""
 import os
 import sys
 
 import numpy as np
+import soundfile as sf
+import torch
+import yaml
 
 # Tests import the flat top-level modules (model.py, data.py, ...) from the repository root.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # A tiny slice of Slakh2100 (CC BY 4.0), vendored: see tests/fixtures/slakh/README.md.
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "slakh")
+
+from codec import ENCODEC_32KHZ_CONFIG, EncodecCodec  # noqa: E402  (after the root is on the path)
+
+STEM_SR = 8000  # the sample rate write_stem and tone use unless told otherwise
 
 
 def chord(midi_pitches, seconds, sr, rng):
@@ -30,6 +38,40 @@ def random_triads(seconds_each, n, sr, rng):
         third = 4 if rng.random() < 0.5 else 3
         parts.append(chord([root, root + third, root + 7], seconds_each, sr, rng))
     return np.concatenate(parts)
+
+
+def write_stem(path, x, sr=STEM_SR):
+    """A stem file: the mono buffer x written as stereo (x, x / 2), so that readers must downmix."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, np.stack([x, 0.5 * x], 1), sr)
+
+
+def tone(seconds, hz, amp=0.3, sr=STEM_SR):
+    """A sine of `seconds` at `hz`: [S] float32."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def write_track(root, stems: dict, split="train", name="Track00001"):
+    """stems: {SNN: (inst_class, mono buffer)} written in the Slakh layout."""
+    d = os.path.join(root, split, name)
+    for s, (_, x) in stems.items():
+        write_stem(os.path.join(d, "stems", s + ".wav"), x)
+    with open(os.path.join(d, "metadata.yaml"), "w") as f:
+        yaml.safe_dump({"stems": {s: {"inst_class": c} for s, (c, _) in stems.items()}}, f)
+    return d
+
+
+def tiny_encodec():
+    """The encodec_32khz architecture family (32 kHz, strides 8*5*4*4 = 640) shrunk, with random weights."""
+    from transformers import EncodecConfig, EncodecModel
+    cfg = dict(ENCODEC_32KHZ_CONFIG, num_filters=4, hidden_size=16, codebook_dim=16, codebook_size=64,
+               num_lstm_layers=1, target_bandwidths=[1.2])  # 1.2 kbps / (50 Hz * 6 bits) = 4 levels
+    torch.manual_seed(0)
+    model = EncodecModel(EncodecConfig(**cfg))
+    for layer in model.quantizer.layers:  # the init leaves codebooks at zero: give them distinct codewords
+        layer.codebook.embed.normal_()
+    return EncodecCodec(model, source="random-test-weights")
 
 
 TEST_CACHE: list[str] = []

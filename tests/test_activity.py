@@ -3,37 +3,13 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
-import yaml
 
 import activity
 import data
+from conftest import STEM_SR as SR, tone, write_stem, write_track
 from data import StemPairDataset
 from instruments import instrument_id
-
-SR = 8000
-
-
-def write_stem(path, x, sr=SR):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, np.stack([x, 0.5 * x], 1), sr)        # stereo on disk: the map is of the mono downmix
-
-
-def tone(seconds, hz, amp=0.3, sr=SR):
-    t = np.arange(int(round(seconds * sr))) / sr
-    return (amp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
-
-
-def write_track(root, stems: dict, split="train", name="Track00001"):
-    """stems: {SNN: (inst_class, mono buffer)} written in the Slakh layout."""
-    d = os.path.join(root, split, name)
-    for s, (_, x) in stems.items():
-        write_stem(os.path.join(d, "stems", s + ".wav"), x)
-    with open(os.path.join(d, "metadata.yaml"), "w") as f:
-        yaml.safe_dump({"stems": {s: {"inst_class": c} for s, (c, _) in stems.items()}}, f)
-    return d
-
 
 def burst_at_end(seconds, second):
     """Silence, with a loud 0.1 s tone at the end of second `second`: a crop that touches that second but

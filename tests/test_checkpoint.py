@@ -5,8 +5,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_checkpoint,
-                        load_model, save_checkpoint)
+from checkpoint import CheckpointError, checkpoint_window_seconds, load_checkpoint, load_model, save_checkpoint
 from model import ModelConfig, StemGen
 
 CFG = ModelConfig(n_q=3, bins=32, dim=64, n_heads=4, n_layers=2, max_len=256)
@@ -54,7 +53,6 @@ def test_window_is_the_training_crop_when_recorded():
     """The window of a checkpoint is its training crop when train.py recorded it, else unknown (None)."""
     assert checkpoint_window_seconds({"train_args": {"crop_seconds": 12}}) == 12.0
     assert checkpoint_window_seconds({}) is None
-    assert DEFAULT_CHECKPOINT == os.path.join("runs", "default", "ckpt.pt")
 
 
 def test_default_checkpoint_is_the_users_run_before_the_shipped_model(tmp_path, monkeypatch):

@@ -1,16 +1,21 @@
 """spectral.py: the offline codec's round trip, its file and spec in checkpoints, fitting, one home for defaults."""
 import dataclasses
 import inspect
+import math
 import os
+import re
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+import checkpoint
 import codec as C
 import data
+import roundtrip
 import spectral as S
+from cli import USER_ERROR
 from conftest import chord, random_triads
 
 SR = 16000          # spectral codec rate in these tests (hop 320, 50 Hz)
@@ -71,11 +76,11 @@ def test_spectral_round_trip_keeps_the_chord_pitch_classes(spectral, pitches):
     x = chord(pitches, 1.0, SR, np.random.default_rng(2))
     y = codec.decode_audio(codec.encode_audio(x, SR), len(x))
     assert y.shape == x.shape
-    cosine, correlation = C.chroma_similarity(x, y, SR)
+    cosine, correlation = roundtrip.chroma_similarity(x, y, SR)
     assert correlation > 0.8, (cosine, correlation)
     top3 = sorted(np.argsort(chroma_profile(y, SR))[-3:])
     assert [NOTE_NAMES[i] for i in top3] == [NOTE_NAMES[p % 12] for p in sorted(q % 12 for q in pitches)]
-    assert C.spectral_convergence(x, y) < 0.6
+    assert roundtrip.spectral_convergence(x, y) < 0.6
 
 
 def test_spec_through_torch_save_rebuilds_an_identical_codec(spectral, tmp_path):
@@ -84,12 +89,12 @@ def test_spec_through_torch_save_rebuilds_an_identical_codec(spectral, tmp_path)
     torch.save({"codec_spec": codec.spec(), "step": 3}, ckpt)
     spec = torch.load(ckpt, weights_only=True)["codec_spec"]
     assert spec["source"] == os.path.abspath(path)
-    rebuilt = C.load_codec(spec)
+    rebuilt = checkpoint.load_codec(spec)
     wav = torch.from_numpy(random_triads(0.3, 3, SR, np.random.default_rng(4)))[None, None]
     tokens = codec.encode(wav)
     assert torch.equal(rebuilt.encode(wav), tokens)
     assert torch.equal(rebuilt.decode(tokens), codec.decode(tokens))
-    from_file = C.open_codec("spectral", path)  # the fitted file itself loads the same codec
+    from_file = checkpoint.open_codec("spectral", path)  # the fitted file itself loads the same codec
     assert torch.equal(from_file.encode(wav), tokens)
 
 
@@ -102,12 +107,12 @@ def test_spec_keeps_the_keys_that_checkpoints_store(spectral):
 
 def test_a_spec_without_arrays_loads_them_from_its_file_or_says_what_is_missing(spectral, tmp_path):
     codec, path = spectral
-    rebuilt = C.load_codec({"name": "spectral", "source": path})
+    rebuilt = checkpoint.load_codec({"name": "spectral", "source": path})
     assert torch.equal(rebuilt.codebooks, codec.codebooks)
     with pytest.raises(C.CodecUnavailable, match="no arrays and no file"):
-        C.load_codec({"name": "spectral"})
-    with pytest.raises(C.CodecUnavailable, match="gone.pt(.|\n)*python spectral.py fit"):
-        C.load_codec({"name": "spectral", "source": str(tmp_path / "gone.pt")})
+        checkpoint.load_codec({"name": "spectral"})
+    with pytest.raises(C.CodecUnavailable, match="gone.pt(.|\n)*" + re.escape(S.FIT_HINT)):
+        checkpoint.load_codec({"name": "spectral", "source": str(tmp_path / "gone.pt")})
 
 
 @pytest.mark.slow
@@ -149,8 +154,9 @@ def test_two_pass_fitting_frames_are_the_frames_a_one_pass_draw_keeps(tmp_path, 
 def test_spectral_config_is_the_one_home_of_the_defaults():
     """The fit command, fit_spectral and the codec's constructor all take their defaults from SpectralConfig."""
     d = S.SpectralConfig()
-    assert (d.sample_rate, d.frame_rate, d.hop, d.n_fft, d.power, d.dim, d.n_q, d.bins) == \
-        (32000, 50, 640, 2048, 0.3, 64, 4, 1024)
+    encodec = C.ENCODEC_32KHZ_CONFIG               # the paper's codec: the two are interchangeable in a model
+    assert (d.sample_rate, d.hop) == (encodec["sampling_rate"], math.prod(encodec["upsampling_ratios"]))
+    assert d.hop * d.frame_rate == d.sample_rate
     args = S.build_parser().parse_args(["fit", "--data", "D", "--out", "F"])
     for f in dataclasses.fields(S.SpectralConfig):
         if f.name != "frame_rate":  # the frame rate is fixed at the paper's 50 Hz, not a flag
@@ -163,21 +169,16 @@ def test_spectral_config_is_the_one_home_of_the_defaults():
 
 
 @pytest.mark.slow
-def test_fit_command_matches_the_function_and_measure_command_reports(chord_data, spectral, tmp_path, capsys):
-    """`python spectral.py fit` writes the codec fit_spectral makes; `python codec.py measure` measures it."""
+def test_fit_command_matches_the_function_and_refuses_to_overwrite(chord_data, spectral, tmp_path, capsys):
+    """`python spectral.py fit` writes the codec fit_spectral makes; an existing file is a user error."""
     codec, _ = spectral
     out = str(tmp_path / "cli.pt")
     flags = ["--n-q", "4", "--bins", "48", "--dim", "24", "--sample-rate", str(SR), "--n-fft", "1024",
              "--kmeans-iters", "10", "--griffin-lim-iters", "32"]
     assert S.main(["fit", "--data", chord_data, "--out", out, *flags]) == 0
-    assert torch.equal(C.open_codec("spectral", out).codebooks, codec.codebooks)
-    assert S.main(["fit", "--data", chord_data, "--out", out, *flags]) == 2  # exists: refused without --force
+    assert torch.equal(checkpoint.open_codec("spectral", out).codebooks, codec.codebooks)
+    assert S.main(["fit", "--data", chord_data, "--out", out, *flags]) == USER_ERROR
     assert "--force" in capsys.readouterr().err
-    assert C.main(["measure", "--codec", out, "--data", chord_data, "--device", "cpu"]) == 0
-    report = capsys.readouterr().out
-    assert "test/Track00000/stems/S00.wav" in report and "mean of 2 files" in report
-    assert C.main(["measure", "--codec", str(tmp_path / "none.pt"), "--data", chord_data]) == 2
-    assert "python spectral.py fit" in capsys.readouterr().err
 
 
 def test_bad_audio_and_bad_tokens_give_clear_errors(spectral):

@@ -11,8 +11,7 @@ import torch
 import data
 import pool
 import train
-from test_activity import SR, tone, write_stem, write_track
-from test_codec import tiny_encodec
+from conftest import STEM_SR as SR, tiny_encodec, tone, write_stem, write_track
 
 CROP = 0.25       # seconds: 8000 samples, 12.5 frames of the codec at 32 kHz
 

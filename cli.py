@@ -1,0 +1,34 @@
+"""What every command shares: the exit status of a user's mistake and the `--device` resolver.
+
+Every script (train, generate, evaluate, bench, spectral) returns USER_ERROR when it stops on a problem the user
+can fix (a missing file, a codec not fitted, a bad option value) and resolves its `--device` with `pick_device`.
+"""
+from __future__ import annotations
+
+import torch
+
+USER_ERROR = 2  # exit status of a command stopped by a problem the user can fix; argparse's own errors use it too
+
+
+def mps_available() -> bool:
+    """True when Apple's Metal (MPS) backend can run here."""
+    return torch.backends.mps.is_available()
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device `--device NAME` means: "auto" is CUDA when present, else Apple's MPS, else the CPU.
+
+    Raises ValueError for a device that is not here (cuda without CUDA, mps without MPS) or not a device name.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    if name.startswith("mps") and not mps_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available here (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a torch device name (e.g. auto, cpu, cuda, cuda:1, mps)") from None

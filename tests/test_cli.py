@@ -1,0 +1,27 @@
+"""cli.py: `--device auto` prefers CUDA, then Apple's MPS, then the CPU; a device that is not here is refused."""
+import pytest
+import torch
+
+from cli import pick_device
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"),
+                                               (False, False, "cpu")])
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto") == torch.device(expected)
+    assert pick_device() == torch.device(expected)
+
+
+@pytest.mark.parametrize("name,words", [("cuda", "no CUDA"), ("cuda:1", "no CUDA"), ("mps", "MPS"),
+                                        ("gpu", "not a torch device")])
+def test_a_device_not_here_is_refused_with_its_name(monkeypatch, name, words):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=f"--device {name}: .*{words}"):
+        pick_device(name)
+
+
+def test_a_named_device_is_taken_as_given():
+    assert pick_device("cpu") == torch.device("cpu")
