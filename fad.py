@@ -3,7 +3,10 @@
 FAD is the Frechet distance between Gaussians fitted to the embeddings of two populations of audio clips.
 The paper used VGGish; we run VGGish in torch from a local weights file (torchvggish's converted weights, no
 download), and otherwise an offline log-mel statistics embedding whose scores are labelled, in every output,
-as not comparable with published FAD.
+as not comparable with published FAD. Clips are resampled to 16 kHz with resampy's kaiser_best filter, as VGGish's
+front end, and framed into 0.96 s log-mel examples either as the FAD reference tool does (default: the clip
+normalised, 1 s windows every 0.5 s) or as VGGish's waveform_to_examples (non-overlapping); every result
+records which (embedding_record).
 """
 from __future__ import annotations
 
@@ -11,11 +14,10 @@ import os
 import warnings
 
 import numpy as np
+import resampy
 import scipy.linalg
 import torch
 from tqdm import tqdm
-
-import audio
 
 
 class FadError(ValueError):
@@ -55,13 +57,45 @@ def frechet_audio_distance(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Embeddings: the VGGish front end, VGGish, and the offline log-mel statistics
+# The front end: resampling to 16 kHz, VGGish's log-mel, and two framings of it into 0.96 s examples
 
 VGGISH_SR = 16000
 VGGISH_WINDOW, VGGISH_HOP, VGGISH_FFT = 400, 160, 512  # 25 ms window, 10 ms hop at 16 kHz
 VGGISH_MELS, VGGISH_FMIN, VGGISH_FMAX = 64, 125.0, 7500.0
-VGGISH_PATCH = 96  # frames per example: 0.96 s, non-overlapping
+VGGISH_PATCH = 96  # log-mel frames per example: 0.96 s
 VGGISH_LOG_OFFSET = 0.01
+VGGISH_RESAMPLER = "kaiser_best"  # resampy's filter, as VGGish's vggish_input.waveform_to_examples
+# The shortest clip with one example: 96 frames of 400 samples, 160 apart (0.975 s).
+VGGISH_MIN_SAMPLES = VGGISH_WINDOW + (VGGISH_PATCH - 1) * VGGISH_HOP
+# google-research's frechet_audio_distance tool ([20]): 1 s windows every 8000 samples (0.5 s), each giving one
+# example (the first 96 of its 98 frames); before that the clip is divided by its largest sample value, but
+# by no less than 0.1 (a gain of at most 20 dB). Its largest value, not its largest magnitude: as the tool.
+FAD_TOOL_WINDOW, FAD_TOOL_HOP, FAD_TOOL_MIN_PEAK = VGGISH_SR, VGGISH_SR // 2, 0.1
+
+FRAMINGS = {
+    "fad-tool": "clip divided by max(largest sample, 0.1), then one 0.96 s example per 1 s window every 0.5 s "
+                "(google-research frechet_audio_distance, the paper's FAD [20])",
+    "vggish": "non-overlapping 0.96 s examples, no normalisation (VGGish's waveform_to_examples)",
+}
+DEFAULT_FRAMING = "fad-tool"
+FRAMING_MIN_SAMPLES = {"fad-tool": FAD_TOOL_WINDOW, "vggish": VGGISH_MIN_SAMPLES}  # at 16 kHz
+
+
+def check_framing(framing: str) -> str:
+    if framing not in FRAMINGS:
+        raise FadError(f"unknown FAD framing {framing!r}: use {' or '.join(FRAMINGS)}")
+    return framing
+
+
+def resample_to_vggish(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[S] mono audio at sample_rate -> float64 at 16 kHz, with resampy's kaiser_best filter as VGGish's front
+    end (it rolls off above about 7 kHz: half amplitude at 0.917 x 8 kHz). At 16 kHz the samples pass as they are."""
+    wav = np.asarray(wav, dtype=np.float64)
+    if sample_rate == VGGISH_SR:
+        return wav
+    if int(wav.shape[-1] * VGGISH_SR / sample_rate) < 1:  # too short for one output sample (resampy refuses it)
+        return np.zeros(0)
+    return resampy.resample(wav, sample_rate, VGGISH_SR, filter=VGGISH_RESAMPLER)
 
 
 def _hz_to_mel_htk(f):
@@ -81,20 +115,49 @@ def vggish_mel_matrix() -> np.ndarray:
     return w
 
 
-def vggish_patches(wav: np.ndarray) -> np.ndarray:
-    """VGGish input examples from [S] mono audio at 16 kHz: log-mel patches [N, 96, 64] (at least one)."""
-    wav = np.asarray(wav, dtype=np.float64)
-    min_len = VGGISH_WINDOW + (VGGISH_PATCH - 1) * VGGISH_HOP  # one full patch
-    if wav.size < min_len:
-        wav = np.pad(wav, (0, min_len - wav.size))
-    n_frames = 1 + (wav.size - VGGISH_WINDOW) // VGGISH_HOP
+def vggish_log_mel(wav16k: np.ndarray) -> np.ndarray:
+    """VGGish's log-mel frames [F, 64] of [S] audio at 16 kHz; F = 0 when S < 400."""
+    wav = np.asarray(wav16k, dtype=np.float64)
+    n_frames = 1 + (wav.size - VGGISH_WINDOW) // VGGISH_HOP if wav.size >= VGGISH_WINDOW else 0
     idx = np.arange(VGGISH_WINDOW)[None] + VGGISH_HOP * np.arange(n_frames)[:, None]
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(VGGISH_WINDOW) / VGGISH_WINDOW)  # periodic Hann
     spec = np.abs(np.fft.rfft(wav[idx] * window, VGGISH_FFT))  # [F, 257] magnitude
-    logmel = np.log(spec @ vggish_mel_matrix() + VGGISH_LOG_OFFSET)  # [F, 64]
-    n = n_frames // VGGISH_PATCH
+    return np.log(spec @ vggish_mel_matrix() + VGGISH_LOG_OFFSET)  # [F, 64]
+
+
+def vggish_patches(wav16k: np.ndarray) -> np.ndarray:
+    """Framing "vggish": [N, 96, 64] non-overlapping log-mel examples of [S] audio at 16 kHz, as VGGish's
+    waveform_to_examples; N = 0 for clips shorter than 0.975 s (no padding)."""
+    logmel = vggish_log_mel(wav16k)
+    n = logmel.shape[0] // VGGISH_PATCH
     return logmel[: n * VGGISH_PATCH].reshape(n, VGGISH_PATCH, VGGISH_MELS).astype(np.float32)
 
+
+def fad_tool_normalise(wav16k: np.ndarray) -> np.ndarray:
+    """The FAD tool's loudness normalisation: the clip divided by max(its largest sample, 0.1)."""
+    wav = np.asarray(wav16k, dtype=np.float64)
+    return wav / max(FAD_TOOL_MIN_PEAK, float(wav.max()) if wav.size else 0.0)
+
+
+def fad_tool_patches(wav16k: np.ndarray) -> np.ndarray:
+    """Framing "fad-tool": [N, 96, 64], one example per 1 s window of the normalised clip, windows every 0.5 s
+    (N = 1 + (S - 16000) // 8000, 0 for clips shorter than 1 s). A window starting at sample 8000 k has the
+    STFT frames 50 k ... of the whole clip, so the log-mel is computed once and sliced."""
+    wav = fad_tool_normalise(wav16k)
+    n = 1 + (wav.size - FAD_TOOL_WINDOW) // FAD_TOOL_HOP if wav.size >= FAD_TOOL_WINDOW else 0
+    logmel = vggish_log_mel(wav)
+    step = FAD_TOOL_HOP // VGGISH_HOP  # 50 frames
+    idx = step * np.arange(n)[:, None] + np.arange(VGGISH_PATCH)[None]
+    return logmel[idx].reshape(n, VGGISH_PATCH, VGGISH_MELS).astype(np.float32)
+
+
+def frame_examples(wav16k: np.ndarray, framing: str = DEFAULT_FRAMING) -> np.ndarray:
+    """[S] audio at 16 kHz -> VGGish input examples [N, 96, 64] with the given framing (N may be 0)."""
+    return {"fad-tool": fad_tool_patches, "vggish": vggish_patches}[check_framing(framing)](wav16k)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embeddings: VGGish, and the offline log-mel statistics
 
 class VGGish(torch.nn.Module):
     """VGGish ([20], AudioSet): VGG-like conv stack on 96 x 64 log-mel patches, three FC layers, 128-d output.
@@ -126,15 +189,28 @@ class VGGish(torch.nn.Module):
         return self.embeddings(x)
 
 
-class VGGishEmbedding:
+class _Embedding:
+    """What the embeddings share: a framing of each clip into VGGish examples, and a note saying both."""
+    sample_rate = VGGISH_SR
+    description = ""
+
+    def __init__(self, framing: str = DEFAULT_FRAMING):
+        self.framing = check_framing(framing)
+
+    @property
+    def note(self) -> str:
+        return f"{self.description}; framing {self.framing}: {FRAMINGS[self.framing]}"
+
+
+class VGGishEmbedding(_Embedding):
     """The paper's FAD embedding, from a local weights file (a state dict with VGGish's parameter names)."""
     name = "vggish"
-    sample_rate = VGGISH_SR
     dim = 128
     comparable = True
-    note = "VGGish (AudioSet) 128-d embeddings of 0.96 s log-mel patches, as the paper's FAD"
+    description = "VGGish (AudioSet) raw 128-d embeddings of 0.96 s log-mel examples, as the paper's FAD"
 
-    def __init__(self, weights: str, device: str | torch.device = "cpu"):
+    def __init__(self, weights: str, device: str | torch.device = "cpu", framing: str = DEFAULT_FRAMING):
+        super().__init__(framing)
         if not os.path.isfile(weights):
             raise FadError(f"--vggish-weights {weights}: file not found (give a local VGGish state dict, "
                                 f"e.g. torchvggish's vggish-10086976.pth)")
@@ -162,48 +238,75 @@ class VGGishEmbedding:
 
     @torch.no_grad()
     def __call__(self, wav16k: np.ndarray) -> np.ndarray:
-        """[S] mono audio at 16 kHz -> [n_patches, 128]."""
-        patches = torch.from_numpy(vggish_patches(wav16k)).to(self.device)
-        return self.net(patches).float().cpu().numpy()
+        """[S] mono audio at 16 kHz -> [N, 128], one row per example of the framing (N may be 0)."""
+        patches = frame_examples(wav16k, self.framing)
+        if patches.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.net(torch.from_numpy(patches).to(self.device)).float().cpu().numpy()
 
 
-class LogMelEmbedding:
-    """Offline embedding: mean and standard deviation of VGGish's log-mel bands over each 0.96 s patch (128-d).
+class LogMelEmbedding(_Embedding):
+    """Offline embedding: mean and standard deviation of VGGish's log-mel bands over each 0.96 s example (128-d).
 
     Needs no weights; its FAD values are NOT comparable with published (VGGish) FAD.
     """
     name = "logmel-stats"
-    sample_rate = VGGISH_SR
     dim = 2 * VGGISH_MELS
     comparable = False
-    note = ("offline log-mel statistics (mean and std of 64 log-mel bands per 0.96 s patch); "
-            "NOT comparable with published VGGish FAD")
+    description = ("offline log-mel statistics (mean and std of 64 log-mel bands per 0.96 s example); "
+                   "NOT comparable with published VGGish FAD")
 
     def __call__(self, wav16k: np.ndarray) -> np.ndarray:
-        p = vggish_patches(wav16k)  # [N, 96, 64]
+        p = frame_examples(wav16k, self.framing)  # [N, 96, 64]
         return np.concatenate([p.mean(axis=1), p.std(axis=1)], axis=1)
 
 
-def load_embedding(name: str, vggish_weights: str | None = None, device="cpu"):
-    """The FAD embedding by name: "logmel" (offline) or "vggish" (needs --vggish-weights)."""
+def load_embedding(name: str, vggish_weights: str | None = None, device="cpu", framing: str = DEFAULT_FRAMING):
+    """The FAD embedding by name: "logmel" (offline) or "vggish" (needs --vggish-weights), with the framing
+    of clips into examples: "fad-tool" (default, the FAD reference tool's) or "vggish" (FRAMINGS)."""
+    check_framing(framing)
     if name == "logmel":
-        return LogMelEmbedding()
+        return LogMelEmbedding(framing)
     if name == "vggish":
         if not vggish_weights:
             raise FadError("--embedding vggish needs --vggish-weights PATH (a local VGGish state dict, e.g. "
                                 "torchvggish's vggish-10086976.pth; nothing is downloaded), or use --embedding logmel")
-        return VGGishEmbedding(vggish_weights, device)
+        return VGGishEmbedding(vggish_weights, device, framing)
     raise FadError(f"unknown embedding {name!r}: use logmel or vggish")
+
+
+def embed_clips(embedding, wavs: list[np.ndarray], sample_rate: int, progress: bool = False,
+                desc: str = "embed") -> list[np.ndarray]:
+    """Each clip's embeddings [N_i, D]: resampled to 16 kHz as VGGish does, framed with the embedding's framing;
+    N_i = 0 for a clip too short for one example (under 1 s for "fad-tool", 0.975 s for "vggish")."""
+    return [embedding(resample_to_vggish(w, sample_rate))
+            for w in tqdm(wavs, desc=desc, unit="clip", disable=not progress, leave=False)]
 
 
 def embed_population(embedding, wavs: list[np.ndarray], sample_rate: int, progress: bool = False,
                      desc: str = "embed") -> np.ndarray:
-    """Embeddings of every patch of every clip, pooled: [sum of patches, D] (as FAD pools VGGish frames)."""
-    out = [embedding(audio.resample(np.asarray(w, dtype=np.float32), sample_rate, embedding.sample_rate))
-           for w in tqdm(wavs, desc=desc, unit="clip", disable=not progress, leave=False)]
-    return np.concatenate(out, axis=0)
+    """Embeddings of every example of every clip, pooled: [sum of N_i, D] (as FAD pools VGGish frames).
+
+    A clip too short for one example adds nothing, as in the references (torchvggish and TensorFlow's
+    waveform_to_examples give it no example, the FAD tool no window); such clips are counted in a warning.
+    A population in which no clip gives an example is a FadError.
+    """
+    per_clip = embed_clips(embedding, wavs, sample_rate, progress, desc)
+    short = sum(e.shape[0] == 0 for e in per_clip)
+    min_seconds = FRAMING_MIN_SAMPLES[embedding.framing] / VGGISH_SR
+    if short == len(per_clip):
+        raise FadError(f"{desc}: none of the {len(per_clip)} clips gives an example (framing {embedding.framing} "
+                       f"needs clips of at least {min_seconds:g} s)")
+    if short:
+        warnings.warn(f"{desc}: {short} of {len(per_clip)} clips are shorter than {min_seconds:g} s and give no "
+                      f"example (framing {embedding.framing}); they are left out of FAD, as in the reference",
+                      stacklevel=2)
+    return np.concatenate(per_clip, axis=0)
 
 
 def embedding_record(embedding) -> dict:
-    return {"name": embedding.name, "sample_rate": embedding.sample_rate, "dim": embedding.dim,
+    """What a FAD result records about its embedding: name, framing, resampling, comparability."""
+    return {"name": embedding.name, "framing": embedding.framing, "sample_rate": embedding.sample_rate,
+            "resampler": f"resampy {VGGISH_RESAMPLER}", "min_clip_seconds":
+            FRAMING_MIN_SAMPLES[embedding.framing] / VGGISH_SR, "dim": embedding.dim,
             "comparable_with_published_fad": embedding.comparable, "note": embedding.note}
