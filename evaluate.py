@@ -47,10 +47,9 @@ import mir
 import musicality
 import pool
 import transcriber
-from cli import pick_device
+from cli import USER_ERROR, pick_device
 from instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
-EXIT_USER_ERROR = 2
 
 
 class EvaluateError(RuntimeError):
@@ -410,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples")
     p.add_argument("--scales", default="2,3,4", help="guided values of lambda for --sweep guidance")
     p.add_argument("--ws-values", default="0,0.1,0.2,0.5", help="w_s values for --sweep causal-bias")
+    p.add_argument("--fad-framing", default=fad.DEFAULT_FRAMING, choices=list(fad.FRAMINGS),
+                   help="how clips become VGGish examples for FAD: fad-tool (the FAD reference tool's: clip "
+                        "normalised, 1 s windows every 0.5 s; default) or vggish (waveform_to_examples' "
+                        "non-overlapping 0.96 s examples)")
     p.add_argument("--embedding", default="logmel", choices=["logmel", "vggish"],
                    help="FAD embedding: logmel is offline and NOT comparable with published FAD")
     p.add_argument("--vggish-weights", default=None, help="local VGGish state dict (torchvggish names)")
@@ -423,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-temperature", type=float, default=decode.Sampling.fine_temperature,
                    help="temperature of the finer RVQ levels (0: greedy; default: --temperature)")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda[:N], mps")
     p.add_argument("--codec-weights", metavar="PATH",
                    help="where the checkpoint's codec weights are on this machine, if its stored path is not")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -454,7 +457,7 @@ def run(args) -> dict:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")
     if not args.listening:
         transcriber.check_transcriber()  # before hours of generation, not after
-    embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu")
+    embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu", framing=args.fad_framing)
     device = pick_device(args.device)
     if isinstance(embedding, fad.VGGishEmbedding):
         embedding.net.to(device)
@@ -516,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EvaluateError, audio.AudioError, codec_lib.CodecUnavailable,
             data.DatasetError, transcriber.TranscriberUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: no results written", file=sys.stderr)
         return 130

@@ -33,13 +33,12 @@ import audio
 import codec as codec_lib
 import decode
 from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, trained_classes
-from cli import pick_device
+from cli import USER_ERROR, pick_device
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
 from instruments import INSTRUMENTS, instrument_id
 
 SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
-EXIT_USER_ERROR = 2
 
 
 class GenerateError(RuntimeError):
@@ -212,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--overlap", type=float, metavar="SECONDS",
                    help="overlap of consecutive windows, given to the model as already-decoded tokens "
                         "(default: half the window)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda[:N], mps (default: auto)")
     p.add_argument("--codec-weights", metavar="PATH",
                    help="where the checkpoint's codec weights are on this machine (a local facebook/encodec_32khz "
                         "folder, or a fitted spectral codec file) when its stored path does not exist here")
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (GenerateError, audio.AudioError, codec_lib.CodecUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)
         return 130

@@ -34,6 +34,7 @@ import listening
 import pool
 import spectral
 import synth
+from cli import USER_ERROR, pick_device
 from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
 from checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, load_codec, make_checkpoint, open_codec,
                         save_checkpoint)
@@ -344,7 +345,7 @@ def log_validation(model, val, micro, state: RunState, metrics) -> bool:
 def train(args, resume: dict | None = None) -> dict:
     # set-up: processes, data, codec, model, optimizer and schedule, batches, validation pairs
     rank, world, device = setup_distributed()
-    device = torch.device(args.device) if args.device else device
+    device = device if args.device == "auto" else pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -441,7 +442,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue OUT/ckpt.pt bit-for-bit (model, optimizer, schedule, step)")
     p.add_argument("--init-from", help="start from a checkpoint's weights only (fresh optimizer and schedule)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda[:N], mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--plot", action="store_true", help="only draw OUT/metrics.jsonl to OUT/curves.png and exit")
     return p.parse_args(argv)
@@ -504,7 +505,7 @@ def main(argv=None) -> int:
     except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, synth.SynthError, FileNotFoundError,
             FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     finally:
         finish_distributed(ok)
 

@@ -5,7 +5,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from checkpoint import CheckpointError, checkpoint_window_seconds, load_checkpoint, load_model, save_checkpoint
+from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_checkpoint, load_model,
+                        save_checkpoint)
 from model import ModelConfig, StemGen
 
 CFG = ModelConfig(n_q=3, bins=32, dim=64, n_heads=4, n_layers=2, max_len=256)

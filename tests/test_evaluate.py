@@ -9,6 +9,7 @@ import torch
 
 import checkpoint
 import evaluate
+from cli import USER_ERROR
 import mir
 from conftest import write_corpus
 from decode import Sampling
@@ -90,7 +91,7 @@ def test_protocol_runs_end_to_end_and_records_provenance(tiny_setup, capsys):
     md = (out / "sweep-causal-bias.md").read_text()
     assert "NOT comparable" in md and "| w_s = 0.5 |" in md and "logmel-stats at 16000 Hz" in md
     before = (out / "sweep-causal-bias.json").read_text()  # a second run never overwrites silently
-    assert evaluate.main(_args(ds, ckpt, out, "--sweep", "causal-bias")) == evaluate.EXIT_USER_ERROR
+    assert evaluate.main(_args(ds, ckpt, out, "--sweep", "causal-bias")) == USER_ERROR
     assert "--force" in capsys.readouterr().err
     assert (out / "sweep-causal-bias.json").read_text() == before
 
@@ -112,9 +113,9 @@ def test_generated_population_is_repeatable_for_a_seed(tiny_setup):
 @pytest.mark.slow
 def test_user_errors_end_in_one_message(tiny_setup, capsys):
     ds, ckpt, root = tiny_setup
-    assert evaluate.main(_args(ds, ckpt, root / "o1", "--embedding", "vggish")) == evaluate.EXIT_USER_ERROR
+    assert evaluate.main(_args(ds, ckpt, root / "o1", "--embedding", "vggish")) == USER_ERROR
     assert "--vggish-weights" in capsys.readouterr().err
-    assert evaluate.main(_args(str(root / "missing"), ckpt, root / "o2")) == evaluate.EXIT_USER_ERROR
+    assert evaluate.main(_args(str(root / "missing"), ckpt, root / "o2")) == USER_ERROR
     assert "missing" in capsys.readouterr().err
     assert not os.path.exists(root / "o1") and not os.path.exists(root / "o2")
 
@@ -170,14 +171,14 @@ def test_listening_run_reports_every_measure_and_draws_the_examples(tiny_setup, 
     # a second run refuses to overwrite the picture too
     os.remove(out / "listening.json")
     os.remove(out / "listening.md")
-    assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--plot")) == evaluate.EXIT_USER_ERROR
+    assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--plot")) == USER_ERROR
 
 
 def test_listening_flags_are_checked_before_any_work(tiny_setup, tmp_path, capsys):
     ds, ckpt, _ = tiny_setup
     assert evaluate.main(_args(ds, ckpt, tmp_path / "a", "--listening", "--transposition",
-                               str(tmp_path / "nowhere"))) == evaluate.EXIT_USER_ERROR
+                               str(tmp_path / "nowhere"))) == USER_ERROR
     assert "--transposition" in capsys.readouterr().err
     assert evaluate.main(_args(ds, ckpt, tmp_path / "b", "--listening", "--transposition", str(tmp_path),
-                               "--transposition-classes", "kazoo")) == evaluate.EXIT_USER_ERROR
+                               "--transposition-classes", "kazoo")) == USER_ERROR
     assert "unknown instrument 'kazoo'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from conftest import ROOT
 ENTRY_POINTS = {"train", "generate", "evaluate", "bench"}
 # Modules with a command of their own that are also libraries (the spectral codec and its `fit`, the built-in
 # songs and their renderer): other modules may import them.
-LIBRARY_COMMANDS = {"spectral", "synth"}
+LIBRARY_COMMANDS = {"spectral", "synth", "corpus"}
 SKIPPED_DIRS = {"tests", "shared", "runs", "data"}
 
 
