@@ -36,7 +36,7 @@ import pretty_midi
 from compose import CLASS_PARTS, Part
 from instruments import INSTRUMENTS, program_class
 from synth import (DEFAULT_SAMPLE_RATE, SynthError, _check_soundfont, _finish_out, _prepare_out, _rms, _run_jobs,
-                   read_info, render_part, write_track)
+                   midi_parts, read_info, render_part, write_track)
 
 RESERVED = ("bach",)       # music21 corpus folders never rendered: held out for our own evaluation
 # Folders of single-line tunes (and teaching material): parsing them yields no multi-part work, only time
@@ -258,6 +258,48 @@ def render_corpus(out_dir: str, folders: list[str] | None = None, split: str = "
     return out_dir, counts
 
 
+def render_midi_transpositions(midi_path: str, out_dir: str, seconds: float = 20.0, start: float = 0.0,
+                               sample_rate: int = DEFAULT_SAMPLE_RATE, soundfont: str | None = None,
+                               overwrite: bool = False) -> str:
+    """A transposition test set from one multi-track MIDI file (e.g. a Lakh MIDI song, as Slakh's are): the chunk
+    [start, start + seconds) in all twelve keys, each part with its own GM program, drums left as they are."""
+    soundfont = _check_soundfont(soundfont)
+    try:
+        pm = pretty_midi.PrettyMIDI(midi_path)
+    except Exception:
+        raise CorpusError(f"cannot read MIDI file {midi_path}") from None
+    for inst in pm.instruments:  # the chunk starts at 0
+        inst.notes = [pretty_midi.Note(n.velocity, n.pitch, n.start - start, n.end - start) for n in inst.notes
+                      if n.end > start]
+        inst.control_changes, inst.pitch_bends = [], []
+    parts = [(p, c) for p, c in midi_parts(pm, seconds) if p.notes]
+    if sum(not p.is_drum for p, _ in parts) < MIN_PARTS:
+        raise CorpusError(f"{midi_path}: fewer than two pitched parts sound in the chunk")
+    tmp = _prepare_out(out_dir, overwrite)
+    try:
+        n = int(round(seconds * sample_rate))
+        name = os.path.splitext(os.path.basename(midi_path))[0]
+        if name == "all_src":  # Slakh's name for a track's whole MIDI file: the track's folder names the song
+            name = os.path.basename(os.path.dirname(os.path.abspath(midi_path)))
+        for k in range(12):
+            shift = k - 12 if k >= 6 else k
+            moved = [Part(p.inst_class, p.program, p.is_drum, p.role,
+                          p.notes if p.is_drum else [(a, b, int(np.clip(q + shift, 0, 127)), v) for a, b, q, v in p.notes],
+                          source=-1) for p, _ in parts]
+            stems = [render_part(p.notes, p.program, p.is_drum, n, sample_rate, soundfont) for p in moved]
+            write_track(os.path.join(tmp, "test", f"{name}-t{k:02d}"), moved, stems, sample_rate, soundfont,
+                        midi=pretty_midi.PrettyMIDI(),
+                        extra={"corpus": {"piece": name, "source": os.path.basename(midi_path), "transpose": k,
+                                          "start_seconds": float(start)}})
+        _finish_out(tmp, out_dir, {"midi": os.path.basename(midi_path), "transpositions": "all",
+                                   "seconds": float(seconds), "start_seconds": float(start),
+                                   "sample_rate": int(sample_rate), "soundfont": os.path.basename(soundfont)})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
 # The built-in demo's real works (train.py renders them beside synth.DEMO_SONGS): folders whose scores music21
 # parses in well under a second, one 10 s chunk of each work in one random key.
 DEMO_WORKS = dict(folders=["palestrina", "monteverdi", "josquin"], max_works=160, transpositions="1", seconds=10.0,
@@ -293,6 +335,10 @@ def main(argv=None) -> None:
     p.add_argument("--transpositions", default="2",
                    help="keys per chunk: a number 1-12 of random transpositions, or 'all' twelve with the same "
                         "instruments (a transposition test set)")
+    p.add_argument("--midi", default=None, metavar="FILE",
+                   help="instead of the corpus: one multi-track MIDI file rendered in all twelve keys with its own "
+                        "programs (a transposition test set, e.g. from a Lakh MIDI song); --start chooses the chunk")
+    p.add_argument("--start", type=float, default=0.0, help="with --midi: where the chunk starts, in seconds")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each rendered chunk (default 30)")
     p.add_argument("--chunks", type=int, default=2, help="chunks per work, spread over its length (default 2)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same dataset")
@@ -302,6 +348,11 @@ def main(argv=None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a dataset this script made")
     args = p.parse_args(argv)
     try:
+        if args.midi:
+            out = render_midi_transpositions(args.midi, args.out, args.seconds, args.start, args.sample_rate,
+                                             args.soundfont, args.overwrite)
+            print(f"wrote {out}: twelve transpositions of {args.midi}")
+            return
         out, counts = render_corpus(args.out, args.folders, args.split, args.max_works, args.transpositions,
                                     args.seconds, args.chunks, args.seed, args.sample_rate, args.soundfont,
                                     args.workers, overwrite=args.overwrite)

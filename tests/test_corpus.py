@@ -76,3 +76,27 @@ def test_a_folder_of_datasets_is_read_as_one(tmp_path):
 def test_bad_transpositions_value_is_a_clear_error(tmp_path):
     with pytest.raises(corpus.CorpusError, match="transpositions"):
         corpus.render_corpus(str(tmp_path / "x"), transpositions="13", progress=False)
+
+
+def test_a_midi_file_gives_twelve_keys_with_its_own_programs_and_drums_unmoved(tmp_path):
+    pm = pretty_midi.PrettyMIDI()
+    for program, is_drum, pitch in ((33, False, 40), (0, False, 64), (0, True, 38)):
+        inst = pretty_midi.Instrument(program, is_drum=is_drum)
+        inst.notes = [pretty_midi.Note(90, pitch, 0.5 * i, 0.5 * i + 0.4) for i in range(6)]
+        pm.instruments.append(inst)
+    src = tmp_path / "song.mid"
+    pm.write(str(src))
+    out = corpus.render_midi_transpositions(str(src), str(tmp_path / "t"), seconds=2.0, start=0.5)
+    tracks = sorted(os.listdir(os.path.join(out, "test")))
+    assert len(tracks) == 12
+    for k in (0, 3, 11):
+        d = os.path.join(out, "test", f"song-t{k:02d}")
+        meta = yaml.safe_load(open(os.path.join(d, "metadata.yaml")))
+        assert meta["corpus"]["transpose"] == k and meta["corpus"]["piece"] == "song"
+        assert sorted(s["program_num"] for s in meta["stems"].values()) == [0, 33, 128]
+        notes = {s: pretty_midi.PrettyMIDI(os.path.join(d, "MIDI", s + ".mid")).instruments[0] for s in meta["stems"]}
+        by_program = {meta["stems"][s]["program_num"]: inst for s, inst in notes.items()}
+        shift = k - 12 if k >= 6 else k
+        assert {n.pitch for n in by_program[33].notes} == {40 + shift}
+        assert {n.pitch for n in by_program[128].notes} == {38}           # drums are not transposed
+        assert min(n.start for n in by_program[0].notes) == pytest.approx(0.0, abs=1e-3)  # the chunk starts at 0
