@@ -208,6 +208,12 @@ def plan_renderings(length: float, rng: np.random.Generator, n_parts: int, trans
     return out
 
 
+def track_name(rel: str, j: int) -> str:
+    """The folder name of a corpus file's j-th track: unique to the file, so that datasets rendered apart can sit
+    side by side in one folder of datasets (data.py) without two tracks sharing a name."""
+    return f"Corpus-{hashlib.sha1(rel.encode()).hexdigest()[:10]}-{j:02d}"
+
+
 def render_work(job: tuple) -> tuple[str, Counter]:
     """Parse one corpus file and render every track it gives (runs in a worker process); returns (file, counts)."""
     root, rel, split, out_tmp, index, transpositions, seconds, chunks, sample_rate, soundfont, seed = job
@@ -220,8 +226,8 @@ def render_work(job: tuple) -> tuple[str, Counter]:
     rng = np.random.default_rng([seed, index])
     work, counts = work_name(root, rel), Counter()
     for j, r in enumerate(plan_renderings(pm.get_end_time(), rng, n_parts, transpositions, seconds, chunks)):
-        ok = render_track(pm, work, rel, r, os.path.join(out_tmp, split, f"Corpus{index:05d}-{j:02d}"), sample_rate,
-                          soundfont, rng)
+        ok = render_track(pm, work, rel, r, os.path.join(out_tmp, split, track_name(rel, j)), sample_rate, soundfont,
+                          rng)
         counts["tracks" if ok else "chunks with fewer than two sounding parts"] += 1
     return rel, counts
 
