@@ -18,7 +18,9 @@ import argparse
 import json
 import math
 import os
+import platform
 import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -37,7 +39,7 @@ import synth
 from cli import USER_ERROR, pick_device
 from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
 from checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, load_codec, make_checkpoint, open_codec,
-                        save_checkpoint)
+                        save_checkpoint, shipped)
 from instruments import INSTRUMENTS, NULL_INSTRUMENT
 from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
@@ -311,7 +313,7 @@ def log_step(bar, metrics, loss: float, state: RunState, lr: float, tokens_per_s
     """The progress bar's figures and the step's row in metrics.jsonl."""
     bar.set_postfix(loss=f"{loss:.3f}", val_nll=f"{state.best:.3f}" if state.best < math.inf else "-",
                     lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
-    metrics.write(json.dumps({"kind": "train", "step": state.step, "loss": loss, "lr": lr}) + "\n")
+    metrics.write(json.dumps({"kind": "train", "step": state.step, "loss": loss, "lr": lr, "time": time.time()}) + "\n")
 
 
 def training_batches(codec, args, device, step: int, rank: int, world: int):
@@ -421,6 +423,28 @@ def yes_no(text: str) -> bool:
     return value
 
 
+def ship_run(out: str, dst: str) -> str:
+    """Write a finished run's best weights as a checkpoint to ship (checkpoint.shipped), with where they came
+    from; returns a line saying what was written."""
+    src = os.path.join(out, BEST)
+    if not os.path.isfile(src):
+        raise TrainError(f"--ship: no {src}; train first")
+    ckpt = load_checkpoint(src, "cpu")
+    times = [r["time"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "time" in r]
+    a = ckpt.get("train_args", {})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    provenance = {
+        "command": f"python train.py --data {a.get('data')} --recipe {a.get('recipe')} --out {out}",
+        "commit": commit or "unknown", "data": a.get("data"), "best_step": ckpt.get("best_step"),
+        "train_seconds": round(times[-1] - times[0]) if len(times) > 1 else None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "written": time.strftime("%Y-%m-%d")}
+    small = shipped(ckpt, provenance)
+    save_checkpoint(dst, small)
+    return f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MB): {provenance}"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Train StemGen. Without --data: the built-in CPU demo (renders synthetic songs, fits the "
@@ -444,6 +468,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda[:N], mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--ship", metavar="PATH",
+                   help="only write OUT/best.pt as a small checkpoint to ship (bf16 weights, no training state, "
+                        "with its provenance: recipe, data, steps, commit, machine) to PATH and exit")
     p.add_argument("--plot", action="store_true", help="only draw OUT/metrics.jsonl to OUT/curves.png and exit")
     return p.parse_args(argv)
 
@@ -481,6 +508,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     ok = False
     try:
+        if args.ship:
+            print(ship_run(args.out, args.ship))
+            return 0
         if args.plot:
             if not os.path.isfile(os.path.join(args.out, "metrics.jsonl")):
                 raise TrainError(f"no metrics file in {args.out}; train first")

@@ -201,3 +201,22 @@ def test_plot_draws_the_curves_of_a_run(tmp_path):
     assert train.main(["--plot", "--out", str(tmp_path)]) == 0
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.slow
+def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_loads_them(tiny_data, tmp_path):
+    from checkpoint import load_model
+    data_dir, codec_file = tiny_data
+    assert train.main(argv(data_dir, codec_file, tmp_path / "run", "--max-steps", "4")) == 0
+    dst = tmp_path / "ship" / "model.pt"
+    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(dst)]) == 0
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    small = torch.load(dst, weights_only=True)
+    assert "optimizer" not in small and os.path.getsize(dst) < os.path.getsize(tmp_path / "run" / "best.pt")
+    assert small["step"] == best["step"] and small["class_counts"] == best["class_counts"]
+    prov = small["provenance"]
+    assert prov["data"] == data_dir and f"--out {tmp_path / 'run'}" in prov["command"] and prov["train_seconds"] >= 0
+    net, _, _ = load_model(str(dst))
+    assert all(torch.equal(p.detach(), best["model"][k].to(torch.bfloat16).float())
+               for k, p in net.state_dict().items())
+    assert train.main(["--out", str(tmp_path / "nothing"), "--ship", str(dst)]) == 2
