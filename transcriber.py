@@ -118,9 +118,10 @@ def activations_to_note_events(note: np.ndarray, onset: np.ndarray) -> np.ndarra
     the remaining frame energy) with its default settings: notes [N, 4] (onset s, offset s, MIDI pitch,
     amplitude 0-1: the note posterior's mean over the note, which basic-pitch turns into velocity as 127 x it)."""
     _, output_to_notes_polyphonic = _model()
-    events = output_to_notes_polyphonic(note, onset, onset_thresh=ONSET_THRESHOLD, frame_thresh=FRAME_THRESHOLD,
-                                        min_note_len=MIN_NOTE_FRAMES, infer_onsets=True, max_freq=None,
-                                        min_freq=None, melodia_trick=True)
+    with np.errstate(invalid="ignore", divide="ignore"):   # silence: basic-pitch rescales its onsets by 0 / 0
+        events = output_to_notes_polyphonic(note, onset, onset_thresh=ONSET_THRESHOLD, frame_thresh=FRAME_THRESHOLD,
+                                            min_note_len=MIN_NOTE_FRAMES, infer_onsets=True, max_freq=None,
+                                            min_freq=None, melodia_trick=True)
     seconds = HOP / SAMPLE_RATE
     notes = np.array([(a * seconds, b * seconds, p, amp) for a, b, p, amp in events], dtype=np.float64).reshape(-1, 4)
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
