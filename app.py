@@ -62,6 +62,7 @@ MAX_QUEUE = 4            # generations waiting behind the running one; more are 
 MAX_CONTEXTS = 16        # contexts kept (with their takes); the oldest is removed past this
 MAX_STEPS = 1024         # per level, per 1000 frames: a bound on what one request may ask for
 STOP_WAIT_SECONDS = 10.0  # how long stopping waits for a generation to reach its next decoding step
+FRESH_SEEDS = 2 ** 31    # fresh seeds are drawn below this; any seed from 0 to 2^63 - 1 may be typed
 EXAMPLE_SECONDS = 8.0
 EXAMPLE_SAMPLE_RATE = 32000
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "app.html")
@@ -391,8 +392,8 @@ class Engine:
             raise UserError(str(e)) from None
         sampling = self.sampling_from(options)
         seed = options.get("seed")
-        if seed in (None, ""):
-            seed = int(np.random.SeedSequence().entropy % 2 ** 63)
+        if seed in (None, ""):   # a fresh seed, short enough to read off the page and type back
+            seed = int(np.random.SeedSequence().entropy % FRESH_SEEDS)
         try:
             seed = int(seed)
             if not 0 <= seed < 2 ** 63:
@@ -419,7 +420,8 @@ class Engine:
                 return None
             ahead = self._order.index(job) if job in self._order else 0       # generations before this one
         out = {"id": job.id, "state": job.state, "step": job.step, "total": job.total, "ahead": ahead,
-               "seed": job.seed, "instruments": [INSTRUMENTS[i] for i in job.instruments],
+               "seed": str(job.seed),   # a string: JavaScript's numbers hold integers exactly only below 2^53
+               "instruments": [INSTRUMENTS[i] for i in job.instruments],
                "settings": {"steps": list(job.sampling.steps), "scale_audio": job.sampling.scale_audio,
                             "scale_instrument": job.sampling.scale_instrument,
                             "temperature": job.sampling.temperature}}
@@ -486,7 +488,7 @@ class Engine:
         mix = ctx.x + sum(stems)[None, :]                                            # [C, S]
         generate.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
                                lambda msg: None)
-        result = {"seed": job.seed, "seconds": round(time.time() - job.started, 2), "stems": [], "mix": None}
+        result = {"seed": str(job.seed), "seconds": round(time.time() - job.started, 2), "stems": [], "mix": None}
         for k, (path, stem, iid) in enumerate(zip(outs, stems, job.instruments)):
             png = os.path.join(folder, f"stem{k}.png")
             spectrogram_png(stem, ctx.sr, png, f"new {INSTRUMENTS[iid].lower()} (seed {job.seed})")

@@ -105,3 +105,23 @@ def tiny_app_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_app")
     codec = tiny_spectral_codec(folder / "codec_data")
     return tiny_copy_checkpoint(folder / "copy.pt", codec)
+
+
+def serve_app(checkpoint, **engine_args):
+    """app.Engine on a checkpoint (CPU) with its HTTP server on a free port of 127.0.0.1, serving from a thread.
+    Returns (engine, server, base URL without the final /); stop_app ends both."""
+    import threading
+
+    import app
+    engine = app.Engine(checkpoint, device="cpu", **engine_args)
+    server = app.make_server(engine, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return engine, server, app.address(server).rstrip("/")
+
+
+def stop_app(engine, server):
+    """Stop a serve_app server and its engine; the engine's temporary folder must be gone after."""
+    server.shutdown()
+    server.server_close()
+    engine.close()
+    assert not os.path.exists(engine.store.root)

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 import app
-from conftest import ROOT, chord
+from conftest import ROOT, chord, serve_app, stop_app
 
 
 def tonal(seconds, sr, channels=2, seed=1):
@@ -65,15 +65,9 @@ class Client:
 
 @pytest.fixture(scope="module")
 def served(tiny_app_checkpoint):
-    engine = app.Engine(tiny_app_checkpoint, device="cpu", max_seconds=5.0)
-    server = app.make_server(engine, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield engine, Client(app.address(server).rstrip("/"))
-    server.shutdown()
-    server.server_close()
-    engine.close()
-    assert not os.path.exists(engine.store.root)                 # the temporary folder goes with the server
+    engine, server, base = serve_app(tiny_app_checkpoint, max_seconds=5.0)
+    yield engine, Client(base)
+    stop_app(engine, server)                                     # the temporary folder goes with the server
 
 
 def files_under(root):
@@ -118,6 +112,7 @@ def test_upload_then_generate_gives_stems_and_mix_in_the_contexts_format(served)
     done = client.wait(job["id"])
     assert done["state"] == "done", done
     assert done["step"] == done["total"] > 0                    # progress counted every decoding step
+    assert (done["instruments"], done["seed"], done["settings"]["steps"]) == (["Bass", "Piano"], "3", [6, 3])
     result = done["result"]
     assert [s["name"] for s in result["stems"]] == ["my_song.bass.flac", "my_song.piano.flac"]
     assert result["mix"]["name"] == "my_song.with-bass-piano.flac"
@@ -138,8 +133,10 @@ def test_same_seed_same_take_and_a_fresh_seed_is_reported(served):
         _, job = client.generate(context=ctx["id"], instruments=["Drums"], seed=seed, steps=[4, 2], temperature=2)
         takes.append(client.wait(job["id"]))
     audio_of = [client.fetch(t["result"]["stems"][0]["audio"])[0] for t in takes]
-    assert takes[0]["seed"] == takes[1]["seed"] == 5 and audio_of[0] == audio_of[1]
-    assert isinstance(takes[2]["seed"], int) and takes[2]["seed"] != 5
+    assert takes[0]["seed"] == takes[1]["seed"] == "5" and audio_of[0] == audio_of[1]
+    assert 0 <= int(takes[2]["seed"]) < app.FRESH_SEEDS and takes[2]["seed"] != "5"
+    _, job = client.generate(context=ctx["id"], instruments=["Drums"], seed=str(2 ** 63 - 1), steps=[4, 2])
+    assert client.wait(job["id"])["seed"] == str(2 ** 63 - 1)            # exact, past JavaScript's 2^53
 
 
 @pytest.mark.parametrize("name,data,message", [
