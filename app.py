@@ -234,6 +234,7 @@ class Engine:
         self._order: list[Job] = []             # queued and running jobs, in order
         self._lock = threading.Lock()
         self._midi_lock = threading.Lock()
+        self._example_lock, self._example_id = threading.Lock(), ""
         self._queue: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="stemgen-worker", daemon=True)
@@ -280,10 +281,15 @@ class Engine:
     def example(self) -> Context:
         """The built-in example context: a short composed song (compose.py, synth.py) without its bass part,
         rendered with the General MIDI SoundFont. The same song every time; made once per server."""
-        with self._lock:
-            found = next((c for c in self.contexts.values() if c.name == "example.wav"), None)
-        if found:
+        with self._example_lock:
+            with self._lock:
+                found = self.contexts.get(self._example_id)
+            if found is None:
+                found = self._make_example()
+                self._example_id = found.id
             return found
+
+    def _make_example(self) -> Context:
         folder = self.store.folder("context")
         try:
             plan, parts = compose.compose(np.random.default_rng(7), EXAMPLE_SECONDS, one_program=True, held_out=True)
@@ -451,10 +457,13 @@ class Engine:
                     if job in self._order:
                         self._order.remove(job)
 
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise Stopped()
+
     def _on_step(self, job: Job):
         def step(n: int = 1):
-            if self._stopping.is_set():
-                raise Stopped()
+            self._check_stopping()
             job.step += n
         return step
 
@@ -481,6 +490,7 @@ class Engine:
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
         stems = self._stems(job, context, generator)
         stems = [audio.fit_length(audio.resample(s, self.tok.sample_rate, ctx.sr), ctx.x.shape[1]) for s in stems]
+        self._check_stopping()                   # stopped during the codec's decoding: write nothing
         folder = self.store.folder("take", ctx.folder)   # removed with its context
         base = os.path.join(folder, ctx.name)
         outs = generate.default_out_paths(base, job.instruments)
