@@ -199,9 +199,12 @@ def test_two_overlapping_requests_are_both_handled_the_second_waiting_in_view(pa
     monkeypatch.setattr(engine, "_stems", held)
     try:
         generate(driver, clicks=2)
-        newest, oldest = driver.find_elements(By.CSS_SELECTOR, ".take")
-        wait_for(driver, lambda d: "Waiting in the queue: 1 generation(s) before this one"
-                 in newest.find_element(By.CSS_SELECTOR, ".take-status").text)
+        # the server may take either request first: one take runs (held), the other shows its place in the queue
+        wait_for(driver, lambda d: [s[:10] for s in sorted(t.text for t in d.find_elements(By.CSS_SELECTOR,
+                                                                                        ".take-status"))]
+                 == ["Generating", "Waiting in"])
+        waiting = [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".take-status") if "Waiting" in t.text]
+        assert waiting == ["Waiting in the queue: 1 generation(s) before this one."]
     finally:
         release.set()
     takes = wait_done(driver, 2)
