@@ -113,16 +113,23 @@ def note_activations(clips: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarr
     return out
 
 
-def activations_to_notes(note: np.ndarray, onset: np.ndarray) -> np.ndarray:
+def activations_to_note_events(note: np.ndarray, onset: np.ndarray) -> np.ndarray:
     """basic-pitch's note creation (onset peaks, frames followed while above threshold, then notes found in
-    the remaining frame energy) with its default settings: notes [N, 3] (onset s, offset s, MIDI pitch)."""
+    the remaining frame energy) with its default settings: notes [N, 4] (onset s, offset s, MIDI pitch,
+    amplitude 0-1: the note posterior's mean over the note, which basic-pitch turns into velocity as 127 x it)."""
     _, output_to_notes_polyphonic = _model()
-    events = output_to_notes_polyphonic(note, onset, onset_thresh=ONSET_THRESHOLD, frame_thresh=FRAME_THRESHOLD,
-                                        min_note_len=MIN_NOTE_FRAMES, infer_onsets=True, max_freq=None,
-                                        min_freq=None, melodia_trick=True)
+    with np.errstate(invalid="ignore", divide="ignore"):   # silence: basic-pitch rescales its onsets by 0 / 0
+        events = output_to_notes_polyphonic(note, onset, onset_thresh=ONSET_THRESHOLD, frame_thresh=FRAME_THRESHOLD,
+                                            min_note_len=MIN_NOTE_FRAMES, infer_onsets=True, max_freq=None,
+                                            min_freq=None, melodia_trick=True)
     seconds = HOP / SAMPLE_RATE
-    notes = np.array([(a * seconds, b * seconds, p) for a, b, p, _ in events], dtype=np.float64).reshape(-1, 3)
+    notes = np.array([(a * seconds, b * seconds, p, amp) for a, b, p, amp in events], dtype=np.float64).reshape(-1, 4)
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
+
+
+def activations_to_notes(note: np.ndarray, onset: np.ndarray) -> np.ndarray:
+    """activations_to_note_events without the amplitudes: notes [N, 3] (onset s, offset s, MIDI pitch)."""
+    return activations_to_note_events(note, onset)[:, :3]
 
 
 def transcribe_batch(clips: list[np.ndarray]) -> list[np.ndarray]:
@@ -133,3 +140,9 @@ def transcribe_batch(clips: list[np.ndarray]) -> list[np.ndarray]:
 def transcribe(y: np.ndarray) -> np.ndarray:
     """Notes [N, 3] (onset s, offset s, MIDI pitch) of one mono clip at SAMPLE_RATE."""
     return transcribe_batch([y])[0]
+
+
+def transcribe_events(y: np.ndarray) -> np.ndarray:
+    """Notes [N, 4] (onset s, offset s, MIDI pitch, amplitude 0-1) of one mono clip at SAMPLE_RATE."""
+    note, onset = note_activations([y])[0]
+    return activations_to_note_events(note, onset)

@@ -120,3 +120,78 @@ def write_corpus(root, pieces=2, transpositions=range(12), seconds=2.0, sr=16000
             with open(os.path.join(track, "metadata.yaml"), "w") as f:
                 yaml.safe_dump(meta, f)
     return root
+
+# ---------------------------------------------------------------------------------------------------------
+# A tiny checkpoint for tests that run the whole generation pipeline (the app's): a spectral codec fitted on
+# a few seconds of synthetic chords, and a model small enough to generate in a fraction of a second.
+
+def tiny_spectral_codec(folder, sample_rate=16000, n_q=2, bins=16):
+    """A spectral codec (n_q levels x bins) fitted on three one-second synthetic chords written to `folder`."""
+    import soundfile as sf
+    import spectral
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k, pitches in enumerate([(45, 57), (60, 64, 67), (50, 74)]):
+        sf.write(os.path.join(folder, f"part{k}.wav"), chord(pitches, 1.0, sample_rate, rng) * 4, sample_rate)
+    return spectral.fit_spectral(str(folder), None, n_q=n_q, bins=bins, dim=8, sample_rate=sample_rate, n_fft=512,
+                                 seconds_per_track=1.0, griffin_lim_iters=8, progress=False)
+
+
+def tiny_copy_checkpoint(path, codec, classes=("Piano", "Bass", "Drums"), crop_seconds=None):
+    """A hand-set model with no transformer layer whose target token at each position is the context's token
+    (its stem is the codec round trip of the context: pitched wherever the context is), saved as a checkpoint
+    that says it trained on `classes`. Returns the path."""
+    from dataclasses import replace
+
+    import torch
+
+    import model as model_lib
+    from checkpoint import config_dict, save_checkpoint
+    from instruments import INSTRUMENTS
+    n_q, bins = codec.n_q, codec.bins
+    cfg = replace(model_lib.PRESETS["tiny"], n_q=n_q, bins=bins, dim=4 * n_q * bins, n_heads=2, n_layers=0)
+    net = model_lib.StemGen(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.norm.weight.fill_(1.0)
+        for q in range(n_q):
+            net.context_embed.tables[q].weight[:, q * bins:(q + 1) * bins] = torch.eye(bins)
+            net.heads[q].weight[:, q * bins:(q + 1) * bins] = 20 * torch.eye(bins)
+    ckpt = {"model_config": config_dict(net.cfg), "model": net.state_dict(), "codec_spec": codec.spec(), "step": 0,
+            "class_counts": {name: (10 if name in classes else 0) for name in INSTRUMENTS}}
+    if crop_seconds:
+        ckpt["train_args"] = {"crop_seconds": crop_seconds}
+    save_checkpoint(str(path), ckpt)
+    return str(path)
+
+
+import pytest  # noqa: E402  (the fixture below; the helpers above need only numpy)
+
+
+@pytest.fixture(scope="session")
+def tiny_app_checkpoint(tmp_path_factory):
+    """tiny_copy_checkpoint on a tiny_spectral_codec (16 kHz, 2 levels x 16 bins), trained on piano, bass, drums."""
+    folder = tmp_path_factory.mktemp("tiny_app")
+    codec = tiny_spectral_codec(folder / "codec_data")
+    return tiny_copy_checkpoint(folder / "copy.pt", codec)
+
+
+def serve_app(checkpoint, **engine_args):
+    """app.Engine on a checkpoint (CPU) with its HTTP server on a free port of 127.0.0.1, serving from a thread.
+    Returns (engine, server, base URL without the final /); stop_app ends both."""
+    import threading
+
+    import app
+    engine = app.Engine(checkpoint, device="cpu", **engine_args)
+    server = app.make_server(engine, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return engine, server, app.address(server).rstrip("/")
+
+
+def stop_app(engine, server):
+    """Stop a serve_app server and its engine; the engine's temporary folder must be gone after."""
+    server.shutdown()
+    server.server_close()
+    engine.close()
+    assert not os.path.exists(engine.store.root)
