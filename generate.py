@@ -32,6 +32,8 @@ from tqdm import tqdm
 import audio
 import codec as codec_lib
 import decode
+import stem_midi
+import transcriber
 from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, trained_classes
 from cli import USER_ERROR, pick_device
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
@@ -86,13 +88,15 @@ def instrument_slug(iid: int) -> str:
 # Several stems in turn
 
 def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampling: Sampling, window: int,
-                   overlap: int, generator: torch.Generator | None = None, progress: bool = False) -> list[np.ndarray]:
+                   overlap: int, generator: torch.Generator | None = None, progress: bool = False,
+                   on_step: decode.OnStep | None = None) -> list[np.ndarray]:
     """Stems one after another, each added to the context before the next (the paper's Sec. 1 workflow).
 
     Args:
         context: float [S] mono audio at tok.sample_rate.
         instruments: instrument ids (INSTRUMENTS), generated in this order.
         window, overlap: in codec frames (decode.window_frames).
+        on_step: also called with 1 after every decoding step (app.py's progress), as the bar is.
     Returns:
         one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
     """
@@ -100,8 +104,9 @@ def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampli
     n_steps = decode.planned_steps(sampling, decode.plan_windows(n_frames, window, overlap)) * len(instruments)
     mix, stems = np.asarray(context, dtype=np.float32), []
     with tqdm(total=n_steps, desc="decoding", unit="step", disable=not progress) as bar:
+        step = bar.update if on_step is None else (lambda n: (bar.update(n), on_step(n)))
         for iid in instruments:
-            stems.append(decode.generate_stem(net, tok, mix, iid, sampling, window, overlap, generator, bar.update))
+            stems.append(decode.generate_stem(net, tok, mix, iid, sampling, window, overlap, generator, step))
             mix = mix + stems[-1]
     return stems
 
@@ -178,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the context plus the new stem(s) (default path: "
                         "CONTEXT.with-INSTRUMENTS.EXT); always written with several --instrument")
+    p.add_argument("--midi", action="store_true",
+                   help="also write each stem's notes as a MIDI file beside it (STEM.mid), transcribed with "
+                        "transcriber.py, at the context's tempo when one is detected (else 120 BPM), with the "
+                        "instrument class's first GM program")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     g = p.add_argument_group("sampling (defaults: the paper's best setting)")
     g.add_argument("--steps", type=int, nargs="+", metavar="N",
@@ -231,6 +240,11 @@ def sampling_from_args(args) -> Sampling:
     return replace(base, **given)
 
 
+def midi_paths(stem_paths: list[str]) -> list[str]:
+    """The MIDI file beside each stem: mix.bass.wav -> mix.bass.mid."""
+    return [os.path.splitext(p)[0] + ".mid" for p in stem_paths]
+
+
 def output_plan(args) -> tuple[list[int], list[str], str | None]:
     """Instrument ids, stem paths and mix path (None: no mix) from the flags, checked before any work."""
     try:
@@ -245,6 +259,11 @@ def output_plan(args) -> tuple[list[int], list[str], str | None]:
     if mix_path is None and len(instruments) > 1 or mix_path == "":
         mix_path = default_mix_path(args.context, instruments)
     check_outputs(outs + ([mix_path] if mix_path else []), args.context, args.force)
+    if args.midi:
+        for p in midi_paths(outs):
+            if os.path.exists(p) and not args.force:
+                raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
+        transcriber.check_transcriber()                    # its install command now, not after the generation
     return instruments, outs, mix_path
 
 
@@ -294,14 +313,24 @@ def run(args) -> list[str]:
     if mix_path:
         outputs.append((mix_path, x + sum(stems)[None, :]))                  # [C, S]
     write_outputs(outputs, sr, subtype, args.force, say)
-    return [p for p, _ in outputs]
+    written = [p for p, _ in outputs]
+    if args.midi:
+        tempo = stem_midi.detect_tempo(x, sr)
+        say(f"MIDI at the context's tempo, {tempo:.1f} BPM" if tempo else
+            f"no steady tempo in the context: MIDI at {stem_midi.DEFAULT_TEMPO:g} BPM")
+        for path, stem, iid in zip(midi_paths(outs), stems, instruments):
+            stem_midi.write_midi(path, stem_midi.instrument_midi(stem, sr, iid, tempo), overwrite=args.force)
+            say(f"wrote {path}")
+            written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (GenerateError, audio.AudioError, codec_lib.CodecUnavailable, ValueError) as e:
+    except (GenerateError, audio.AudioError, codec_lib.CodecUnavailable, transcriber.TranscriberUnavailable,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 
 import generate
+from cli import USER_ERROR
 from conftest import chord
 
 pytestmark = pytest.mark.skipif("--midi" not in generate.build_parser().format_help(),
@@ -32,5 +33,5 @@ def test_midi_beside_each_stem_with_its_program_and_the_contexts_tempo(tiny_app_
         (track,) = pm.instruments
         assert track.program == program and not track.is_drum and len(track.notes) > 0
         assert pm.get_tempo_changes()[1][0] == pytest.approx(120, abs=5)
-    assert generate.main(argv) == generate.EXIT_USER_ERROR                # outputs exist: nothing overwritten
+    assert generate.main(argv) == USER_ERROR                # outputs exist: nothing overwritten
     assert "output exists" in capsys.readouterr().err
