@@ -26,18 +26,18 @@ from dataclasses import replace
 import torch
 
 import decode
-import pool
-import roundtrip
-from checkpoint import open_codec
-from cli import USER_ERROR, pick_device
+from plumbing import pool
+from metrics import roundtrip
+from plumbing.checkpoint import open_codec
+from plumbing.cli import USER_ERROR, pick_device
 from codec import ENCODEC_32KHZ_CONFIG, CodecUnavailable, EncodecCodec
 from data import CROP_SECONDS, StemPairDataset
 from guidance import BRANCHES
-from instruments import NULL_INSTRUMENT
+from plumbing.instruments import NULL_INSTRUMENT
 from masking import Objective, masked_loss
 from model import PRESETS, StemGen, autocast, count_parameters
-from perf import device_name, forward_flops, peak_tflops, sync, timed_once, train_flops_per_step
-from spectral import SpectralCodec, SpectralConfig
+from plumbing.perf import device_name, forward_flops, peak_tflops, sync, timed_once, train_flops_per_step
+from plumbing.spectral import SpectralCodec, SpectralConfig
 
 FRAME_RATE = SpectralConfig.frame_rate  # token frames per second; Encodec 32 kHz's strides give the same 50 Hz
 

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import yaml
 
-from activity import activity_maps, crop_may_sound, file_stamp
-from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
-from instruments import stem_class
+from plumbing.activity import activity_maps, crop_may_sound, file_stamp
+from plumbing.audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
+from plumbing.instruments import stem_class
 
 SPLITS = ("train", "validation", "test")
 AUDIO_EXTS = (".flac", ".wav")

@@ -36,19 +36,19 @@ import scipy
 import torch
 from tqdm import tqdm
 
-import audio
-import checkpoint
+from plumbing import audio
+from plumbing import checkpoint
 import codec as codec_lib
 import data
 import decode
-import fad
-import listening
-import mir
-import musicality
-import pool
-import transcriber
-from cli import USER_ERROR, pick_device
-from instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
+from metrics import fad
+from metrics import listening
+from metrics import mir
+from metrics import musicality
+from plumbing import pool
+from metrics import transcriber
+from plumbing.cli import USER_ERROR, pick_device
+from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 
 

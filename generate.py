@@ -29,14 +29,14 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-import audio
+from plumbing import audio
 import codec as codec_lib
 import decode
-from checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, trained_classes
-from cli import USER_ERROR, pick_device
+from plumbing.checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, trained_classes
+from plumbing.cli import USER_ERROR, pick_device
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
-from instruments import INSTRUMENTS, instrument_id
+from plumbing.instruments import INSTRUMENTS, instrument_id
 
 SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
 

@@ -28,23 +28,23 @@ import torch
 from tqdm import tqdm
 
 import codec as codec_lib
-import corpus
 import data
-import listening
-import pool
-import spectral
-import synth
-from cli import USER_ERROR, pick_device
-from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
-from checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, load_codec, make_checkpoint, open_codec,
+from metrics import listening
+from plumbing import pool
+from plumbing import spectral
+from songs import demo
+from songs.demo import DEMO_DATA
+from songs.synth import SynthError
+from plumbing.cli import USER_ERROR, pick_device
+from plumbing.distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
+from plumbing.checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, load_codec, make_checkpoint, open_codec,
                         save_checkpoint)
-from instruments import INSTRUMENTS, NULL_INSTRUMENT
+from plumbing.instruments import INSTRUMENTS, NULL_INSTRUMENT
 from masking import Objective, mask_target, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
-from spectral import SpectralConfig
+from plumbing.spectral import SpectralConfig
 
 DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
-DEMO_DATA = os.path.join("data", "demo")  # composed/ (synth.DEMO_SONGS) and corpus/ (corpus.DEMO_WORKS), made on first use
 BEST = "best.pt"  # beside ckpt.pt: the weights with the lowest validation NLL
 MAX_NONFINITE_IN_A_ROW = 10
 
@@ -140,11 +140,10 @@ def tri_stage_lr(step: int, warmup: int, hold: int, decay: int, final_frac: floa
 
 
 def prepare_data(args) -> None:
-    """The demo's data is made on first use: composed songs (synth.demo_dataset) and real works
-    (corpus.demo_corpus), side by side in one folder of datasets; other data must exist."""
+    """The demo's data is made on first use (songs/demo.py: composed songs and real works, side by side in one
+    folder of datasets); other data must exist."""
     if args.demo and args.data == DEMO_DATA and (is_main() or os.path.isdir(args.data)):
-        synth.demo_dataset(os.path.join(args.data, "composed"), args.seed, progress=not args.no_progress)
-        corpus.demo_corpus(os.path.join(args.data, "corpus"), args.seed, progress=not args.no_progress)
+        demo.demo_data(args.data, args.seed, progress=not args.no_progress)
     if not os.path.isdir(args.data):
         raise TrainError(f"dataset folder not found: {args.data}")
 
@@ -495,14 +494,14 @@ def main(argv=None) -> int:
         args = resolve_args(args, resume["train_args"] if resume else None)
         result = train(args, resume)
         if is_main() and args.demo:
-            ctx, name = synth.demo_context(args.data, os.path.join(args.out, "demo_context.wav"),
-                                           result["sample_rate"], args.seed)
+            ctx, name = demo.demo_context(args.data, os.path.join(args.out, "demo_context.wav"),
+                                          result["sample_rate"], args.seed)
             best = os.path.join(args.out, BEST)
             print(f"\ntry: python generate.py --checkpoint {best} --context {ctx} --instrument {name.lower()!r}",
                   file=sys.stderr)
         ok = True
         return 0
-    except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, synth.SynthError, FileNotFoundError,
+    except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, SynthError, FileNotFoundError,
             FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR

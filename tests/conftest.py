@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 import yaml
 
-# Tests import the flat top-level modules (model.py, data.py, ...) from the repository root.
+# Tests import the root's modules (model.py, data.py, ...) and its packages (metrics/, songs/, plumbing/).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # A tiny slice of Slakh2100 (CC BY 4.0), vendored: see tests/fixtures/slakh/README.md.

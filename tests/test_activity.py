@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import activity
+from plumbing import activity
 import data
 from conftest import STEM_SR as SR, tone, write_stem, write_track
 from data import StemPairDataset
-from instruments import instrument_id
+from plumbing.instruments import instrument_id
 
 def burst_at_end(seconds, second):
     """Silence, with a loud 0.1 s tone at the end of second `second`: a crop that touches that second but

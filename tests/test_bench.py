@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import bench
-from cli import USER_ERROR
+from plumbing.cli import USER_ERROR
 from conftest import tone, write_track
 from guidance import BRANCHES
-from spectral import FIT_HINT, save_spectral
+from plumbing.spectral import FIT_HINT, save_spectral
 
 
 def run(capsys, argv) -> dict:

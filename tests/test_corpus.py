@@ -6,7 +6,7 @@ import pretty_midi
 import pytest
 import yaml
 
-import corpus
+from songs import corpus
 import data
 
 pytest.importorskip("music21")

@@ -11,7 +11,7 @@ import yaml
 from conftest import FIXTURE
 import data
 from data import DatasetError, StemPairDataset
-from instruments import (DRUMS, INSTRUMENTS, N_INSTRUMENTS, NULL_INSTRUMENT, SLAKH_LABELS, instrument_id, program_class,
+from plumbing.instruments import (DRUMS, INSTRUMENTS, N_INSTRUMENTS, NULL_INSTRUMENT, SLAKH_LABELS, instrument_id, program_class,
                          stem_class)
 
 REDUX = os.path.join(FIXTURE, "slakh2100_flac_redux")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from plumbing import checkpoint
 import evaluate
-from cli import USER_ERROR
-import mir
+from plumbing.cli import USER_ERROR
+from metrics import mir
 from conftest import write_corpus
 from decode import Sampling
-from instruments import INSTRUMENTS, UNPITCHED
+from plumbing.instruments import INSTRUMENTS, UNPITCHED
 
 
 # ------------------------------------------------------------------------------------------- sweeps
@@ -53,8 +53,8 @@ def test_group_rows_averages_each_group():
 def tiny_setup(tmp_path_factory):
     """A 3-track synthetic dataset, a small fitted spectral codec and a random-weight tiny StemGen checkpoint."""
     import model
-    import spectral
-    import synth
+    from plumbing import spectral
+    from songs import synth
     root = tmp_path_factory.mktemp("eval")
     ds = str(root / "data")
     synth.make_dataset(ds, tracks=3, seconds=4.0, seed=0, progress=False, workers=1, sample_rate=16000)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import data
-import pool
+from plumbing import pool
 import train
 from conftest import STEM_SR as SR, tiny_encodec, tone, write_stem, write_track
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import data
-import spectral
-import synth
+from plumbing import spectral
+from songs import synth
 import train
-from checkpoint import save_checkpoint, trained_classes
+from plumbing.checkpoint import save_checkpoint, trained_classes
 from conftest import FIXTURE, ROOT
-from instruments import INSTRUMENTS
+from plumbing.instruments import INSTRUMENTS
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from data import DatasetError, StemPairDataset
-from instruments import class_matrix
+from plumbing.instruments import class_matrix
 
 
 def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed: int, batch: int = 32,

@@ -12,7 +12,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from cli import pick_device
+from plumbing.cli import pick_device
 
 
 def stop_all(local: bool, device) -> bool:

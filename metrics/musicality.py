@@ -26,9 +26,9 @@ import torch
 import yaml
 
 import data
-import listening
-from audio import fit_length, resample
-from instruments import INSTRUMENTS, instrument_id
+from metrics import listening
+from plumbing.audio import fit_length, resample
+from plumbing.instruments import INSTRUMENTS, instrument_id
 
 HARMONIC_BAND = (40.0, 4000.0)  # Hz: where notes live; below is rumble, above mostly noise and partials
 HPSS_MARGIN = 2.0              # librosa HPSS margin: a bin must be twice as harmonic as percussive to count

@@ -12,16 +12,17 @@ from dataclasses import asdict
 import torch
 
 import codec as codec_lib
-import spectral
-from audio import atomic_write
+from plumbing import spectral
+from plumbing.audio import atomic_write
 from codec import Codec, CodecUnavailable
-from instruments import INSTRUMENTS
+from plumbing.instruments import INSTRUMENTS
 from model import ModelConfig, StemGen
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes, generate.py looks
 # The model shipped in the repository (README "The shipped model"): used when no checkpoint is given and no
 # run exists, so that a part can be added to a user's music right after the install.
-SHIPPED_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "stemgen-music.pt")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this file is in plumbing/
+SHIPPED_CHECKPOINT = os.path.join(REPO_ROOT, "checkpoints", "stemgen-music.pt")
 
 
 def default_checkpoint() -> tuple[str, str]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from audio import audio_info, load_mono
+from plumbing.audio import audio_info, load_mono
 from codec import Codec
 from data import CROP_SECONDS, find_tracks
 
