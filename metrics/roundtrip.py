@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from plumbing.audio import audio_info, load_mono
 from codec import Codec
-from data import CROP_SECONDS, find_tracks
+from data import CROP_SECONDS
+from plumbing.slakh import find_tracks
 
 METRICS = ("spectral_convergence", "chroma_cosine", "chroma_correlation")
 

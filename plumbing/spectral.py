@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from plumbing.audio import AudioError, atomic_write, audio_info, load_mono
 from codec import Codec, CodecUnavailable, pad_to_frames
-from data import find_tracks
+from plumbing.slakh import find_tracks
 
 FIT_HINT = "python spectral.py fit --data DATA_DIR --out FILE"
 

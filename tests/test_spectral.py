@@ -12,7 +12,7 @@ import torch
 
 from plumbing import checkpoint
 import codec as C
-import data
+from plumbing import slakh
 from metrics import roundtrip
 from plumbing import spectral as S
 from plumbing.cli import USER_ERROR
@@ -123,7 +123,7 @@ def test_fit_reads_only_the_train_split_and_never_overwrites(chord_data, spectra
     with pytest.raises(FileExistsError, match="--force"):
         S.fit_spectral(chord_data, path, progress=False)
     assert os.path.getmtime(path) == before
-    tracks = data.find_tracks(chord_data, ("train",))
+    tracks = slakh.find_tracks(chord_data, ("train",))
     assert len(tracks) == 8 and all(f"{os.sep}train{os.sep}" in f for t in tracks for f in t)
     with pytest.raises(FileNotFoundError, match="no .flac/.wav audio"):
         S.fit_spectral(str(tmp_path), None, progress=False)
