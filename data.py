@@ -125,9 +125,6 @@ class StemPairDataset(torch.utils.data.Dataset):
         max_tries: crops drawn per item before giving up with DatasetError (never an endless loop).
         check: draw one item at construction so that a dataset with no usable pair fails at once.
         verbose: print the one-line summary of used and skipped tracks/stems to stderr.
-        use_activity: find the sounding stems of a crop from per-second activity maps (activity.py, cached)
-            and read only the stems of the chosen pair. False reads every stem of every crop (the older
-            path, kept for bench.py data); both draw pairs from the same distribution, not the same pairs.
         cache_dir: folder for the activity cache (default: ROOT/.stemgen-cache, else the user's cache).
         start_grid: with a value (seconds), crops start at multiples of it from their segment's start, so
             that a (stem, start) recurs and its target tokens can be cached (pool.TokenCache); None: anywhere.
@@ -138,7 +135,7 @@ class StemPairDataset(torch.utils.data.Dataset):
     def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = CROP_SECONDS,
                  segment_seconds: float = 60.0, silence_db: float = DEFAULT_SILENCE_DB, seed: int | None = None,
                  length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True,
-                 use_activity: bool = True, cache_dir: str | None = None, start_grid: float | None = None,
+                 cache_dir: str | None = None, start_grid: float | None = None,
                  target_keys: bool = False):
         if crop_seconds <= 0 or segment_seconds <= 0 or sample_rate <= 0:
             raise DatasetError("crop_seconds, segment_seconds and sample_rate must be positive")
@@ -165,8 +162,8 @@ class StemPairDataset(torch.utils.data.Dataset):
                 self.segment_song.append(song)
         self.length = len(self.segments) if length is None else int(length)
         self._draws = 0
-        self.activity = (activity_maps(root, [s for t in self.tracks for s in t.stems], cache_dir, progress=verbose)
-                         if use_activity else None)   # {stem path: mean square per second}
+        # {stem path: mean square per second}: which stems may sound in a crop, known before reading it
+        self.activity = activity_maps(root, [s for t in self.tracks for s in t.stems], cache_dir, progress=verbose)
         if check:
             self._draw(0, np.random.default_rng([0 if seed is None else seed, 2**32]), any_segment=True)
 
@@ -179,15 +176,9 @@ class StemPairDataset(torch.utils.data.Dataset):
         self._draws += 1
         return np.random.default_rng([torch.initial_seed() % 2**63, i, self._draws])
 
-    def _try_crop(self, track: Track, start: float, rng: np.random.Generator):
-        """One crop: (context, target, instrument) or None when it is unusable."""
-        if self.activity is not None:
-            return self._pair_from_activity(track, start, rng)
-        return self._pair_from_crops(track, [read_crop(s, start, self.crop_seconds) for s in track.stems], rng)
-
     def _may_sound(self, stem: Stem, start: int, n: int) -> bool:
         """False when the activity map shows the stem silent over file frames [start, start + n)."""
-        ms = self.activity.get(stem.path) if self.activity is not None else None
+        ms = self.activity.get(stem.path)
         return ms is None or crop_may_sound(ms, stem.sample_rate, stem.frames, start, n, self.silence_db)
 
     def _pair_from_activity(self, track: Track, start: float, rng: np.random.Generator):
@@ -303,7 +294,7 @@ class StemPairDataset(torch.utils.data.Dataset):
                 track, a, b = self.segments[i % len(self.segments)]
             start = a + self._crop_offset(b - a, rng)
             try:
-                item = self._try_crop(track, start, rng)
+                item = self._pair_from_activity(track, start, rng)
             except AudioError as e:  # a broken stem: skip and count it, never stop a long run
                 self._skip_bad_stem(track, e)
                 continue
