@@ -61,13 +61,13 @@ def test_all_transpositions_keep_the_instruments_and_move_every_note(tmp_path):
 def test_a_folder_of_datasets_is_read_as_one(tmp_path):
     import shutil
     from conftest import FIXTURE
-    slakh = os.path.join(FIXTURE, "slakh2100_flac_redux")
+    redux = os.path.join(FIXTURE, "slakh2100_flac_redux")
     root = tmp_path / "both"
     root.mkdir()
-    shutil.copytree(slakh, root / "slakh")
+    shutil.copytree(redux, root / "slakh")
     corpus.render_corpus(str(root / "corpus"), folders=["palestrina"], max_works=2, transpositions="1", seconds=2.0,
                          chunks=1, seed=0, workers=1, progress=False)
-    alone = len(slakh.scan_tracks(slakh, "all")[0]) + len(slakh.scan_tracks(str(root / "corpus"), "all")[0])
+    alone = len(slakh.scan_tracks(redux, "all")[0]) + len(slakh.scan_tracks(str(root / "corpus"), "all")[0])
     assert len(slakh.scan_tracks(str(root), "all")[0]) == alone
     shutil.copytree(root / "corpus", root / "again")
     with pytest.raises(data.DatasetError, match="two datasets"):
