@@ -6,7 +6,7 @@ instruments, generate, then listen, look and download (audio in the context's fo
 
 The page is one HTML file with plain JavaScript (static/app.html), served by the standard library's http.server:
 nothing to install beyond the project's requirements. Generation is generate.py's own pipeline
-(checkpoint.load_model, generate.read_context, generate.generate_stems, generate.write_outputs, decode.Sampling),
+(checkpoint.load_model, adding.read_context, adding.generate_stems, adding.write_outputs, decode.Sampling),
 run for one request at a time by a single worker thread; further requests wait in a queue whose place the page
 shows (past MAX_QUEUE waiting, a request is refused with a busy message). Progress comes from the decoding steps.
 
@@ -18,7 +18,6 @@ The server binds to 127.0.0.1 unless --host says otherwise; it has no authentica
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -42,17 +41,18 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-import audio
+from plumbing import audio
 import codec as codec_lib
-import compose
+from songs import compose
 import decode
-import generate
-import stem_midi
+from plumbing import adding
+from plumbing import stem_midi
 import synth
-import transcriber
-from checkpoint import CheckpointError, checkpoint_window_seconds, load_model, pick_device, trained_classes
+from metrics import transcriber
+from plumbing.checkpoint import CheckpointError, checkpoint_window_seconds, load_model, trained_classes
+from plumbing.cli import pick_device
 from decode import Sampling
-from instruments import INSTRUMENTS, instrument_id
+from plumbing.instruments import INSTRUMENTS, instrument_id
 
 DEFAULT_APP_CHECKPOINT = os.path.join("checkpoints", "stemgen-music.pt")  # the shipped checkpoint
 DEFAULT_PORT = 7860
@@ -204,11 +204,6 @@ class Job:
     started: float = 0.0
 
 
-def stems_take_on_step() -> bool:
-    """Whether generate.generate_stems reports each decoding step (its on_step argument)."""
-    return "on_step" in inspect.signature(generate.generate_stems).parameters
-
-
 class Engine:
     """The model, the contexts, and one worker thread running the queued generations in order."""
 
@@ -328,8 +323,8 @@ class Engine:
             raise UserError(f"{name} is {frames / sr:.1f} s long; the limit is {max_seconds:g} s "
                             f"(start the page with --max-seconds to change it).")
         try:
-            x, sr = generate.read_context(path)
-        except generate.GenerateError as e:                      # silent
+            x, sr = adding.read_context(path)
+        except adding.GenerateError as e:                      # silent
             raise UserError(str(e).replace(path, name)) from None
         except audio.AudioError as e:                            # unreadable samples, NaN or inf
             raise UserError(f"{name} is corrupt: {str(e).replace(path, name)}") from None
@@ -393,8 +388,8 @@ class Engine:
         except ValueError as e:
             raise UserError(str(e)) from None
         try:
-            generate.check_trained(instruments, self.trained, self.checkpoint)
-        except generate.GenerateError as e:
+            adding.check_trained(instruments, self.trained, self.checkpoint)
+        except adding.GenerateError as e:
             raise UserError(str(e)) from None
         sampling = self.sampling_from(options)
         seed = options.get("seed")
@@ -468,18 +463,9 @@ class Engine:
         return step
 
     def _stems(self, job: Job, context: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
-        """generate.generate_stems with a progress callback: stems in turn, each added to the context."""
-        on_step = self._on_step(job)
-        args = (self.net, self.tok, context, job.instruments, job.sampling, self.window, self.overlap, generator)
-        if stems_take_on_step():
-            return generate.generate_stems(*args, on_step=on_step)
-        # generate.py before generate_stems took on_step: the same loop, through decode.generate_stem
-        mix, stems = np.asarray(context, dtype=np.float32), []
-        for iid in job.instruments:
-            stems.append(decode.generate_stem(self.net, self.tok, mix, iid, job.sampling, self.window, self.overlap,
-                                              generator, on_step))
-            mix = mix + stems[-1]
-        return stems
+        """adding.generate_stems with a progress callback: stems in turn, each added to the context."""
+        return adding.generate_stems(self.net, self.tok, context, job.instruments, job.sampling, self.window,
+                                     self.overlap, generator, on_step=self._on_step(job))
 
     def _generate(self, job: Job) -> None:
         ctx = job.context
@@ -493,10 +479,10 @@ class Engine:
         self._check_stopping()                   # stopped during the codec's decoding: write nothing
         folder = self.store.folder("take", ctx.folder)   # removed with its context
         base = os.path.join(folder, ctx.name)
-        outs = generate.default_out_paths(base, job.instruments)
-        mix_path = generate.default_mix_path(base, job.instruments)
+        outs = adding.default_out_paths(base, job.instruments)
+        mix_path = adding.default_mix_path(base, job.instruments)
         mix = ctx.x + sum(stems)[None, :]                                            # [C, S]
-        generate.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
+        adding.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
                                lambda msg: None)
         result = {"seed": str(job.seed), "seconds": round(time.time() - job.started, 2), "stems": [], "mix": None}
         for k, (path, stem, iid) in enumerate(zip(outs, stems, job.instruments)):

@@ -3,7 +3,7 @@
     python bench.py train --preset paper --batch 16 --crop-seconds 20      # tokens/s, MFU, peak memory
     python bench.py generate --preset paper --seconds 20                   # time per 20 s stem, RTF
     python bench.py generate --preset tiny --seconds 5 --threads 1         # the demo's 5 s windows on a CPU
-    python bench.py data --data slakh/ --workers 4                        # training items/s, activity map on/off
+    python bench.py data --data slakh/ --workers 4                        # training items/s, activity map build/load
     python bench.py codec --codec FILE|encodec_32khz --data DIR           # round-trip quality (roundtrip.py)
 
 `generate` also compares decoding steps per window as given ("before") with steps scaled to the frames each
@@ -26,18 +26,18 @@ from dataclasses import replace
 import torch
 
 import decode
-import pool
-import roundtrip
-from checkpoint import open_codec
-from cli import USER_ERROR, pick_device
+from plumbing import pool
+from metrics import roundtrip
+from plumbing.checkpoint import open_codec
+from plumbing.cli import USER_ERROR, pick_device
 from codec import ENCODEC_32KHZ_CONFIG, CodecUnavailable, EncodecCodec
 from data import CROP_SECONDS, StemPairDataset
 from guidance import BRANCHES
-from instruments import NULL_INSTRUMENT
+from plumbing.instruments import NULL_INSTRUMENT
 from masking import Objective, masked_loss
 from model import PRESETS, StemGen, autocast, count_parameters
-from perf import device_name, forward_flops, peak_tflops, sync, timed_once, train_flops_per_step
-from spectral import SpectralCodec, SpectralConfig
+from plumbing.perf import device_name, forward_flops, peak_tflops, sync, timed_once, train_flops_per_step
+from plumbing.spectral import SpectralCodec, SpectralConfig
 
 FRAME_RATE = SpectralConfig.frame_rate  # token frames per second; Encodec 32 kHz's strides give the same 50 Hz
 
@@ -276,42 +276,31 @@ def items_per_second(ds, items: int, first: int, batch: int, workers: int) -> fl
 
 
 def bench_data(args):
-    """Training items per second with the activity map (only the chosen stems read) and without (every stem read).
+    """Training items per second (activity maps: only the chosen stems read), round by round on fresh item
+    indices, and the time to scan the folder and build, then load, its activity maps.
 
-    Both datasets are seeded and draw from the same distribution; the rounds alternate between them on fresh
-    item indices, so that neither gains from the other's file reads. The activity cache goes to a temporary
-    folder unless --cache-dir is given, so that the map's build time is measured and the data folder is not written.
+    The activity cache goes to a temporary folder unless --cache-dir is given, so that the map's build time is
+    measured and the data folder is not written.
     """
     if args.cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="stemgen-bench-cache-") as tmp:   # removed afterwards
             return bench_data(argparse.Namespace(**{**vars(args), "cache_dir": tmp}))
-    cache = args.cache_dir
     kw = dict(split=args.split, sample_rate=args.sample_rate, crop_seconds=args.crop_seconds, seed=0,
-              length=10**9, verbose=False, cache_dir=cache)
+              length=10**9, verbose=False, cache_dir=args.cache_dir)
     t = time.perf_counter()
-    new = StemPairDataset(**kw, root=args.data)
+    StemPairDataset(**kw, root=args.data)
     build = time.perf_counter() - t
     t = time.perf_counter()
-    new = StemPairDataset(**kw, root=args.data)
+    ds = StemPairDataset(**kw, root=args.data)
     load = time.perf_counter() - t
-    t = time.perf_counter()
-    old = StemPairDataset(**kw, root=args.data, use_activity=False)
-    scan = time.perf_counter() - t
-    rates = {"old": [], "activity": []}
-    for r in range(args.rounds):
-        for name, ds in (("old", old), ("activity", new)) if r % 2 == 0 else (("activity", new), ("old", old)):
-            first = (2 * r + (name == "activity")) * args.items
-            rates[name].append(items_per_second(ds, args.items, first, args.batch, args.workers))
-    n_stems = [len(t.stems) for t in new.tracks]
-    mean = {k: sum(v) / len(v) for k, v in rates.items()}
-    return {"bench": "data", "data": args.data, "split": args.split, "tracks": len(new.tracks),
+    rates = [items_per_second(ds, args.items, r * args.items, args.batch, args.workers) for r in range(args.rounds)]
+    n_stems = [len(t.stems) for t in ds.tracks]
+    return {"bench": "data", "data": args.data, "split": args.split, "tracks": len(ds.tracks),
             "stems_per_track": round(sum(n_stems) / len(n_stems), 1), "crop_seconds": args.crop_seconds,
             "sample_rate": args.sample_rate, "workers": args.workers, "batch": args.batch, "items": args.items,
             "rounds": args.rounds, "cpu": device_name(torch.device("cpu")),
-            "scan_s": round(scan, 2), "scan_and_map_build_s": round(build, 2), "scan_and_cached_map_s": round(load, 2),
-            "items_per_s_every_stem": [round(x, 2) for x in rates["old"]],
-            "items_per_s_activity": [round(x, 2) for x in rates["activity"]],
-            "speedup": round(mean["activity"] / mean["old"], 2)}
+            "scan_and_map_build_s": round(build, 2), "scan_and_cached_map_s": round(load, 2),
+            "items_per_s": [round(x, 2) for x in rates]}
 
 
 def bench_codec(args) -> dict:
@@ -372,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_data_parser(sub) -> None:
     d = sub.add_parser("data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="training items/s of a Slakh-layout folder, with and without the activity map")
+                       help="training items/s of a Slakh-layout folder, and its activity maps' build and load times")
     common_arguments(d, device=False)
     d.add_argument("--data", required=True, help="Slakh-layout dataset folder (read only)")
     d.add_argument("--split", default="train")

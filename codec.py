@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from audio import check_finite, resample, to_mono
+from plumbing.audio import check_finite, resample, to_mono
 
 ENCODEC_HUB_ID = "facebook/encodec_32khz"
 

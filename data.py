@@ -1,15 +1,7 @@
 """Slakh-layout stem datasets and (context-mix, target-stem) training pairs (Sec. 2 and Sec. 3).
 
-Layout (as Slakh2100 is distributed; our synth.py writes the same):
-
-    ROOT/[train|validation|test/]TrackNNNNN/metadata.yaml     stems: {SNN: {inst_class, program_num, ...}}
-    ROOT/[train|validation|test/]TrackNNNNN/stems/SNN.flac    (or .wav; any rate, any channel count)
-
-Without split folders the tracks are split deterministically by a hash of the track name (80/10/10);
-with them, a track name found in two splits is an error (split leakage). The audio files on disk decide
-which stems exist: `audio_rendered` flags and `audio_dir` values are unreliable in circulating copies.
-Stems or tracks that cannot be used (no audio, no metadata, malformed YAML, no known class,
-unreadable file) are skipped and counted in a one-line summary (`StemPairDataset.summary`).
+Tracks are read from the Slakh layout by plumbing/slakh.py (splits, skipped stems and tracks counted in a
+one-line summary, `StemPairDataset.summary`).
 
 Pairs (Sec. 2, Sec. 3): songs are cut into 1-minute segments; an item is a random 20 s crop of a segment
 in which a random non-empty subset of the sounding stems is summed into the context-mix and one other
@@ -19,31 +11,20 @@ an item decodes the crops of its chosen stems only.
 """
 from __future__ import annotations
 
-import glob
-import hashlib
 import math
 import os
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
 import torch
-import yaml
 
-from activity import activity_maps, crop_may_sound, file_stamp
-from audio import AudioError, audio_info, fit_length, read_audio, resample, to_mono
-from instruments import stem_class
+from plumbing.activity import activity_maps, crop_may_sound, file_stamp
+from plumbing.audio import AudioError, fit_length, read_audio, resample, to_mono
+from plumbing.slakh import DatasetError, Stem, Track, scan_tracks, summarize
 
-SPLITS = ("train", "validation", "test")
-AUDIO_EXTS = (".flac", ".wav")
 CROP_SECONDS = 20.0  # the paper's training crop (Sec. 3); generation's window defaults to it (decode.py)
 DEFAULT_SILENCE_DB = -50.0  # RMS over the whole crop, dBFS; digital silence and faint noise fall below
-
-
-class DatasetError(ValueError):
-    """A user-facing dataset problem (no tracks, no usable pairs, split leakage, bad arguments)."""
 
 
 def pair_count(m: int) -> int:
@@ -68,184 +49,6 @@ def rms_db(x: np.ndarray) -> float:
         return -math.inf
     r = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
     return 20.0 * math.log10(r) if r > 0 else -math.inf
-
-
-# ------------------------------------------------------------------------------------------------ scan
-
-
-@dataclass
-class Stem:
-    name: str  # "S00"
-    path: str
-    instrument: int  # index into instruments.INSTRUMENTS
-    sample_rate: int
-    frames: int
-
-
-@dataclass
-class Track:
-    name: str  # "Track00001"
-    path: str
-    split: str
-    stems: list[Stem] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        """Length of the shortest stem in seconds (Slakh stems of one track have equal length)."""
-        return min(s.frames / s.sample_rate for s in self.stems) if self.stems else 0.0
-
-
-def hash_split(track_name: str) -> str:
-    """Deterministic 80/10/10 split of a track by a hash of its name (for datasets without split folders)."""
-    h = int(hashlib.sha1(track_name.encode()).hexdigest()[:8], 16) % 100
-    return "train" if h < 80 else "validation" if h < 90 else "test"
-
-
-def _track_dirs(root: str) -> list[tuple[str, str]]:
-    """(track_dir, split) pairs under root, using split folders when present; checks split leakage."""
-    if not os.path.isdir(root):
-        raise DatasetError(f"dataset folder not found: {root} (pass the folder that holds TrackNNNNN/ "
-                           "or train/ validation/ test/; `python synth.py --out DIR` makes one)")
-    split_dirs = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
-    out = []
-    parts = [] if split_dirs else sorted(  # a folder of datasets (the built-in data: composed songs + real works)
-        os.path.join(root, d) for d in os.listdir(root)
-        if not d.startswith(".") and any(os.path.isdir(os.path.join(root, d, s)) for s in SPLITS))
-    if parts:
-        out = [t for p in parts for t in _track_dirs(p)]
-        names = Counter(os.path.basename(d) for d, _ in out)
-        twice = [n for n, c in names.items() if c > 1]
-        if twice:
-            raise DatasetError(f"track {twice[0]} appears in two datasets under {root}; rename one")
-    elif split_dirs:
-        seen: dict[str, str] = {}
-        for s in split_dirs:
-            for name in sorted(os.listdir(os.path.join(root, s))):
-                d = os.path.join(root, s, name)
-                if not os.path.isdir(d):
-                    continue
-                if name in seen:
-                    raise DatasetError(f"split leakage: track {name} is in both {seen[name]}/ and {s}/ of "
-                                       f"{root}; remove one copy (the Slakh 'redux' splits have none)")
-                seen[name] = s
-                out.append((d, s))
-    else:
-        for name in sorted(os.listdir(root)):
-            d = os.path.join(root, name)
-            if os.path.isdir(d) and not name.startswith("."):
-                out.append((d, hash_split(name)))
-    return out
-
-
-def _read_track(track_dir: str, split: str, skips: Counter) -> Track | None:
-    """Parse one track's metadata.yaml and match it with the stem audio on disk; count what is skipped."""
-    meta_path = os.path.join(track_dir, "metadata.yaml")
-    if not os.path.isfile(meta_path):
-        skips["track without metadata.yaml"] += 1
-        return None
-    try:
-        with open(meta_path) as f:
-            meta = yaml.safe_load(f)
-        stems_meta = meta["stems"]
-        if not isinstance(stems_meta, dict):
-            raise TypeError("'stems' is not a mapping")
-    except Exception:
-        skips["track with malformed metadata.yaml"] += 1
-        return None
-    track = Track(os.path.basename(track_dir), track_dir, split)
-    stem_dir = os.path.join(track_dir, "stems")  # audio_dir in the metadata is unreliable; disk decides
-    for name in sorted(stems_meta):
-        info = stems_meta[name] if isinstance(stems_meta[name], dict) else {}
-        path = next((os.path.join(stem_dir, name + e) for e in AUDIO_EXTS
-                     if os.path.isfile(os.path.join(stem_dir, name + e))), None)
-        if path is None:
-            skips["stem without audio"] += 1
-            continue
-        inst = stem_class(info)
-        if inst is None:
-            skips["stem without a known class (program_num, inst_class)"] += 1
-            continue
-        try:
-            sr, frames, _ = audio_info(path)
-        except AudioError:
-            skips["unreadable stem"] += 1
-            continue
-        if frames == 0:
-            skips["empty stem"] += 1
-            continue
-        track.stems.append(Stem(str(name), path, inst, sr, frames))
-    return track
-
-
-def scan_tracks(root: str, split: str = "all") -> tuple[list[Track], Counter]:
-    """All tracks of one split ("train", "validation", "test" or "all") and a Counter of what was skipped."""
-    if split not in SPLITS + ("all",):
-        raise DatasetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
-    skips: Counter = Counter()
-    tracks = []
-    for d, s in _track_dirs(root):
-        if split != "all" and s != split:
-            continue
-        t = _read_track(d, s, skips)
-        if t is None:
-            continue
-        if len(t.stems) < 2:
-            skips["track with fewer than 2 stems"] += 1
-            continue
-        tracks.append(t)
-    return tracks, skips
-
-
-def summarize(tracks: list[Track], skips: Counter, split: str) -> str:
-    """One line: tracks and stems used, and each kind of skip with its count."""
-    n_stems = sum(len(t.stems) for t in tracks)
-    line = f"{split}: {len(tracks)} tracks, {n_stems} stems"
-    if skips:
-        line += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(skips.items()))
-    return line
-
-
-def find_tracks(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
-    """Audio files of a Slakh-layout folder grouped by track: [[stems/S00.flac, ..., mix.flac], ...].
-
-    Tracks and their splits come from scan_tracks (split folders, or the hash split without them), so
-    the codec is fitted (spectral.py) on the same training tracks the model sees and measured (codec.py
-    measure) on held-out ones. Folders without metadata.yaml fall back to audio_files_by_track.
-    """
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data folder not found: {data_dir}")
-    tracks = []
-    for split in splits:
-        try:
-            found, _ = scan_tracks(data_dir, split)
-        except DatasetError:
-            found = []
-        for t in found:
-            mix = [p for p in glob.glob(os.path.join(t.path, "mix.*")) if p.lower().endswith(AUDIO_EXTS)]
-            tracks.append([s.path for s in t.stems] + sorted(mix)[:1])
-    return tracks or audio_files_by_track(data_dir, splits)
-
-
-def audio_files_by_track(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
-    """Audio files of a folder without metadata, grouped by track folder (stems/ and mix.*), else one per file."""
-    present = [s for s in SPLITS if os.path.isdir(os.path.join(data_dir, s))]
-    roots = [os.path.join(data_dir, s) for s in splits if s in present] if present else [data_dir]
-    files = sorted(p for r in roots for p in glob.glob(os.path.join(r, "**", "*"), recursive=True)
-                   if p.lower().endswith(AUDIO_EXTS) and os.path.isfile(p))
-    tracks: dict[str, list[str]] = {}
-    for p in files:
-        parent = os.path.dirname(p)
-        if os.path.basename(parent) == "stems":
-            tracks.setdefault(os.path.dirname(parent), []).append(p)
-        elif os.path.basename(p).lower().startswith("mix") and os.path.isdir(os.path.join(parent, "stems")):
-            tracks.setdefault(parent, []).append(p)
-        else:
-            tracks.setdefault(p, []).append(p)
-    if not tracks:
-        where = f"the {'/'.join(splits)} split of " if present else ""
-        raise FileNotFoundError(f"no .flac/.wav audio found under {where}{data_dir} "
-                                "(expected TrackNNNNN/stems/SNN.flac, optionally under train/ validation/ test/)")
-    return list(tracks.values())
 
 
 # ---------------------------------------------------------------------------------------------- pairs
@@ -322,9 +125,6 @@ class StemPairDataset(torch.utils.data.Dataset):
         max_tries: crops drawn per item before giving up with DatasetError (never an endless loop).
         check: draw one item at construction so that a dataset with no usable pair fails at once.
         verbose: print the one-line summary of used and skipped tracks/stems to stderr.
-        use_activity: find the sounding stems of a crop from per-second activity maps (activity.py, cached)
-            and read only the stems of the chosen pair. False reads every stem of every crop (the older
-            path, kept for bench.py data); both draw pairs from the same distribution, not the same pairs.
         cache_dir: folder for the activity cache (default: ROOT/.stemgen-cache, else the user's cache).
         start_grid: with a value (seconds), crops start at multiples of it from their segment's start, so
             that a (stem, start) recurs and its target tokens can be cached (pool.TokenCache); None: anywhere.
@@ -335,7 +135,7 @@ class StemPairDataset(torch.utils.data.Dataset):
     def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = CROP_SECONDS,
                  segment_seconds: float = 60.0, silence_db: float = DEFAULT_SILENCE_DB, seed: int | None = None,
                  length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True,
-                 use_activity: bool = True, cache_dir: str | None = None, start_grid: float | None = None,
+                 cache_dir: str | None = None, start_grid: float | None = None,
                  target_keys: bool = False):
         if crop_seconds <= 0 or segment_seconds <= 0 or sample_rate <= 0:
             raise DatasetError("crop_seconds, segment_seconds and sample_rate must be positive")
@@ -362,8 +162,8 @@ class StemPairDataset(torch.utils.data.Dataset):
                 self.segment_song.append(song)
         self.length = len(self.segments) if length is None else int(length)
         self._draws = 0
-        self.activity = (activity_maps(root, [s for t in self.tracks for s in t.stems], cache_dir, progress=verbose)
-                         if use_activity else None)   # {stem path: mean square per second}
+        # {stem path: mean square per second}: which stems may sound in a crop, known before reading it
+        self.activity = activity_maps(root, [s for t in self.tracks for s in t.stems], cache_dir, progress=verbose)
         if check:
             self._draw(0, np.random.default_rng([0 if seed is None else seed, 2**32]), any_segment=True)
 
@@ -376,15 +176,9 @@ class StemPairDataset(torch.utils.data.Dataset):
         self._draws += 1
         return np.random.default_rng([torch.initial_seed() % 2**63, i, self._draws])
 
-    def _try_crop(self, track: Track, start: float, rng: np.random.Generator):
-        """One crop: (context, target, instrument) or None when it is unusable."""
-        if self.activity is not None:
-            return self._pair_from_activity(track, start, rng)
-        return self._pair_from_crops(track, [read_crop(s, start, self.crop_seconds) for s in track.stems], rng)
-
     def _may_sound(self, stem: Stem, start: int, n: int) -> bool:
         """False when the activity map shows the stem silent over file frames [start, start + n)."""
-        ms = self.activity.get(stem.path) if self.activity is not None else None
+        ms = self.activity.get(stem.path)
         return ms is None or crop_may_sound(ms, stem.sample_rate, stem.frames, start, n, self.silence_db)
 
     def _pair_from_activity(self, track: Track, start: float, rng: np.random.Generator):
@@ -500,7 +294,7 @@ class StemPairDataset(torch.utils.data.Dataset):
                 track, a, b = self.segments[i % len(self.segments)]
             start = a + self._crop_offset(b - a, rng)
             try:
-                item = self._try_crop(track, start, rng)
+                item = self._pair_from_activity(track, start, rng)
             except AudioError as e:  # a broken stem: skip and count it, never stop a long run
                 self._skip_bad_stem(track, e)
                 continue

@@ -36,19 +36,14 @@ import scipy
 import torch
 from tqdm import tqdm
 
-import audio
-import checkpoint
 import codec as codec_lib
 import data
 import decode
-import fad
-import listening
-import mir
-import musicality
-import pool
-import transcriber
-from cli import USER_ERROR, pick_device
-from instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
+from metrics import fad, listening, mir, musicality, transcriber
+from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
+from plumbing import audio, checkpoint, pool
+from plumbing.cli import USER_ERROR, pick_device
+from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 
 
@@ -69,15 +64,29 @@ def draw_examples(data_root: str, split: str, n: int, seconds: float, sample_rat
         raise EvaluateError(f"--data {data_root} --split {split}: {e}") from None
 
 
-def generate_population(net, tok, examples, sampling, seed: int, window_seconds: float | None = None,
-                        progress: bool = False, desc: str = "generate") -> list[np.ndarray]:
-    """The model's stem for every example; example i always uses the seed (seed, i), whatever the sampling."""
+PROTOCOL_BATCH = 1    # the protocol's examples one at a time: each is seeded with (seed, its index)
+LISTENING_BATCH = 16  # the listening report's equal-length pitched examples, decoded together
+
+
+def generate_stems(net, tok, contexts: list[np.ndarray], instruments: list[int], sampling, seed: int,
+                   window_seconds: float | None = None, batch: int = PROTOCOL_BATCH, progress: bool = False,
+                   desc: str = "generate") -> list[np.ndarray]:
+    """The model's stem for every equal-length context, `batch` examples decoded together
+    (decode.generate_stem_batch). The one seeding rule: the batch that starts at example j is seeded with
+    (seed, j), whatever the sampling, so that every setting of a sweep sees the same seeds; with batch 1,
+    example i is seeded with (seed, i)."""
     device = next(net.parameters()).device
     window, overlap = decode.window_frames(tok.frame_rate, net.cfg.max_len, window_seconds)
+    plan = decode.plan_windows(math.ceil(len(contexts[0]) * tok.frame_rate / tok.sample_rate), window, overlap)
     out = []
-    for i, (context, _, instrument) in enumerate(tqdm(examples, desc=desc, unit="ex", disable=not progress)):
-        g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-        out.append(decode.generate_stem(net, tok, context, int(instrument), sampling, window, overlap, generator=g))
+    with tqdm(total=len(contexts) * decode.planned_steps(sampling, plan), desc=desc, unit="step",
+              disable=not progress) as bar:
+        for j in range(0, len(contexts), batch):
+            g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
+            b = len(contexts[j:j + batch])
+            out += list(decode.generate_stem_batch(net, tok, np.stack(contexts[j:j + batch]),
+                                                   [int(k) for k in instruments[j:j + batch]], sampling, window,
+                                                   overlap, g, lambda n: bar.update(n * b)))
     return out
 
 
@@ -125,24 +134,6 @@ def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_
     return out
 
 
-def generate_batched(net, tok, contexts: list[np.ndarray], instruments: list[int], sampling, seed: int,
-                     window_seconds: float | None = None, batch: int = 16, progress: bool = False) -> list[np.ndarray]:
-    """Stems for equal-length contexts, `batch` examples decoded together (decode.generate_stem_batch); batch j
-    is seeded with (seed, j)."""
-    device = next(net.parameters()).device
-    window, overlap = decode.window_frames(tok.frame_rate, net.cfg.max_len, window_seconds)
-    plan = decode.plan_windows(math.ceil(len(contexts[0]) * tok.frame_rate / tok.sample_rate), window, overlap)
-    out = []
-    with tqdm(total=len(contexts) * decode.planned_steps(sampling, plan), desc="generate pitched stems",
-              unit="step", disable=not progress) as bar:
-        for j in range(0, len(contexts), batch):
-            g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
-            b = len(contexts[j:j + batch])
-            out += list(decode.generate_stem_batch(net, tok, np.stack(contexts[j:j + batch]), instruments[j:j + batch],
-                                                   sampling, window, overlap, g, lambda n: bar.update(n * b)))
-    return out
-
-
 def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None) -> dict:
     """The token-level report on held-out pairs, the paired chroma check and the notes-vs-noise table on
     generated pitched stems; with args.transposition the transposition test, with args.plot OUT/listening.png."""
@@ -154,8 +145,8 @@ def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None
                                **({"steps": tuple(args.steps)} if args.steps else {}))
 
     def generate(contexts, instruments):
-        return generate_batched(net, tok, contexts, instruments, sampling, args.seed, window_seconds=seconds,
-                                progress=progress)
+        return generate_stems(net, tok, contexts, instruments, sampling, args.seed, seconds, LISTENING_BATCH,
+                              progress, "generate pitched stems")
 
     contexts, reals = [e[0] for e in examples], [e[1] for e in examples]
     instruments, songs = [e[2] for e in examples], [e[3] for e in examples]
@@ -185,7 +176,6 @@ def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None
     return report
 
 
-CHROMA_ROWS = ("generated", "real stems", "real stems, codec round trip")
 REFERENCE = "real stems"
 PLOT_FILE = "listening.png"
 
@@ -202,70 +192,6 @@ def notes_vs_noise(populations: dict, songs: list, sample_rate: int, seed: int, 
     return {"harmonic_share": musicality.harmonic_shares(populations, songs, sample_rate, seed),
             "fad_against_real": distances, "embedding": fad.embedding_record(embedding),
             "harmonic_band_hz": list(musicality.HARMONIC_BAND), "hpss_margin": musicality.HPSS_MARGIN}
-
-
-def listening_markdown(report: dict) -> str:
-    """The listening report as Markdown: the NLL table, the verdict, the chroma table, the notes-vs-noise table
-    and, when run, the transposition table."""
-    lines = ["| level 0, whole target masked | NLL (nats) | top-1 acc |", "| --- | --- | --- |"]
-    lines += [f"| {k.replace('_', ' ')} | {v['nll']:.3f} | {v['acc']:.3f} |" for k, v in report["conditions"].items()]
-    lines += [f"| gain {k.replace('_', ' ')} | {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}] | |"
-              for k, g in report["gains"].items()]
-    lines += ["", report["verdict"]]
-    if report.get("other_song_fallbacks"):
-        lines.append(f"({report['other_song_fallbacks']} pairs took another song's context holding their target's "
-                     "class: no other song's context lacked it)")
-    chroma = report["chroma"]
-    lines += ["", f"Chroma agreement of {chroma['n']} pitched stems with their own context and with another song's "
-              "(paired gain, 95 % bootstrap interval over songs):", "",
-              "| stems | measure | own context | other song's | gain |", "| --- | --- | --- | --- | --- |"]
-    for who in CHROMA_ROWS:
-        for m in listening.CHROMA_MEASURES:
-            r = chroma[who][m]
-            lines.append(f"| {who} | {m} | {r['own']:.3f} | {r['other']:.3f} | {r['gain']:.3f} "
-                         f"[{r['lo']:.3f}, {r['hi']:.3f}] |")
-    if chroma[CHROMA_ROWS[0]].get("other_song_fallbacks"):
-        lines.append(f"\n({chroma[CHROMA_ROWS[0]]['other_song_fallbacks']} stems took another song's context "
-                     "holding their class: none lacked it)")
-    lines += notes_markdown(report["notes"])
-    for r in report.get("transposition", {}).values():
-        lines += transposition_markdown(r)
-    if report.get("plot"):
-        lines += ["", f"Spectrograms of a few examples: {report['plot']}"]
-    return "\n".join(lines) + "\n"
-
-
-def notes_markdown(notes: dict) -> list[str]:
-    """The notes-vs-noise table: harmonic share of each population, FAD of each against the real stems."""
-    e = notes["embedding"]
-    lo, hi = notes["harmonic_band_hz"]
-    fad_head = "FAD vs real stems" + ("" if e["comparable_with_published_fad"] else f" ({e['name']}, not comparable)")
-    lines = ["", f"Notes or noise: harmonic share (energy {lo:g}-{hi:g} Hz that HPSS with margin "
-                 f"{notes['hpss_margin']:g} calls harmonic; 95 % song-bootstrap interval) and FAD against the real "
-                 "stems:", "", f"| stems | harmonic share | {fad_head} |", "| --- | --- | --- |"]
-    for name, h in notes["harmonic_share"].items():
-        distance = notes["fad_against_real"].get(name)
-        lines.append(f"| {name} | {h['mean']:.3f} [{h['lo']:.3f}, {h['hi']:.3f}] | "
-                     f"{'-' if distance is None else f'{distance:.3f}'} |")
-    return lines
-
-
-def transposition_markdown(r: dict) -> list[str]:
-    """One class's transposition test: generated and real parts' scores and right-shift counts."""
-    lines = ["", f"Transposition test, {r['instrument']}: {r['n']} contexts from {r['pieces']} "
-                 f"piece{'s' if r['pieces'] != 1 else ''} "
-                 f"({r['transpositions']} piece-transpositions); score = chroma correlation with the context at the "
-                 "right shift minus the mean over the 11 wrong ones (0: ignores the key; 95 % piece-bootstrap "
-                 "interval):", "", "| part | score | right shift best |", "| --- | --- | --- |"]
-    for who, label in (("generated", "generated"), ("real", "real part (ceiling)")):
-        x = r[who]
-        lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
-                     f"{x['n']} |")
-    if r["pieces"] < 2:
-        lines.append("\n(one piece only: its interval, from resampling pieces, says nothing)")
-    if r["skipped"]:
-        lines.append("\n(skipped tracks: " + ", ".join(f"{n} {k}" for k, n in sorted(r["skipped"].items())) + ")")
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,33 +254,6 @@ def versions() -> dict:
     except (OSError, subprocess.SubprocessError):
         out["stemgen_commit"] = None
     return out
-
-
-TITLES = {"none": "Objective metrics", "guidance": "Tab. 1: guidance scales",
-          "causal-bias": "Tab. 2: causal-bias weight w_s", "best-vs-naive": "Tab. 3: best vs naive sampling"}
-
-
-def markdown_table(result: dict) -> str:
-    """The result as Markdown: provenance lines, the paper-style table, and the per-setting rows."""
-    e = result["embedding"]
-    lines = [f"# {TITLES[result['sweep']]}", "",
-             f"- FAD embedding: {e['name']} at {e['sample_rate']} Hz ({e['note']})",
-             f"- MIRDD: {result['mirdd']['note']}",
-             f"- {result['protocol']['n']} examples from split '{result['protocol']['split']}' of "
-             f"{result['protocol']['data']}, {result['protocol']['seconds']:g} s each, seed {result['protocol']['seed']}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), ""]
-    fad_head = "FAD" if e["comparable_with_published_fad"] else f"FAD ({e['name']}, not comparable)"
-    lines += [f"| setting | {fad_head} | MIRDD |", "| --- | ---: | ---: |"]
-    lines += [f"| {g['group']} | {g['fad']:.3f} | {g['mirdd']:.3f} |" for g in result["table"]]
-    if len(result["rows"]) > len(result["table"]):
-        lines += ["", "Every setting:", "", f"| setting | {fad_head} | MIRDD |", "| --- | ---: | ---: |"]
-        lines += [f"| {r['label']} | {r['fad']:.3f} | {r['mirdd']:.3f} |" for r in result["rows"]]
-    names = list(mir.DESCRIPTORS)
-    lines += ["", "MIRDD per descriptor (KL):", "", "| setting | " + " | ".join(names) + " |",
-              "| --- |" + " ---: |" * len(names)]
-    lines += [f"| {r['label']} | " + " | ".join(f"{r['mirdd_per_descriptor'][n]:.3f}" for n in names) + " |"
-              for r in result["rows"]]
-    return "\n".join(lines) + "\n"
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -440,7 +339,8 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise EvaluateError(f"{flag} {text!r}: give comma-separated numbers, e.g. 2,3,4") from None
 
 
-def run(args) -> dict:
+def check_run(args) -> tuple[str, str]:
+    """Refuse bad flags and existing outputs before any work; returns the (JSON, Markdown) output paths."""
     if args.n < 2:
         raise EvaluateError("--n must be at least 2 (FAD fits a Gaussian to each population)")
     json_path, md_path = output_paths(args.out, args.sweep, args.listening)
@@ -457,6 +357,11 @@ def run(args) -> dict:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")
     if not args.listening:
         transcriber.check_transcriber()  # before hours of generation, not after
+    return json_path, md_path
+
+
+def run(args) -> dict:
+    json_path, md_path = check_run(args)
     embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu", framing=args.fad_framing)
     device = pick_device(args.device)
     if isinstance(embedding, fad.VGGishEmbedding):
@@ -477,20 +382,29 @@ def run(args) -> dict:
                   "protocol": {"data": os.path.abspath(args.data), "split": args.split, "seconds": seconds,
                                "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint),
                                "step": ckpt.get("step")}, "versions": versions()}
-        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
-        write_text_atomic(md_path, listening_markdown(result["listening"]))
-        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-        return result
+        markdown = listening_markdown(result["listening"])
+    else:
+        result = run_protocol(args, settings, net, tok, ckpt, seconds, embedding, progress)
+        markdown = markdown_table(result)
+    write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(md_path, markdown)
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return result
 
+
+def run_protocol(args, settings: list, net, tok, ckpt: dict, seconds: float, embedding, progress: bool) -> dict:
+    """The protocol (Sec. 3.2) under every sampling setting of the sweep: one row per setting, the paper-style
+    table of group means, and what the scores were made with."""
     examples = draw_examples(args.data, args.split, args.n, seconds, tok.sample_rate, args.seed)
     reference = Reference(examples, tok.sample_rate, embedding, progress)
     rows = []
     for group, label, sampling in tqdm(settings, desc="settings", unit="set", disable=not progress or len(settings) == 1):
-        stems = generate_population(net, tok, examples, sampling, args.seed, checkpoint.checkpoint_window_seconds(ckpt),
-                                    progress, f"generate {label}")
+        stems = generate_stems(net, tok, [c for c, _, _ in examples], [k for _, _, k in examples], sampling,
+                               args.seed, checkpoint.checkpoint_window_seconds(ckpt), PROTOCOL_BATCH, progress,
+                               f"generate {label}")
         rows.append({"group": group, "label": label, "sampling": asdict(sampling),
                      **reference.score(stems, args.kl_smoothing, progress)})
-    result = {
+    return {
         "sweep": args.sweep,
         "protocol": {"data": os.path.abspath(args.data), "split": args.split, "n": args.n, "seconds": seconds,
                      "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint), "step": ckpt.get("step"),
@@ -506,10 +420,6 @@ def run(args) -> dict:
         "table": group_rows(rows),
         "rows": rows,
     }
-    write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
-    write_text_atomic(md_path, markdown_table(result))
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from instruments import N_INSTRUMENTS
+from plumbing.instruments import N_INSTRUMENTS
 
 
 @dataclass

@@ -24,29 +24,31 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from tqdm import tqdm
 
 import codec as codec_lib
-import corpus
 import data
-import listening
-import pool
-import spectral
-import synth
-from cli import USER_ERROR, pick_device
-from distributed import finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all, sum_over_processes
-from checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, load_codec, make_checkpoint, open_codec,
-                        save_checkpoint, shipped)
-from instruments import INSTRUMENTS, NULL_INSTRUMENT
-from masking import Objective, mask_target, masked_loss
+from codec import Codec
+from masking import Objective, masked_loss
+from metrics import listening
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
-from spectral import SpectralConfig
+from plumbing import pool, validation
+from plumbing.checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint,
+                                 shipped, training_codec)
+from plumbing.cli import USER_ERROR, pick_device
+from plumbing.distributed import (finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all,
+                                  sum_over_processes, wrap_model)
+from plumbing.instruments import INSTRUMENTS, NULL_INSTRUMENT
+from plumbing.spectral import SpectralConfig
+from songs import demo
+from songs.demo import DEMO_DATA
+from songs.synth import SynthError
 
 DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
-DEMO_DATA = os.path.join("data", "demo")  # composed/ (synth.DEMO_SONGS) and corpus/ (corpus.DEMO_WORKS), made on first use
 BEST = "best.pt"  # beside ckpt.pt: the weights with the lowest validation NLL
 MAX_NONFINITE_IN_A_ROW = 10
 
@@ -116,6 +118,12 @@ def recipe_values(name: str) -> dict:
     return {**{k: v for k, v in asdict(r).items() if k != "objective"}, **asdict(r.objective)}
 
 
+def recipe_of(args) -> Recipe:
+    """The Recipe a run's resolved arguments hold (resolve_args has filled every knob)."""
+    return Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe) if f.name != "objective"},
+                  objective=args.objective)
+
+
 def knob_fields():
     """(field, its dataclass) for every recipe knob: Recipe's own, then the objective's."""
     return [f for f in fields(Recipe) if f.name != "objective"] + list(fields(Objective))
@@ -142,60 +150,12 @@ def tri_stage_lr(step: int, warmup: int, hold: int, decay: int, final_frac: floa
 
 
 def prepare_data(args) -> None:
-    """The demo's data is made on first use: composed songs (synth.demo_dataset) and real works
-    (corpus.demo_corpus), side by side in one folder of datasets; other data must exist."""
+    """The demo's data is made on first use (songs/demo.py: composed songs and real works, side by side in one
+    folder of datasets); other data must exist."""
     if args.demo and args.data == DEMO_DATA and (is_main() or os.path.isdir(args.data)):
-        synth.demo_dataset(os.path.join(args.data, "composed"), args.seed, progress=not args.no_progress)
-        corpus.demo_corpus(os.path.join(args.data, "corpus"), args.seed, progress=not args.no_progress)
+        demo.demo_data(args.data, args.seed, progress=not args.no_progress)
     if not os.path.isdir(args.data):
         raise TrainError(f"dataset folder not found: {args.data}")
-
-
-def prepare_codec(args, device, resume: dict | None = None):
-    """The paper's Encodec, or the offline spectral codec (fitted on the training data if not there yet).
-
-    A resumed run uses the codec stored in its checkpoint.
-    """
-    if resume is not None:
-        return load_codec(resume["codec_spec"], device=device, weights=args.codec_weights)
-    if args.codec == "spectral":
-        path = args.codec_file or os.path.join(args.data, "spectral_codec.pt")
-        if not os.path.isfile(path):
-            if not is_main():
-                raise TrainError(f"fit the spectral codec first: python spectral.py fit --data {args.data} --out {path}")
-            print(f"fitting the offline spectral codec on {args.data} -> {path}", file=sys.stderr)
-            spectral.fit_spectral(args.data, path, bins=args.codec_bins, seed=args.seed,
-                                  progress=not args.no_progress)
-        return open_codec("spectral", path, device)
-    return open_codec(args.codec, args.codec_weights, device)
-
-
-def build_validation(codec, args) -> dict:
-    """Fixed held-out pairs (tokens kept on the CPU) and one fixed mask per level for the accuracy table."""
-    val = pool.split_pool(codec, args.data, "validation", args.crop_seconds, args.val_pairs, 10_000 + args.seed,
-                          not args.no_progress, "validation pairs")
-    if len(torch.unique(val["song"])) < 2:
-        raise TrainError(f"the validation split of {args.data} gives pairs from one song only; the listening "
-                         "report compares songs, so it needs at least two (add tracks to validation/)")
-    g = torch.Generator().manual_seed(args.seed)
-    tgt = val["target"].long()
-    val["masks"] = [mask_target(tgt, codec.bins, g, level=torch.full_like(val["instrument"], q))[:2]
-                    for q in range(codec.n_q)]
-    return val
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def report_best(model, val: dict, batch: int, frame_rate: float, best_path: str, out: str, step: int) -> dict:
-    """Score the weights with the lowest validation NLL (what generate.py is pointed at), print and log it."""
-    if os.path.isfile(best_path):
-        model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device)["model"])
-    report = listening.full_report(model, val, batch, frame_rate, NULL_INSTRUMENT)
-    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps({"kind": "final", "step": step, **report}) + "\n")
-    print(listening.format_report(report), file=sys.stderr)
-    return report
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -251,26 +211,28 @@ def build_model(args, codec, device, resume: dict | None):
     return model, cfg, opt, sched, state
 
 
-def split_batch(batch: int, micro_batch: int, world: int) -> tuple[int, int]:
-    """(micro, accum): the largest micro-batch up to --micro-batch that divides this process's share."""
-    if batch % world:
-        raise TrainError(f"--batch {batch} is not a multiple of the {world} processes")
-    per_rank = batch // world
-    micro = max(d for d in range(1, min(micro_batch, per_rank) + 1) if per_rank % d == 0)
-    return micro, per_rank // micro
+@dataclass
+class Learner:
+    """What an optimizer step changes: the model, what the loop calls (compiled, DDP-wrapped), AdamW and its
+    schedule."""
+    model: StemGen
+    fwd: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
 
 
-def optimizer_step(fwd, model, opt, sched, micro_batches, args, state: RunState, rank: int, world: int, device) -> float:
+def optimizer_step(learner: Learner, micro_batches, recipe: Recipe, state: RunState, rank: int, device) -> float:
     """One optimizer step over accumulated micro-batches; a non-finite loss skips it (10 in a row stop the run)."""
+    model, opt, sched = learner.model, learner.opt, learner.sched
     opt.zero_grad(set_to_none=True)
     loss_sum, accum = 0.0, len(micro_batches)
     g = torch.Generator(device=device)
     for j, (ctx, tgt, inst) in enumerate(micro_batches):
         # masks and dropout of micro-batch j are a function of (seed, step, its global index), so a resumed
         # run, and N processes versus N-fold accumulation, draw the same ones
-        g.manual_seed((args.seed * 1_000_003 + state.step) * 4096 + rank * accum + j)
+        g.manual_seed((recipe.seed * 1_000_003 + state.step) * 4096 + rank * accum + j)
         with autocast(device):
-            loss = masked_loss(fwd, ctx.to(device), tgt.to(device), inst.to(device), args.objective,
+            loss = masked_loss(learner.fwd, ctx.to(device), tgt.to(device), inst.to(device), recipe.objective,
                                NULL_INSTRUMENT, g)
         (loss / accum).backward()
         loss_sum += loss.detach() / accum
@@ -301,93 +263,85 @@ def count_classes(state: RunState, instruments: list[torch.Tensor], device) -> N
     state.class_counts = [a + int(b) for a, b in zip(state.class_counts, step)]
 
 
-def wrap_model(model, compile: bool, world: int, device):
-    """What the loop calls: the model, compiled (--compile) and wrapped for DDP when there are processes."""
-    fwd = torch.compile(model) if compile else model
-    if world > 1:
-        fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
-    return fwd
-
-
-def log_step(bar, metrics, loss: float, state: RunState, lr: float, tokens_per_s: float) -> None:
-    """The progress bar's figures and the step's row in metrics.jsonl."""
-    bar.set_postfix(loss=f"{loss:.3f}", val_nll=f"{state.best:.3f}" if state.best < math.inf else "-",
-                    lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
-    metrics.write(json.dumps({"kind": "train", "step": state.step, "loss": loss, "lr": lr, "time": time.time()}) + "\n")
-
-
-def training_batches(codec, args, device, step: int, rank: int, world: int):
-    """The micro-batches of every step from `step` on: from a pool tokenised once (--pool-pairs) or on the fly;
-    with the micro-batch size and the target-token cache (None when off)."""
-    micro, accum = split_batch(args.batch, args.micro_batch, world)
-    if args.pool_pairs:
-        train_pool = pool.split_pool(codec, args.data, "train", args.crop_seconds, args.pool_pairs, args.seed,
-                                     not args.no_progress and is_main(), "training pairs", is_main())
-        return pool.pool_batches(train_pool, args.batch, args.seed, step, rank, accum, micro), micro, None
-    cache = pool.TokenCache(int(args.token_cache_gb * 1e9), args.encode_dtype) if args.token_cache_gb > 0 else None
-    return pool.loader_batches(codec, args.data, args.crop_seconds, args.batch, args.seed, args.workers, device,
-                               step, rank, accum, micro, is_main(), cache, args.crop_grid or None,
-                               args.encode_dtype), micro, cache
-
-
-def log_validation(model, val, micro, state: RunState, metrics) -> bool:
-    """Validate, append the row to metrics.jsonl, and say whether this is the lowest NLL so far."""
-    v = listening.validation_scores(model, val, micro, NULL_INSTRUMENT)
-    metrics.write(json.dumps({"kind": "val", "step": state.step, **v}) + "\n")
-    metrics.flush()
-    if v["nll"] < state.best:
-        state.best, state.best_step = v["nll"], state.step
-        return True
-    return False
-
-
 # ----------------------------------------------------------------------------------------------- train
 
 
-def train(args, resume: dict | None = None) -> dict:
-    # set-up: processes, data, codec, model, optimizer and schedule, batches, validation pairs
+@dataclass
+class Run:
+    """A run set up: where it computes and writes, its codec and model, its step supply and validation pairs."""
+    device: torch.device
+    world: int
+    codec: Codec
+    cfg: ModelConfig
+    learner: Learner
+    state: RunState
+    shard: pool.Shard
+    batches: Iterator
+    token_cache: pool.TokenCache | None
+    val: dict | None
+    ckpt_path: str        # the latest state, for --resume
+    best_path: str        # the lowest validation NLL
+
+    def save(self, path: str, args) -> None:
+        save_checkpoint(path, make_checkpoint(self.learner.model, self.codec, self.learner.opt, self.learner.sched,
+                                              asdict(self.state), args))
+
+
+def set_up(args, resume: dict | None) -> Run:
+    """Processes, data, codec, model, optimizer and schedule, batches, validation pairs."""
     rank, world, device = setup_distributed()
     device = device if args.device == "auto" else pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    ckpt_path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))   # the latest state, for --resume
-    best_path = os.path.join(args.out, BEST)                                     # the lowest validation NLL
+    ckpt_path = os.path.join(args.out, os.path.basename(DEFAULT_CHECKPOINT))
     if resume is None and os.path.isfile(ckpt_path) and is_main():
         raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
     if is_main():
         os.makedirs(args.out, exist_ok=True)
     prepare_data(args)
-    codec = prepare_codec(args, device, resume)
+    codec = training_codec(recipe_of(args), args.data, device, args.codec_file, args.codec_weights,
+                           not args.no_progress, None if resume is None else resume["codec_spec"])
     model, cfg, opt, sched, state = build_model(args, codec, device, resume)
-    fwd = wrap_model(model, args.compile, world, device)
-    batches, micro, token_cache = training_batches(codec, args, device, state.step, rank, world)
-    val = build_validation(codec, args) if is_main() else None
+    learner = Learner(model, wrap_model(model, args.compile, world, device), opt, sched)
+    micro, accum = pool.split_batch(args.batch, args.micro_batch, world)
+    shard = pool.Shard(state.step, rank, accum, micro)
+    batches, token_cache = pool.training_batches(codec, recipe_of(args), args.data, shard, device,
+                                                 not args.no_progress)
+    val = (validation.validation_pairs(codec, recipe_of(args), args.data, not args.no_progress) if is_main()
+           else None)
     if is_main():
         print(f"model: {args.preset} preset, {count_parameters(model) / 1e6:.1f} M parameters; codec "
               f"{codec.spec()['name']} ({cfg.n_q} x {cfg.bins}); device {device}; batch {args.batch} "
               f"({world} processes x {micro} per forward pass); crop {args.crop_seconds} s", file=sys.stderr)
+    return Run(device, world, codec, cfg, learner, state, shard, batches, token_cache, val, ckpt_path,
+               os.path.join(args.out, BEST))
 
+
+def training_loop(args, run: Run) -> str:
+    """Optimizer steps until max_steps, early stop or Ctrl-C, with logging, validation and checkpoints; the
+    latest state is saved however it ends. Returns why it stopped."""
+    state, recipe, device = run.state, recipe_of(args), run.device
     metrics = open(os.path.join(args.out, "metrics.jsonl"), "a") if is_main() else None
     stop_reason, interrupted = "max steps reached", []
     old_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     bar = tqdm(total=args.max_steps, initial=state.step, desc="training", unit="step",
                disable=args.no_progress or not is_main())
     t0, tokens = time.time(), 0
-    model.train()
+    run.learner.model.train()
     try:
         while state.step < args.max_steps:
-            # one optimizer step (accumulation, non-finite guard), then logging, validation and checkpoints
-            loss = optimizer_step(fwd, model, opt, sched, next(batches), args, state, rank, world, device)
-            tokens += args.batch * cfg.n_q * math.ceil(args.crop_seconds * codec.frame_rate)
+            loss = optimizer_step(run.learner, next(run.batches), recipe, state, run.shard.rank, device)
+            tokens += args.batch * run.cfg.n_q * math.ceil(args.crop_seconds * run.codec.frame_rate)
             bar.update(1)
             if is_main():
-                log_step(bar, metrics, loss, state, sched.get_last_lr()[0], tokens / (time.time() - t0))
+                validation.log_step(bar, metrics, loss, state, run.learner.sched.get_last_lr()[0],
+                                    tokens / (time.time() - t0))
                 if (state.step % args.eval_every == 0 or state.step == args.max_steps) and \
-                        log_validation(model, val, micro, state, metrics):
-                    save_checkpoint(best_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
+                        validation.log_validation(run.learner.model, run.val, run.shard.micro, state, metrics):
+                    run.save(run.best_path, args)
                 if state.step % args.save_every == 0:
-                    save_checkpoint(ckpt_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
+                    run.save(run.ckpt_path, args)
             # one agreement per step: Ctrl-C on any process, or rank 0's early stop (it alone validates)
             early = is_main() and state.best_step > 0 and state.step - state.best_step >= args.patience
             if stop_all(bool(interrupted) or early, device):
@@ -398,17 +352,26 @@ def train(args, resume: dict | None = None) -> dict:
         signal.signal(signal.SIGINT, old_handler)
         bar.close()
         if is_main():
-            save_checkpoint(ckpt_path, make_checkpoint(model, codec, opt, sched, asdict(state), args))
+            run.save(run.ckpt_path, args)
             metrics.close()
+    return stop_reason
+
+
+def train(args, resume: dict | None = None) -> dict:
+    run = set_up(args, resume)
+    stop_reason = training_loop(args, run)
+    state = run.state
     result = {"step": state.step, "best_val_nll": state.best, "best_step": state.best_step,
-              "sample_rate": codec.sample_rate, "stop_reason": stop_reason, "nonfinite_steps": state.nonfinite}
+              "sample_rate": run.codec.sample_rate, "stop_reason": stop_reason, "nonfinite_steps": state.nonfinite}
     if is_main():
-        print(f"\n{stop_reason} at step {state.step}; checkpoint {ckpt_path}; lowest validation NLL at step "
-              f"{state.best_step}: {best_path} (scored below)", file=sys.stderr)
-        if token_cache is not None:
-            print(f"token cache: {token_cache.hits} of {token_cache.hits + token_cache.misses} target crops reused "
-                  f"({token_cache.bytes / 1e6:.1f} MB held)", file=sys.stderr)
-        result["report"] = report_best(model, val, micro, codec.frame_rate, best_path, args.out, state.step)
+        print(f"\n{stop_reason} at step {state.step}; checkpoint {run.ckpt_path}; lowest validation NLL at step "
+              f"{state.best_step}: {run.best_path} (scored below)", file=sys.stderr)
+        cache = run.token_cache
+        if cache is not None:
+            print(f"token cache: {cache.hits} of {cache.hits + cache.misses} target crops reused "
+                  f"({cache.bytes / 1e6:.1f} MB held)", file=sys.stderr)
+        result["report"] = validation.report_best(run.learner.model, run.val, run.shard.micro, run.codec.frame_rate,
+                                       run.best_path, args.out, state.step)
     return result
 
 
@@ -525,14 +488,14 @@ def main(argv=None) -> int:
         args = resolve_args(args, resume["train_args"] if resume else None)
         result = train(args, resume)
         if is_main() and args.demo:
-            ctx, name = synth.demo_context(args.data, os.path.join(args.out, "demo_context.wav"),
-                                           result["sample_rate"], args.seed)
+            ctx, name = demo.demo_context(args.data, os.path.join(args.out, "demo_context.wav"),
+                                          result["sample_rate"], args.seed)
             best = os.path.join(args.out, BEST)
             print(f"\ntry: python generate.py --checkpoint {best} --context {ctx} --instrument {name.lower()!r}",
                   file=sys.stderr)
         ok = True
         return 0
-    except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, synth.SynthError, FileNotFoundError,
+    except (TrainError, data.DatasetError, codec_lib.CodecUnavailable, SynthError, FileNotFoundError,
             FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 import yaml
 
-# Tests import the flat top-level modules (model.py, data.py, ...) from the repository root.
+# Tests import the root's modules (model.py, data.py, ...) and its packages (metrics/, songs/, plumbing/).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # A tiny slice of Slakh2100 (CC BY 4.0), vendored: see tests/fixtures/slakh/README.md.
@@ -146,8 +146,8 @@ def tiny_copy_checkpoint(path, codec, classes=("Piano", "Bass", "Drums"), crop_s
     import torch
 
     import model as model_lib
-    from checkpoint import config_dict, save_checkpoint
-    from instruments import INSTRUMENTS
+    from plumbing.checkpoint import config_dict, save_checkpoint
+    from plumbing.instruments import INSTRUMENTS
     n_q, bins = codec.n_q, codec.bins
     cfg = replace(model_lib.PRESETS["tiny"], n_q=n_q, bins=bins, dim=4 * n_q * bins, n_heads=2, n_layers=0)
     net = model_lib.StemGen(cfg)

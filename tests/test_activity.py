@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import activity
+from plumbing import activity
 import data
+from plumbing import slakh
 from conftest import STEM_SR as SR, tone, write_stem, write_track
 from data import StemPairDataset
-from instruments import instrument_id
+from plumbing.instruments import instrument_id
 
 def burst_at_end(seconds, second):
     """Silence, with a loud 0.1 s tone at the end of second `second`: a crop that touches that second but
@@ -25,7 +26,7 @@ def test_map_equals_the_level_of_each_second_read_directly(tmp_path):
     x = (rng.standard_normal(int(3.5 * SR)) * np.linspace(0, 0.5, int(3.5 * SR))).astype(np.float32)
     path = str(tmp_path / "S00.wav")
     write_stem(path, x)
-    stem = data.Stem("S00", path, 0, SR, len(x))
+    stem = slakh.Stem("S00", path, 0, SR, len(x))
     ms = activity.stem_activity(path)
     assert ms.shape == (4,) and ms.dtype == np.float32         # 3 whole seconds and the half second left
     for k in range(4):
@@ -41,7 +42,7 @@ def test_a_crop_the_map_rules_out_is_silent_by_rms_db(tmp_path):
     x[int(7.95 * SR):int(8.05 * SR)] = tone(0.1, 700, 0.05)
     path = str(tmp_path / "S00.wav")
     write_stem(path, x)
-    stem = data.Stem("S00", path, 0, SR, len(x))
+    stem = slakh.Stem("S00", path, 0, SR, len(x))
     ms, rng, ruled_out = activity.stem_activity(path), np.random.default_rng(1), 0
     for _ in range(400):
         start_s, seconds, silence = rng.uniform(0, 10), rng.uniform(0.05, 4), rng.uniform(-70, -20)
@@ -73,7 +74,7 @@ def test_maps_computed_in_parallel_processes_equal_the_serial_ones(tmp_path, mon
 def test_cache_is_reused_and_entries_of_changed_files_are_rebuilt(tmp_path, monkeypatch):
     root = str(tmp_path / "ds")
     write_track(root, {"S00": ("Piano", tone(3, 220)), "S01": ("Bass", tone(3, 110))})
-    stems = data.scan_tracks(root)[0][0].stems
+    stems = slakh.scan_tracks(root)[0][0].stems
     calls = []
     real = activity.stem_activity
     monkeypatch.setattr(activity, "stem_activity", lambda p: calls.append(os.path.basename(p)) or real(p))
@@ -85,7 +86,7 @@ def test_cache_is_reused_and_entries_of_changed_files_are_rebuilt(tmp_path, monk
     assert calls == [] and all(np.array_equal(first[p], again[p]) for p in first)
 
     write_stem(stems[1].path, tone(3, 110, amp=0.05))                 # new content (and mtime)
-    stems = data.scan_tracks(root)[0][0].stems
+    stems = slakh.scan_tracks(root)[0][0].stems
     changed = activity.activity_maps(root, stems, cache, progress=False)
     assert calls == ["S01.wav"]
     assert changed[stems[1].path][0] == pytest.approx(activity.stem_activity(stems[1].path)[0])
@@ -101,7 +102,7 @@ def test_cache_is_reused_and_entries_of_changed_files_are_rebuilt(tmp_path, monk
 def test_a_cache_file_of_another_version_is_ignored(tmp_path, monkeypatch):
     root = str(tmp_path / "ds")
     write_track(root, {"S00": ("Piano", tone(2, 220)), "S01": ("Bass", tone(2, 110))})
-    stems = data.scan_tracks(root)[0][0].stems
+    stems = slakh.scan_tracks(root)[0][0].stems
     cache = str(tmp_path / "cache")
     activity.activity_maps(root, stems, cache, progress=False)
     path = activity.cache_candidates(root, cache)[0]
@@ -210,10 +211,13 @@ def test_items_read_only_their_stems_and_stay_a_function_of_seed_and_index(tmp_p
 
 
 def test_segment_pairs_give_the_same_items_with_and_without_the_map_and_skip_silent_stems(tmp_path, monkeypatch):
+    """A map that rules nothing out (every stem read) and the real one (the silent stem never read) give the
+    same items."""
     root = str(tmp_path / "ds")
     write_track(root, band(seconds=6.0))
     kw = dict(sample_rate=SR, crop_seconds=1.0, segment_seconds=6.0, seed=0, verbose=False)
-    old, new = StemPairDataset(root, use_activity=False, **kw), StemPairDataset(root, **kw)
+    old, new = StemPairDataset(root, **kw), StemPairDataset(root, **kw)
+    old.activity = {}                                     # no stem's map: every stem may sound, every stem is read
     reads = []
     real_read = data.read_crop
     monkeypatch.setattr(data, "read_crop", lambda stem, a, s: reads.append(stem.name) or real_read(stem, a, s))

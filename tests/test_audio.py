@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import audio
+from plumbing import audio
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])

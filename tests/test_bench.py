@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import bench
-from cli import USER_ERROR
+from plumbing.cli import USER_ERROR
 from conftest import tone, write_track
 from guidance import BRANCHES
-from spectral import FIT_HINT, save_spectral
+from plumbing.spectral import FIT_HINT, save_spectral
 
 
 def run(capsys, argv) -> dict:
@@ -53,16 +53,14 @@ def test_train_bench_reports_throughput_mfu_and_tokenize_share(capsys):
     assert res["peak_mem_GB"] is None and "CUDA" in res["bf16_encode"]   # a CPU has no such figures: said so
 
 
-def test_data_bench_reports_both_paths_round_by_round(tmp_path, capsys):
+def test_data_bench_reports_each_round_and_builds_the_map_where_asked(tmp_path, capsys):
     root = str(tmp_path / "ds")
     write_track(root, {f"S{k:02d}": (c, tone(3, 110 * (k + 1))) for k, c in enumerate(["Piano", "Bass", "Guitar", "Brass"])})
     res = run(capsys, ["data", "--data", root, "--items", "8", "--rounds", "2", "--workers", "0", "--batch", "4",
                        "--crop-seconds", "1", "--sample-rate", "8000", "--cache-dir", str(tmp_path / "cache")])
     assert res["tracks"] == 1 and res["stems_per_track"] == 4 and res["workers"] == 0 and res["rounds"] == 2
-    rates = {k: res[f"items_per_s_{k}"] for k in ("every_stem", "activity")}
-    assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for v in rates.values())
-    mean = {k: sum(v) / len(v) for k, v in rates.items()}
-    assert res["speedup"] == pytest.approx(mean["activity"] / mean["every_stem"], rel=2e-2)
+    assert len(res["items_per_s"]) == 2 and all(math.isfinite(x) and x > 0 for x in res["items_per_s"])
+    assert res["scan_and_map_build_s"] >= 0 and res["scan_and_cached_map_s"] >= 0
     assert list((tmp_path / "cache").iterdir())                          # the map was built where asked
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_checkpoint, load_model,
+from plumbing.checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_checkpoint, load_model,
                         save_checkpoint)
 from model import ModelConfig, StemGen
 
@@ -58,9 +58,11 @@ def test_window_is_the_training_crop_when_recorded():
 
 def test_default_checkpoint_is_the_users_run_before_the_shipped_model(tmp_path, monkeypatch):
     """Without --checkpoint: runs/default/best.pt, else runs/default/ckpt.pt, else the shipped model."""
-    import checkpoint
+    from plumbing import checkpoint
+    from conftest import ROOT
     monkeypatch.chdir(tmp_path)
     assert checkpoint.default_checkpoint()[0] == checkpoint.SHIPPED_CHECKPOINT
+    assert checkpoint.SHIPPED_CHECKPOINT == os.path.join(ROOT, "checkpoints", "stemgen-music.pt")  # wherever run from
     save_checkpoint(DEFAULT_CHECKPOINT, {"step": 1})
     assert checkpoint.default_checkpoint()[0] == DEFAULT_CHECKPOINT
     save_checkpoint(os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), "best.pt"), {"step": 1})
@@ -71,7 +73,7 @@ def test_default_checkpoint_is_the_users_run_before_the_shipped_model(tmp_path, 
 def test_a_shipped_checkpoint_keeps_the_model_in_bf16_and_drops_the_training_state():
     """shipped() halves the weights and keeps what generation reads; the model it rebuilds is the bf16 rounding
     of the original."""
-    import checkpoint
+    from plumbing import checkpoint
     torch.manual_seed(0)
     m = StemGen(CFG).eval()
     full = {"model_config": asdict(CFG), "model": m.state_dict(), "optimizer": {"x": torch.zeros(100)},

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import codec as C
-import checkpoint
-import spectral
+from plumbing import checkpoint
+from plumbing import spectral
 from conftest import tiny_encodec
 
 

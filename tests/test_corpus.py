@@ -6,8 +6,9 @@ import pretty_midi
 import pytest
 import yaml
 
-import corpus
+from songs import corpus
 import data
+from plumbing import slakh
 
 pytest.importorskip("music21")
 
@@ -53,24 +54,24 @@ def test_all_transpositions_keep_the_instruments_and_move_every_note(tmp_path):
     base = np.array(pitches(by_k[0]))
     for k in (1, 5, 7):
         assert np.all((np.array(pitches(by_k[k])) - base) % 12 == k)
-    ds_tracks, _ = data.scan_tracks(out, "all")
+    ds_tracks, _ = slakh.scan_tracks(out, "all")
     assert len(ds_tracks) == 12 and all(len(t.stems) >= 2 for t in ds_tracks)
 
 
 def test_a_folder_of_datasets_is_read_as_one(tmp_path):
     import shutil
     from conftest import FIXTURE
-    slakh = os.path.join(FIXTURE, "slakh2100_flac_redux")
+    redux = os.path.join(FIXTURE, "slakh2100_flac_redux")
     root = tmp_path / "both"
     root.mkdir()
-    shutil.copytree(slakh, root / "slakh")
+    shutil.copytree(redux, root / "slakh")
     corpus.render_corpus(str(root / "corpus"), folders=["palestrina"], max_works=2, transpositions="1", seconds=2.0,
                          chunks=1, seed=0, workers=1, progress=False)
-    alone = len(data.scan_tracks(slakh, "all")[0]) + len(data.scan_tracks(str(root / "corpus"), "all")[0])
-    assert len(data.scan_tracks(str(root), "all")[0]) == alone
+    alone = len(slakh.scan_tracks(redux, "all")[0]) + len(slakh.scan_tracks(str(root / "corpus"), "all")[0])
+    assert len(slakh.scan_tracks(str(root), "all")[0]) == alone
     shutil.copytree(root / "corpus", root / "again")
     with pytest.raises(data.DatasetError, match="two datasets"):
-        data.scan_tracks(str(root), "all")
+        slakh.scan_tracks(str(root), "all")
 
 
 def test_bad_transpositions_value_is_a_clear_error(tmp_path):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from plumbing import checkpoint
 import evaluate
-from cli import USER_ERROR
-import mir
+from plumbing.cli import USER_ERROR
+from metrics import mir
 from conftest import write_corpus
 from decode import Sampling
-from instruments import INSTRUMENTS, UNPITCHED
+from plumbing.instruments import INSTRUMENTS, UNPITCHED
 
 
 # ------------------------------------------------------------------------------------------- sweeps
@@ -53,8 +53,8 @@ def test_group_rows_averages_each_group():
 def tiny_setup(tmp_path_factory):
     """A 3-track synthetic dataset, a small fitted spectral codec and a random-weight tiny StemGen checkpoint."""
     import model
-    import spectral
-    import synth
+    from plumbing import spectral
+    from songs import synth
     root = tmp_path_factory.mktemp("eval")
     ds = str(root / "data")
     synth.make_dataset(ds, tracks=3, seconds=4.0, seed=0, progress=False, workers=1, sample_rate=16000)
@@ -97,17 +97,20 @@ def test_protocol_runs_end_to_end_and_records_provenance(tiny_setup, capsys):
 
 
 @pytest.mark.slow
-def test_generated_population_is_repeatable_for_a_seed(tiny_setup):
+def test_one_seeding_rule_the_batch_starting_at_example_j_is_seeded_with_seed_and_j(tiny_setup):
+    """Decoded alone (batch 1) or as the lone last batch of a batched call, example 2 gets the same stem; the
+    examples in a shared batch get other draws, and another seed other stems."""
     ds, ckpt, _ = tiny_setup
     net, tok, _ = checkpoint.load_model(ckpt, "cpu")
-    examples = evaluate.draw_examples(ds, "test", 1, 2.0, tok.sample_rate, seed=0)
+    examples = evaluate.draw_examples(ds, "test", 3, 2.0, tok.sample_rate, seed=0)
     assert all(c.shape == t.shape == (2 * tok.sample_rate,) for c, t, _ in examples)
+    contexts, instruments = [c for c, _, _ in examples], [k for _, _, k in examples]
     sampling = Sampling(steps=(2, 2))
-    a = evaluate.generate_population(net, tok, examples, sampling, seed=3)
-    b = evaluate.generate_population(net, tok, examples, sampling, seed=3)
-    c = evaluate.generate_population(net, tok, examples, sampling, seed=4)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    alone = evaluate.generate_stems(net, tok, contexts, instruments, sampling, seed=3, batch=1)
+    paired = evaluate.generate_stems(net, tok, contexts, instruments, sampling, seed=3, batch=2)
+    other = evaluate.generate_stems(net, tok, contexts, instruments, sampling, seed=4, batch=1)
+    assert np.array_equal(alone[2], paired[2]) and not np.array_equal(alone[1], paired[1])
+    assert not any(np.array_equal(x, y) for x, y in zip(alone, other))
 
 
 @pytest.mark.slow

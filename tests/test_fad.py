@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-import fad
+from metrics import fad
 
 
 # ------------------------------------------------------------------------------------------------- FAD

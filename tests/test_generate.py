@@ -13,10 +13,10 @@ import torch
 import decode
 import generate
 import model as model_lib
-import spectral
-from checkpoint import config_dict, load_model, save_checkpoint
+from plumbing import spectral
+from plumbing.checkpoint import config_dict, load_model, save_checkpoint
 from conftest import ROOT
-from instruments import INSTRUMENTS
+from plumbing.instruments import INSTRUMENTS
 
 SR = 16000          # codec rate of the test codec
 N_Q, BINS = 2, 16

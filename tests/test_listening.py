@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-import listening
+from metrics import listening
 from conftest import random_triads
 from model import ModelConfig, StemGen
 

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 import generate
-from cli import USER_ERROR
+from plumbing.cli import USER_ERROR
 from conftest import chord
 
 pytestmark = pytest.mark.skipif("--midi" not in generate.build_parser().format_help(),

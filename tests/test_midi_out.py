@@ -3,10 +3,10 @@ import numpy as np
 import pretty_midi
 import pytest
 
-import stem_midi
-import transcriber
+from metrics import transcriber
+from plumbing import stem_midi
 from conftest import chord
-from instruments import instrument_id
+from plumbing.instruments import instrument_id
 
 SR = 22050
 

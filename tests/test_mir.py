@@ -5,9 +5,9 @@ import mir_eval
 import numpy as np
 import pytest
 
-import mir
-import synth
-import transcriber
+from metrics import mir
+from songs import synth
+from metrics import transcriber
 
 SR = mir.ANALYSIS_SR
 

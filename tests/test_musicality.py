@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-import musicality as M
+from metrics import musicality as M
 from conftest import chord, random_triads, write_corpus
 
 SR = 16000
@@ -115,7 +115,7 @@ def test_random_fine_tokens_keep_level_0_and_draw_the_rest_uniformly():
 
 
 def test_round_trips_through_a_codec_keep_the_length_and_random_fine_levels_change_the_sound(tmp_path):
-    import spectral
+    from plumbing import spectral
     root = write_corpus(str(tmp_path / "c"), pieces=1, transpositions=[0, 5])
     codec = spectral.fit_spectral(root, None, n_q=2, bins=16, dim=16, sample_rate=SR, n_fft=512,
                                   seconds_per_track=2, kmeans_iters=3, griffin_lim_iters=4, progress=False)

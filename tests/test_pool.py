@@ -6,9 +6,9 @@ import soundfile as sf
 import torch
 import yaml
 
-import pool
+from plumbing import pool
 from data import StemPairDataset
-from instruments import instrument_id
+from plumbing.instruments import instrument_id
 
 SR = 8000
 CLASSES = (("piano", 0), ("bass", 33), ("organ", 16))   # class name, GM program

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import roundtrip
+from metrics import roundtrip
 from conftest import chord, tiny_encodec, tone, write_track
 
 SR = 16000

@@ -10,13 +10,14 @@ import pytest
 import soundfile as sf
 import torch
 
-import checkpoint
+from plumbing import checkpoint
 import codec as C
-import data
-import roundtrip
-import spectral as S
-from cli import USER_ERROR
+from plumbing import slakh
+from metrics import roundtrip
+from plumbing import spectral as S
+from plumbing.cli import USER_ERROR
 from conftest import chord, random_triads
+import spectral as fit_command
 
 SR = 16000          # spectral codec rate in these tests (hop 320, 50 Hz)
 FILE_SR = 22050     # the files are written at another rate, so fitting goes through resampling
@@ -122,7 +123,7 @@ def test_fit_reads_only_the_train_split_and_never_overwrites(chord_data, spectra
     with pytest.raises(FileExistsError, match="--force"):
         S.fit_spectral(chord_data, path, progress=False)
     assert os.path.getmtime(path) == before
-    tracks = data.find_tracks(chord_data, ("train",))
+    tracks = slakh.find_tracks(chord_data, ("train",))
     assert len(tracks) == 8 and all(f"{os.sep}train{os.sep}" in f for t in tracks for f in t)
     with pytest.raises(FileNotFoundError, match="no .flac/.wav audio"):
         S.fit_spectral(str(tmp_path), None, progress=False)
@@ -157,7 +158,7 @@ def test_spectral_config_is_the_one_home_of_the_defaults():
     encodec = C.ENCODEC_32KHZ_CONFIG               # the paper's codec: the two are interchangeable in a model
     assert (d.sample_rate, d.hop) == (encodec["sampling_rate"], math.prod(encodec["upsampling_ratios"]))
     assert d.hop * d.frame_rate == d.sample_rate
-    args = S.build_parser().parse_args(["fit", "--data", "D", "--out", "F"])
+    args = fit_command.build_parser().parse_args(["fit", "--data", "D", "--out", "F"])
     for f in dataclasses.fields(S.SpectralConfig):
         if f.name != "frame_rate":  # the frame rate is fixed at the paper's 50 Hz, not a flag
             assert getattr(args, f.name) == getattr(d, f.name), f.name
@@ -175,9 +176,9 @@ def test_fit_command_matches_the_function_and_refuses_to_overwrite(chord_data, s
     out = str(tmp_path / "cli.pt")
     flags = ["--n-q", "4", "--bins", "48", "--dim", "24", "--sample-rate", str(SR), "--n-fft", "1024",
              "--kmeans-iters", "10", "--griffin-lim-iters", "32"]
-    assert S.main(["fit", "--data", chord_data, "--out", out, *flags]) == 0
+    assert fit_command.main(["fit", "--data", chord_data, "--out", out, *flags]) == 0
     assert torch.equal(checkpoint.open_codec("spectral", out).codebooks, codec.codebooks)
-    assert S.main(["fit", "--data", chord_data, "--out", out, *flags]) == USER_ERROR
+    assert fit_command.main(["fit", "--data", chord_data, "--out", out, *flags]) == USER_ERROR
     assert "--force" in capsys.readouterr().err
 
 

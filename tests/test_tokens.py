@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import data
-import pool
+from plumbing import pool
 import train
 from conftest import STEM_SR as SR, tiny_encodec, tone, write_stem, write_track
 
@@ -107,8 +107,9 @@ def test_the_size_bound_holds_and_the_least_recently_used_go_first(codec):
 
 def test_loader_batches_give_the_same_tokens_with_the_cache(tmp_path, codec):
     root = band_root(tmp_path)
-    kw = dict(codec=codec, root=root, crop_seconds=CROP, batch=4, seed=2, workers=0, device=torch.device("cpu"),
-              step=0, rank=0, accum=1, micro=4, verbose=False, start_grid=1.0)
+    recipe = train.Recipe(crop_seconds=CROP, batch=4, seed=2, workers=0, crop_grid=1.0)
+    kw = dict(codec=codec, recipe=recipe, root=root, shard=pool.Shard(micro=4), device=torch.device("cpu"),
+              verbose=False)
     cache = pool.TokenCache(10**8)
     plain, cached = pool.loader_batches(**kw), pool.loader_batches(**kw, token_cache=cache)
     for _ in range(4):

@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 
-import data
-import spectral
-import synth
+from plumbing import slakh
+from plumbing import spectral
+from songs import synth
 import train
-from checkpoint import save_checkpoint, trained_classes
+from plumbing.checkpoint import save_checkpoint, trained_classes
 from conftest import FIXTURE, ROOT
-from instruments import INSTRUMENTS
+from plumbing.instruments import INSTRUMENTS
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra, capsys):
     assert a["scheduler"] == b["scheduler"]
     # every target trained on is counted once, in its class; resuming carries the counts on
     assert a["class_counts"] == b["class_counts"] and sum(a["class_counts"].values()) == 6 * 4
-    in_data = {INSTRUMENTS[s.instrument] for t in data.scan_tracks(data_dir, "train")[0] for s in t.stems}
+    in_data = {INSTRUMENTS[s.instrument] for t in slakh.scan_tracks(data_dir, "train")[0] for s in t.stems}
     assert {k for k, n in a["class_counts"].items() if n} <= in_data
     # the checkpoint holds what generate.py and a resumed run need
     for key in ("model_config", "codec_spec", "optimizer", "rng", "best_val_nll", "train_args"):
@@ -78,7 +78,7 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra, capsys):
     val = [r for r in rows if r["kind"] == "val"]
     assert val and len(val[-1]["acc_per_level"]) == 2 and val[-1]["nll"] > 0 and val[-1]["nll_no_context"] > 0
     final = rows[-1]
-    validation_tracks = data.scan_tracks(data_dir, "validation")[0]
+    validation_tracks = slakh.scan_tracks(data_dir, "validation")[0]
     assert final["kind"] == "final" and final["songs"] == len(validation_tracks)   # every validation song scored
     assert set(final["conditions"]) == {"true_context", "context_dropped", "other_song", "shifted"}
     gains = final["gains"]                                  # the verdict follows listening.verdict's rule
@@ -205,7 +205,7 @@ def test_plot_draws_the_curves_of_a_run(tmp_path):
 
 @pytest.mark.slow
 def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_loads_them(tiny_data, tmp_path):
-    from checkpoint import load_model
+    from plumbing.checkpoint import load_model
     data_dir, codec_file = tiny_data
     assert train.main(argv(data_dir, codec_file, tmp_path / "run", "--max-steps", "4")) == 0
     dst = tmp_path / "ship" / "model.pt"

@@ -26,9 +26,10 @@ import torch
 import yaml
 
 import data
-import listening
-from audio import fit_length, resample
-from instruments import INSTRUMENTS, instrument_id
+from metrics import listening
+from plumbing.audio import fit_length, resample
+from plumbing import slakh
+from plumbing.instruments import INSTRUMENTS, instrument_id
 
 HARMONIC_BAND = (40.0, 4000.0)  # Hz: where notes live; below is rumble, above mostly noise and partials
 HPSS_MARGIN = 2.0              # librosa HPSS margin: a bin must be twice as harmonic as percussive to count
@@ -124,7 +125,7 @@ def transposition_score(stem_chroma_mean: np.ndarray, context_chroma_mean: np.nd
     return float(r[0] - r[1:].mean()), bool(r[0] > r[1:].max())
 
 
-def corpus_entry(track: data.Track) -> tuple[str, int]:
+def corpus_entry(track: slakh.Track) -> tuple[str, int]:
     """(piece, transpose) from a track's metadata.yaml `corpus:` entry; ValueError saying what is missing."""
     path = os.path.join(track.path, "metadata.yaml")
     with open(path) as f:
@@ -158,7 +159,7 @@ def transposition_examples(data_root: str, instrument: str, sample_rate: int, se
     Each example: {"track", "piece", "transpose", "context" [S], "real" [S]} at sample_rate.
     """
     k = instrument_id(instrument)
-    tracks, _ = data.scan_tracks(data_root, split)
+    tracks, _ = slakh.scan_tracks(data_root, split)
     examples, skipped = [], Counter()
     n = int(round(seconds * sample_rate))
     for track in tracks:

@@ -12,7 +12,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from cli import pick_device
+from plumbing.cli import pick_device
 
 
 def stop_all(local: bool, device) -> bool:
@@ -69,3 +69,12 @@ def finish_distributed(ok: bool) -> None:
         if ok:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def wrap_model(model, compile: bool, world: int, device):
+    """What the loop calls: the model, compiled (--compile) and wrapped for DDP when there are processes."""
+    fwd = torch.compile(model) if compile else model
+    if world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    return fwd

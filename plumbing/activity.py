@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from audio import AudioError, atomic_write, to_mono
+from plumbing.audio import AudioError, atomic_write, to_mono
 
 VERSION = 1
 CACHE_FOLDER = ".stemgen-cache"  # inside the dataset root

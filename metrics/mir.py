@@ -42,7 +42,7 @@ import librosa
 import numpy as np
 from tqdm import tqdm
 
-from transcriber import NOTE_HIGH, NOTE_LOW, SAMPLE_RATE, transcribe_batch
+from metrics.transcriber import NOTE_HIGH, NOTE_LOW, SAMPLE_RATE, transcribe_batch
 
 ANALYSIS_SR = SAMPLE_RATE  # every analyser works at this rate: the transcriber's, 22050 Hz (librosa's default too)
 HOP = 512  # analysis hop of the librosa analysers, about 23 ms at ANALYSIS_SR

@@ -7,21 +7,24 @@ written to a temporary file beside its path and renamed into place, so a crash n
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict
 
 import torch
 
 import codec as codec_lib
-import spectral
-from audio import atomic_write
+from plumbing import spectral
+from plumbing.audio import atomic_write
 from codec import Codec, CodecUnavailable
-from instruments import INSTRUMENTS
+from plumbing.distributed import is_main
+from plumbing.instruments import INSTRUMENTS
 from model import ModelConfig, StemGen
 
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes, generate.py looks
 # The model shipped in the repository (README "The shipped model"): used when no checkpoint is given and no
 # run exists, so that a part can be added to a user's music right after the install.
-SHIPPED_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "stemgen-music.pt")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this file is in plumbing/
+SHIPPED_CHECKPOINT = os.path.join(REPO_ROOT, "checkpoints", "stemgen-music.pt")
 
 
 def default_checkpoint() -> tuple[str, str]:
@@ -183,3 +186,21 @@ def checkpoint_window_seconds(ckpt: dict) -> float | None:
     value = (ckpt.get("train_args") or {}).get("crop_seconds")
     return float(value) if value else None
 
+
+def training_codec(recipe, data_dir: str, device, codec_file: str | None = None, weights: str | None = None,
+                   progress: bool = True, resume_spec: dict | None = None) -> Codec:
+    """The codec a training run uses (`recipe` is train.Recipe: its codec, codec_bins and seed): the paper's
+    Encodec, or the offline spectral codec, fitted on the training data (on the first process) if not there
+    yet. A resumed run uses the codec its checkpoint stores (resume_spec)."""
+    if resume_spec is not None:
+        return load_codec(resume_spec, device=device, weights=weights)
+    if recipe.codec != "spectral":
+        return open_codec(recipe.codec, weights, device)
+    path = codec_file or os.path.join(data_dir, "spectral_codec.pt")
+    if not os.path.isfile(path):
+        if not is_main():
+            hint = spectral.FIT_HINT.replace("DATA_DIR", data_dir).replace("FILE", path)
+            raise CodecUnavailable(f"fit the spectral codec first: {hint}")
+        print(f"fitting the offline spectral codec on {data_dir} -> {path}", file=sys.stderr)
+        spectral.fit_spectral(data_dir, path, bins=recipe.codec_bins, seed=recipe.seed, progress=progress)
+    return open_codec("spectral", path, device)

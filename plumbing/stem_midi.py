@@ -14,9 +14,9 @@ import numpy as np
 import librosa
 import pretty_midi
 
-import audio
-import transcriber
-from instruments import DRUMS, INSTRUMENTS, program_class
+from metrics import transcriber
+from plumbing import audio
+from plumbing.instruments import DRUMS, INSTRUMENTS, program_class
 
 DEFAULT_TEMPO = 120.0  # a MIDI file's tempo when the context has no beat to follow (MIDI's own default)
 TEMPO_RANGE = (40.0, 240.0)

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from audio import audio_info, load_mono
+from plumbing.audio import audio_info, load_mono
 from codec import Codec
-from data import CROP_SECONDS, find_tracks
+from data import CROP_SECONDS
+from plumbing.slakh import find_tracks
 
 METRICS = ("spectral_convergence", "chroma_cosine", "chroma_correlation")
 

@@ -18,13 +18,35 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from data import DatasetError, StemPairDataset
-from instruments import class_matrix
+from plumbing.distributed import is_main
+from plumbing.instruments import class_matrix
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of every step from `step` on: the rank-th slice of each step's batch, taken as
+    `accum` micro-batches of `micro` examples."""
+    step: int = 0
+    rank: int = 0
+    accum: int = 1
+    micro: int = 1
+
+    @property
+    def first(self) -> int:
+        """This process's first example within a step's batch."""
+        return self.rank * self.accum * self.micro
+
+    @property
+    def size(self) -> int:
+        """Examples this process takes from each step's batch."""
+        return self.accum * self.micro
 
 
 def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed: int, batch: int = 32,
@@ -85,13 +107,15 @@ def split_pool(codec, root: str, split: str, crop_seconds: float, n: int, seed: 
     return token_pool(ds, lambda wave: tokenize(codec, wave), n, per_segment, seed, progress=progress, desc=desc)
 
 
-def pool_batches(pool: dict, batch: int, seed: int, step: int, rank: int, accum: int, micro: int):
-    """The micro-batches of each step from `step` on: step s draws `batch` pool items with a generator
+def pool_batches(pool: dict, batch: int, seed: int, shard: Shard):
+    """The micro-batches of each step from shard.step on: step s draws `batch` pool items with a generator
     seeded by (seed, s), so a resumed run and N processes draw what one process would; each rank takes its slice."""
+    step = shard.step
     while True:
         idx = np.random.default_rng([seed, step]).integers(len(pool["song"]), size=batch)
-        mine = torch.from_numpy(idx[rank * accum * micro:(rank + 1) * accum * micro])
-        yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j]) for j in mine.split(micro)]
+        mine = torch.from_numpy(idx[shard.first:shard.first + shard.size])
+        yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j])
+               for j in mine.split(shard.micro)]
         step += 1
 
 
@@ -186,33 +210,55 @@ class TokenCache:
         return torch.stack(found).to(codec.device).long()
 
 
-def loader_batches(codec, root: str, crop_seconds: float, batch: int, seed: int, workers: int, device,
-                   step: int, rank: int, accum: int, micro: int, verbose: bool = True,
-                   token_cache: TokenCache | None = None, start_grid: float | None = None,
-                   encode_dtype: str = "fp32"):
+def loader_batches(codec, recipe, root: str, shard: Shard, device, token_cache: TokenCache | None = None,
+                   verbose: bool = True):
     """Micro-batches of pairs read and tokenised on the fly; item indices are global: step s uses items
     [s * batch, (s + 1) * batch), each a pure function of (seed, index); each rank takes its slice.
 
-    With a token cache, targets whose crop was encoded before take their kept tokens (crops start on
-    `start_grid` so that they recur); the context sub-mixes are encoded at every step.
+    `recipe` is train.Recipe (or anything with its crop_seconds, batch, seed, workers, crop_grid and
+    encode_dtype). With a token cache, targets whose crop was encoded before take their kept tokens (crops
+    start on the crop grid so that they recur); the context sub-mixes are encoded at every step.
     """
-    ds = StemPairDataset(root, "train", codec.sample_rate, crop_seconds, seed=seed, length=10**12, verbose=verbose,
-                         start_grid=start_grid, target_keys=token_cache is not None)
+    ds = StemPairDataset(root, "train", codec.sample_rate, recipe.crop_seconds, seed=recipe.seed, length=10**12,
+                         verbose=verbose, start_grid=recipe.crop_grid or None, target_keys=token_cache is not None)
 
-    def indices(s=step):
+    def indices(s=shard.step):
         while True:
-            first = s * batch + rank * accum * micro
-            yield from range(first, first + accum * micro)
+            first = s * recipe.batch + shard.first
+            yield from range(first, first + shard.size)
             s += 1
 
+    workers = recipe.workers
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=micro, num_workers=workers, pin_memory=device.type == "cuda", sampler=indices(),
+        ds, batch_size=shard.micro, num_workers=workers, pin_memory=device.type == "cuda", sampler=indices(),
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     it = iter(loader)
     while True:
         micro_batches = []
-        for _ in range(accum):
+        for _ in range(shard.accum):
             c, t, k, *keys = next(it)
-            target = token_cache.tokens(codec, t, keys[0]) if token_cache else tokenize(codec, t, encode_dtype)
-            micro_batches.append((tokenize(codec, c, encode_dtype), target, k))
+            target = (token_cache.tokens(codec, t, keys[0]) if token_cache else
+                      tokenize(codec, t, recipe.encode_dtype))
+            micro_batches.append((tokenize(codec, c, recipe.encode_dtype), target, k))
         yield micro_batches
+
+
+def split_batch(batch: int, micro_batch: int, world: int) -> tuple[int, int]:
+    """(micro, accum): the largest micro-batch up to --micro-batch that divides this process's share."""
+    if batch % world:
+        raise ValueError(f"--batch {batch} is not a multiple of the {world} processes")
+    per_rank = batch // world
+    micro = max(d for d in range(1, min(micro_batch, per_rank) + 1) if per_rank % d == 0)
+    return micro, per_rank // micro
+
+
+def training_batches(codec, recipe, data_dir: str, shard: Shard, device, progress: bool):
+    """The micro-batches of every step from shard.step on: from a pool tokenised once (pool_pairs) or on the
+    fly; with the target-token cache (None when off). `recipe` is train.Recipe."""
+    if recipe.pool_pairs:
+        train_pool = split_pool(codec, data_dir, "train", recipe.crop_seconds, recipe.pool_pairs, recipe.seed,
+                                     progress and is_main(), "training pairs", is_main())
+        return pool_batches(train_pool, recipe.batch, recipe.seed, shard), None
+    cache = (TokenCache(int(recipe.token_cache_gb * 1e9), recipe.encode_dtype) if recipe.token_cache_gb > 0
+             else None)
+    return loader_batches(codec, recipe, data_dir, shard, device, cache, is_main()), cache

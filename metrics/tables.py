@@ -1,0 +1,95 @@
+"""evaluate.py's results as Markdown: the protocol's and sweeps' tables (Tab. 1-3), the listening report's."""
+from __future__ import annotations
+
+from metrics import listening, mir
+
+CHROMA_ROWS = ("generated", "real stems", "real stems, codec round trip")  # the listening report's chroma rows
+TITLES = {"none": "Objective metrics", "guidance": "Tab. 1: guidance scales",
+          "causal-bias": "Tab. 2: causal-bias weight w_s", "best-vs-naive": "Tab. 3: best vs naive sampling"}
+
+
+def markdown_table(result: dict) -> str:
+    """The result as Markdown: provenance lines, the paper-style table, and the per-setting rows."""
+    e = result["embedding"]
+    lines = [f"# {TITLES[result['sweep']]}", "",
+             f"- FAD embedding: {e['name']} at {e['sample_rate']} Hz ({e['note']})",
+             f"- MIRDD: {result['mirdd']['note']}",
+             f"- {result['protocol']['n']} examples from split '{result['protocol']['split']}' of "
+             f"{result['protocol']['data']}, {result['protocol']['seconds']:g} s each, seed {result['protocol']['seed']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), ""]
+    fad_head = "FAD" if e["comparable_with_published_fad"] else f"FAD ({e['name']}, not comparable)"
+    lines += [f"| setting | {fad_head} | MIRDD |", "| --- | ---: | ---: |"]
+    lines += [f"| {g['group']} | {g['fad']:.3f} | {g['mirdd']:.3f} |" for g in result["table"]]
+    if len(result["rows"]) > len(result["table"]):
+        lines += ["", "Every setting:", "", f"| setting | {fad_head} | MIRDD |", "| --- | ---: | ---: |"]
+        lines += [f"| {r['label']} | {r['fad']:.3f} | {r['mirdd']:.3f} |" for r in result["rows"]]
+    names = list(mir.DESCRIPTORS)
+    lines += ["", "MIRDD per descriptor (KL):", "", "| setting | " + " | ".join(names) + " |",
+              "| --- |" + " ---: |" * len(names)]
+    lines += [f"| {r['label']} | " + " | ".join(f"{r['mirdd_per_descriptor'][n]:.3f}" for n in names) + " |"
+              for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def listening_markdown(report: dict) -> str:
+    """The listening report as Markdown: the NLL table, the verdict, the chroma table, the notes-vs-noise table
+    and, when run, the transposition table."""
+    lines = ["| level 0, whole target masked | NLL (nats) | top-1 acc |", "| --- | --- | --- |"]
+    lines += [f"| {k.replace('_', ' ')} | {v['nll']:.3f} | {v['acc']:.3f} |" for k, v in report["conditions"].items()]
+    lines += [f"| gain {k.replace('_', ' ')} | {g['mean']:.3f} [{g['lo']:.3f}, {g['hi']:.3f}] | |"
+              for k, g in report["gains"].items()]
+    lines += ["", report["verdict"]]
+    if report.get("other_song_fallbacks"):
+        lines.append(f"({report['other_song_fallbacks']} pairs took another song's context holding their target's "
+                     "class: no other song's context lacked it)")
+    chroma = report["chroma"]
+    lines += ["", f"Chroma agreement of {chroma['n']} pitched stems with their own context and with another song's "
+              "(paired gain, 95 % bootstrap interval over songs):", "",
+              "| stems | measure | own context | other song's | gain |", "| --- | --- | --- | --- | --- |"]
+    for who in CHROMA_ROWS:
+        for m in listening.CHROMA_MEASURES:
+            r = chroma[who][m]
+            lines.append(f"| {who} | {m} | {r['own']:.3f} | {r['other']:.3f} | {r['gain']:.3f} "
+                         f"[{r['lo']:.3f}, {r['hi']:.3f}] |")
+    if chroma[CHROMA_ROWS[0]].get("other_song_fallbacks"):
+        lines.append(f"\n({chroma[CHROMA_ROWS[0]]['other_song_fallbacks']} stems took another song's context "
+                     "holding their class: none lacked it)")
+    lines += notes_markdown(report["notes"])
+    for r in report.get("transposition", {}).values():
+        lines += transposition_markdown(r)
+    if report.get("plot"):
+        lines += ["", f"Spectrograms of a few examples: {report['plot']}"]
+    return "\n".join(lines) + "\n"
+
+
+def notes_markdown(notes: dict) -> list[str]:
+    """The notes-vs-noise table: harmonic share of each population, FAD of each against the real stems."""
+    e = notes["embedding"]
+    lo, hi = notes["harmonic_band_hz"]
+    fad_head = "FAD vs real stems" + ("" if e["comparable_with_published_fad"] else f" ({e['name']}, not comparable)")
+    lines = ["", f"Notes or noise: harmonic share (energy {lo:g}-{hi:g} Hz that HPSS with margin "
+                 f"{notes['hpss_margin']:g} calls harmonic; 95 % song-bootstrap interval) and FAD against the real "
+                 "stems:", "", f"| stems | harmonic share | {fad_head} |", "| --- | --- | --- |"]
+    for name, h in notes["harmonic_share"].items():
+        distance = notes["fad_against_real"].get(name)
+        lines.append(f"| {name} | {h['mean']:.3f} [{h['lo']:.3f}, {h['hi']:.3f}] | "
+                     f"{'-' if distance is None else f'{distance:.3f}'} |")
+    return lines
+
+
+def transposition_markdown(r: dict) -> list[str]:
+    """One class's transposition test: generated and real parts' scores and right-shift counts."""
+    lines = ["", f"Transposition test, {r['instrument']}: {r['n']} contexts from {r['pieces']} "
+                 f"piece{'s' if r['pieces'] != 1 else ''} "
+                 f"({r['transpositions']} piece-transpositions); score = chroma correlation with the context at the "
+                 "right shift minus the mean over the 11 wrong ones (0: ignores the key; 95 % piece-bootstrap "
+                 "interval):", "", "| part | score | right shift best |", "| --- | --- | --- |"]
+    for who, label in (("generated", "generated"), ("real", "real part (ceiling)")):
+        x = r[who]
+        lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
+                     f"{x['n']} |")
+    if r["pieces"] < 2:
+        lines.append("\n(one piece only: its interval, from resampling pieces, says nothing)")
+    if r["skipped"]:
+        lines.append("\n(skipped tracks: " + ", ".join(f"{n} {k}" for k, n in sorted(r["skipped"].items())) + ")")
+    return lines
