@@ -47,7 +47,7 @@ from songs import compose
 import decode
 from plumbing import adding
 from plumbing import stem_midi
-import synth
+from songs import synth
 from metrics import transcriber
 from plumbing.checkpoint import CheckpointError, checkpoint_window_seconds, load_model, trained_classes
 from plumbing.cli import pick_device

@@ -39,6 +39,8 @@ def main(argv=None) -> None:
     p.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="audio rate in Hz (default 32000)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset this script made")
+    p.add_argument("--one-program-per-class", action="store_true",
+                   help="every class plays one GM program (the demo's setting; default: several programs per class)")
     args = p.parse_args(argv)
     try:
         if args.midi:
@@ -48,7 +50,7 @@ def main(argv=None) -> None:
             return
         out, counts = render_corpus(args.out, args.folders, args.split, args.max_works, args.transpositions,
                                     args.seconds, args.chunks, args.seed, args.sample_rate, args.soundfont,
-                                    args.workers, overwrite=args.overwrite)
+                                    args.workers, overwrite=args.overwrite, one_program=args.one_program_per_class)
         print(f"wrote {out}: {dict(counts)}")
     except SynthError as e:
         sys.exit(f"corpus.py: error: {e}")

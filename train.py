@@ -102,13 +102,13 @@ RECIPES = {
                    warmup=100, hold=1000, decay=700, final_lr_frac=0.1, max_steps=1800, patience=1800,
                    eval_every=300, save_every=300, val_pairs=256, codeword_init=True, pool_pairs=4096,
                    threads=2, workers=0, objective=Objective(coarse_prob=0.7)),
-    # The shipped checkpoint (checkpoints/, README "The shipped model"): the demo's model and pool, trained
-    # longer on composed songs and real works (corpus.py), with every level drawn more often (level 0 40 %,
-    # each finer level 20 %) so that the finer levels are learned too.
+    # The shipped checkpoint (checkpoints/, README "The shipped model"): the demo's model, objective and input
+    # pipeline, trained longer on a larger pool of composed songs and real works (corpus.py), one GM program per
+    # class as in the demo (with several per class the tiny model did not listen: README).
     "music": Recipe(preset="tiny", codec="spectral", batch=16, micro_batch=16, crop_seconds=5.0, lr=2e-3,
-                    warmup=200, hold=6000, decay=5800, final_lr_frac=0.1, max_steps=12000, patience=12000,
-                    eval_every=500, save_every=250, val_pairs=256, codeword_init=True, pool_pairs=16384,
-                    threads=2, workers=0, objective=Objective(coarse_prob=0.4)),
+                    warmup=200, hold=3000, decay=2800, final_lr_frac=0.1, max_steps=6000, patience=6000,
+                    eval_every=500, save_every=250, val_pairs=256, codeword_init=True, pool_pairs=8192,
+                    threads=2, workers=0, objective=Objective(coarse_prob=0.7)),
 }
 
 

@@ -129,9 +129,10 @@ class Rendering:
     programs: list[int]    # one GM program per part, lowest part first
 
 
-def pick_programs(n_parts: int, rng: np.random.Generator) -> list[int]:
+def pick_programs(n_parts: int, rng: np.random.Generator, one_program: bool = False) -> list[int]:
     """GM programs for the parts of a work, lowest first: a bass most often for the lowest part, then distinct
-    pitched classes, each with one of its several programs (Slakh's timbre variety)."""
+    pitched classes, each with one of its several programs (Slakh's timbre variety), or with `one_program` the
+    first of them (the class fixes the timbre, as compose.choose_band does)."""
     classes = list(rng.permutation(PART_CLASSES))
     if rng.random() < BASS_SHARE:
         classes.remove("Bass")
@@ -141,7 +142,8 @@ def pick_programs(n_parts: int, rng: np.random.Generator) -> list[int]:
     out = []
     for k in range(n_parts):
         cls = classes[k % len(classes)]
-        out.append(int(rng.choice(CLASS_PARTS[cls][1])))
+        drawn = int(rng.choice(CLASS_PARTS[cls][1]))  # drawn either way: the same works apart from their programs
+        out.append(CLASS_PARTS[cls][1][0] if one_program else drawn)
     return out
 
 
@@ -191,18 +193,19 @@ def render_track(pm: pretty_midi.PrettyMIDI, work: str, rel: str, r: Rendering, 
 
 
 def plan_renderings(length: float, rng: np.random.Generator, n_parts: int, transpositions: str, seconds: float,
-                    chunks: int) -> list[Rendering]:
+                    chunks: int, one_program: bool = False) -> list[Rendering]:
     """The tracks one work gives: `chunks` chunks of `seconds` (evenly spread over the work), each in
     `transpositions` random keys (or "all" twelve, with one set of programs so that only the pitch changes)."""
     starts = [0.0] if length <= seconds else list(np.linspace(0.0, length - seconds, chunks))
     out = []
     for start in starts:
         if transpositions == "all":
-            programs = pick_programs(n_parts, rng)
+            programs = pick_programs(n_parts, rng, one_program)
             out += [Rendering(k - 12 if k >= 6 else k, float(start), seconds, programs) for k in range(12)]
         else:
             for k in rng.choice(12, size=int(transpositions), replace=False):
-                out.append(Rendering(int(k) - 12 if k >= 6 else int(k), float(start), seconds, pick_programs(n_parts, rng)))
+                out.append(Rendering(int(k) - 12 if k >= 6 else int(k), float(start), seconds,
+                                     pick_programs(n_parts, rng, one_program)))
     return out
 
 
@@ -214,7 +217,7 @@ def track_name(rel: str, j: int) -> str:
 
 def render_work(job: tuple) -> tuple[str, Counter]:
     """Parse one corpus file and render every track it gives (runs in a worker process); returns (file, counts)."""
-    root, rel, split, out_tmp, index, transpositions, seconds, chunks, sample_rate, soundfont, seed = job
+    root, rel, split, out_tmp, index, transpositions, seconds, chunks, sample_rate, soundfont, seed, one_program = job
     pm = to_midi(os.path.join(root, rel))
     if pm is None:
         return rel, Counter({"not one multi-part score music21 reads": 1})
@@ -223,7 +226,8 @@ def render_work(job: tuple) -> tuple[str, Counter]:
         return rel, Counter({"fewer than two parts": 1})
     rng = np.random.default_rng([seed, index])
     work, counts = work_name(root, rel), Counter()
-    for j, r in enumerate(plan_renderings(pm.get_end_time(), rng, n_parts, transpositions, seconds, chunks)):
+    for j, r in enumerate(plan_renderings(pm.get_end_time(), rng, n_parts, transpositions, seconds, chunks,
+                                                 one_program)):
         ok = render_track(pm, work, rel, r, os.path.join(out_tmp, split, track_name(rel, j)), sample_rate, soundfont,
                           rng)
         counts["tracks" if ok else "chunks with fewer than two sounding parts"] += 1
@@ -233,8 +237,9 @@ def render_work(job: tuple) -> tuple[str, Counter]:
 def render_corpus(out_dir: str, folders: list[str] | None = None, split: str = "all", max_works: int | None = None,
                   transpositions: str = "2", seconds: float = 30.0, chunks: int = 2, seed: int = 0,
                   sample_rate: int = DEFAULT_SAMPLE_RATE, soundfont: str | None = None, workers: int | None = None,
-                  progress: bool = True, overwrite: bool = False) -> tuple[str, Counter]:
-    """Render the corpus's multi-part works into a Slakh-layout folder, split by work. Returns (out_dir, counts)."""
+                  progress: bool = True, overwrite: bool = False, one_program: bool = False) -> tuple[str, Counter]:
+    """Render the corpus's multi-part works into a Slakh-layout folder, split by work (`one_program`: every class
+    plays one GM program). Returns (out_dir, counts)."""
     if transpositions != "all" and not (transpositions.isdigit() and 1 <= int(transpositions) <= 12):
         raise CorpusError(f"--transpositions must be 1-12 or 'all', got {transpositions!r}")
     root = corpus_root()
@@ -248,14 +253,14 @@ def render_corpus(out_dir: str, folders: list[str] | None = None, split: str = "
     tmp = _prepare_out(out_dir, overwrite)
     try:
         jobs = [(root, f, work_split(work_name(root, f)), tmp, i, transpositions, seconds, chunks, sample_rate,
-                 soundfont, seed) for i, f in enumerate(files)]
+                 soundfont, seed, one_program) for i, f in enumerate(files)]
         counts = sum((c for _, c in _run_jobs(render_work, jobs, workers, progress, "corpus")), Counter())
         if not counts["tracks"]:
             raise CorpusError(f"nothing could be rendered ({dict(counts)})")
         _finish_out(tmp, out_dir, {"corpus": "music21", "files": len(files), "split": split, "seed": int(seed),
                                    "transpositions": transpositions, "seconds": float(seconds), "chunks": int(chunks),
                                    "sample_rate": int(sample_rate), "soundfont": os.path.basename(soundfont),
-                                   "counts": dict(counts)})
+                                   "one_program_per_class": bool(one_program), "counts": dict(counts)})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

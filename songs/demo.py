@@ -46,7 +46,7 @@ def demo_dataset(out_dir: str, seed: int = 0, progress: bool = True) -> str:
 # The built-in demo's real works (train.py renders them beside DEMO_SONGS): folders whose scores music21
 # parses in well under a second, one 10 s chunk of each work in one random key.
 DEMO_WORKS = dict(folders=["palestrina", "monteverdi", "josquin"], max_works=160, transpositions="1", seconds=10.0,
-                  chunks=1)
+                  chunks=1, one_program=True)
 
 
 def demo_corpus(out_dir: str, seed: int = 0, progress: bool = True) -> str:

@@ -101,3 +101,13 @@ def test_a_midi_file_gives_twelve_keys_with_its_own_programs_and_drums_unmoved(t
         assert {n.pitch for n in by_program[33].notes} == {40 + shift}
         assert {n.pitch for n in by_program[128].notes} == {38}           # drums are not transposed
         assert min(n.start for n in by_program[0].notes) == pytest.approx(0.0, abs=1e-3)  # the chunk starts at 0
+
+
+def test_one_program_per_class_gives_each_class_its_first_program(tmp_path):
+    from songs.compose import CLASS_PARTS
+    from plumbing.instruments import INSTRUMENTS, program_class
+    out, _ = corpus.render_corpus(str(tmp_path / "one"), folders=["palestrina"], max_works=3, transpositions="2",
+                                  seconds=1.0, chunks=1, seed=0, workers=1, progress=False, one_program=True)
+    programs = [s["program_num"] for d, _, fs in os.walk(out) if "metadata.yaml" in fs
+                for s in yaml.safe_load(open(os.path.join(d, "metadata.yaml")))["stems"].values()]
+    assert programs and all(p == CLASS_PARTS[INSTRUMENTS[program_class(p, False)]][1][0] for p in programs)
