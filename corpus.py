@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from songs.corpus import render_corpus, render_midi_transpositions
-from songs.synth import DEFAULT_SAMPLE_RATE, SynthError
+from songs.synth import SynthError, add_render_options
 
 
 def main(argv=None) -> None:
@@ -34,13 +34,7 @@ def main(argv=None) -> None:
     p.add_argument("--start", type=float, default=0.0, help="with --midi: where the chunk starts, in seconds")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each rendered chunk (default 30)")
     p.add_argument("--chunks", type=int, default=2, help="chunks per work, spread over its length (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same dataset")
-    p.add_argument("--soundfont", default=None, help="GM SoundFont (.sf2) (default: pretty_midi's TimGM6mb.sf2)")
-    p.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="audio rate in Hz (default 32000)")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPU cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace a dataset this script made")
-    p.add_argument("--one-program-per-class", action="store_true",
-                   help="every class plays one GM program (the demo's setting; default: several programs per class)")
+    add_render_options(p, "dataset")
     args = p.parse_args(argv)
     try:
         if args.midi:

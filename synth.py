@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from songs.synth import (DEFAULT_SAMPLE_RATE, DEFAULT_SECONDS, DEFAULT_TRACKS, SynthError, make_dataset,
+from songs.synth import (add_render_options, DEFAULT_SECONDS, DEFAULT_TRACKS, SynthError, make_dataset,
                          render_midi_dir)
 
 
@@ -21,14 +21,8 @@ def main(argv=None) -> None:
     p.add_argument("--tracks", type=int, default=DEFAULT_TRACKS, help=f"songs to compose (default {DEFAULT_TRACKS})")
     p.add_argument("--seconds", type=float, default=None,
                    help=f"song length in seconds (default {DEFAULT_SECONDS:g}; with --midi: whole files)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
     p.add_argument("--midi", default=None, help="render the .mid files under this folder instead of composing")
-    p.add_argument("--soundfont", default=None, help="GM SoundFont (.sf2) to render with (default: pretty_midi's TimGM6mb.sf2)")
-    p.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE, help="audio rate in Hz (default 32000)")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPU cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset made by synth.py")
-    p.add_argument("--one-program-per-class", action="store_true",
-                   help="every instrument class plays one GM program (the demo's setting; default: 5-8 programs each)")
+    add_render_options(p, "dataset")
     args = p.parse_args(argv)
     try:
         if args.midi:

@@ -230,6 +230,21 @@ def _run_jobs(fn, jobs: list, workers: int | None, progress: bool, desc: str) ->
     return results
 
 
+def add_render_options(p, what: str) -> None:
+    """The command-line options synth.py and corpus.py share: seed, SoundFont, rate, processes, overwrite and
+    one program per class (`what` names the dataset the command makes)."""
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
+    p.add_argument("--soundfont", default=None, help="GM SoundFont (.sf2) to render with (default: pretty_midi's "
+                                                     "TimGM6mb.sf2)")
+    p.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE,
+                   help=f"audio rate in Hz (default {DEFAULT_SAMPLE_RATE})")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPU cores)")
+    p.add_argument("--overwrite", action="store_true", help=f"replace an existing {what} made by this script")
+    p.add_argument("--one-program-per-class", action="store_true",
+                   help="every instrument class plays one GM program (the demo's setting; default: 5-8 programs "
+                        "each)")
+
+
 def _check_soundfont(soundfont: str | None) -> str:
     soundfont = soundfont or SOUNDFONT
     if not os.path.isfile(soundfont):

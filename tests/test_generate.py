@@ -15,7 +15,7 @@ import generate
 import model as model_lib
 from plumbing import spectral
 from plumbing.checkpoint import config_dict, load_model, save_checkpoint
-from conftest import ROOT
+from conftest import ROOT, tiny_copy_checkpoint
 from plumbing.instruments import INSTRUMENTS
 
 SR = 16000          # codec rate of the test codec
@@ -64,16 +64,8 @@ def copy_ckpt(tiny_codec, tmp_path_factory):
 
     Its stem is the codec round trip of the context, so any misalignment or seam the windowing adds shows.
     """
-    cfg = replace(model_lib.PRESETS["tiny"], n_q=N_Q, bins=BINS, dim=4 * N_Q * BINS, n_heads=2, n_layers=0)
-    net = model_lib.StemGen(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        net.norm.weight.fill_(1.0)
-        for q in range(N_Q):
-            net.context_embed.tables[q].weight[:, q * BINS:(q + 1) * BINS] = torch.eye(BINS)
-            net.heads[q].weight[:, q * BINS:(q + 1) * BINS] = 20 * torch.eye(BINS)
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "copy.pt", net, tiny_codec, crop_seconds=0.8)
+    return tiny_copy_checkpoint(tmp_path_factory.mktemp("ckpt") / "copy.pt", tiny_codec, classes=INSTRUMENTS,
+                                crop_seconds=0.8)
 
 
 def run_cli(argv, capsys):
