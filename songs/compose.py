@@ -24,10 +24,11 @@ PROGRESSIONS = {  # scale degrees (0 = tonic), one chord per bar
     "major": [[0, 4, 5, 3], [0, 5, 3, 4], [0, 3, 4, 0], [5, 3, 0, 4], [0, 3, 5, 4], [3, 4, 0, 0], [0, 1, 4, 0]],
     "minor": [[0, 5, 2, 6], [0, 3, 4, 0], [0, 6, 5, 6], [0, 3, 6, 2], [0, 5, 3, 4], [5, 6, 0, 0]],
 }
-# Held-out songs (validation and test) draw only from these, which no training song uses: what a held-out
-# song shows is following a progression the model has not heard, not recalling one it has.
+# Held-out songs (validation and test) draw only from these, which no training song uses, not even rotated or
+# in the relative key (a test checks): what a held-out song shows is following a progression the model has not
+# heard, not recalling one it has.
 HELD_OUT_PROGRESSIONS = {
-    "major": [[0, 2, 3, 4], [0, 5, 1, 4], [3, 0, 4, 5]],
+    "major": [[0, 2, 3, 4], [0, 2, 5, 3], [0, 3, 1, 4]],
     "minor": [[0, 2, 6, 3], [0, 4, 5, 3], [0, 6, 3, 4]],
 }
 FORMS = [["A", "A", "B", "A"], ["A", "B", "A", "B"], ["A", "B", "C", "B"], ["A", "A", "B", "B"], ["A", "B", "B", "A"]]

@@ -223,3 +223,33 @@ def test_one_program_per_class_fixes_each_class_to_its_first_program_in_the_same
         for p in fixed:
             if not p.is_drum:
                 assert p.program == compose.CLASS_PARTS[p.inst_class][1][0]
+
+
+def test_held_out_songs_use_progressions_no_training_song_uses_even_rotated_or_in_the_relative_key():
+    def loops(progs, mode):   # every rotation, written as degrees of the relative major
+        out = set()
+        for p in progs:
+            q = [(d + 5) % 7 for d in p] if mode == "minor" else list(p)
+            out |= {tuple(q[i:] + q[:i]) for i in range(len(q))}
+        return out
+
+    heard = loops(compose.PROGRESSIONS["major"], "major") | loops(compose.PROGRESSIONS["minor"], "minor")
+    for mode in ("major", "minor"):
+        assert not loops(compose.HELD_OUT_PROGRESSIONS[mode], mode) & heard
+    for i in range(40):
+        held = compose.make_plan(np.random.default_rng([3, i]), held_out=True)
+        train = compose.make_plan(np.random.default_rng([3, i]), held_out=False)
+        assert all(c in compose.HELD_OUT_PROGRESSIONS[held.mode] * 2 or c[:4] in compose.HELD_OUT_PROGRESSIONS[held.mode]
+                   for c in held.chords.values())
+        assert all(c[:4] in compose.PROGRESSIONS[train.mode] for c in train.chords.values())
+
+
+def test_only_training_songs_draw_training_progressions(tmp_path):
+    out = synth.make_dataset(str(tmp_path / "d"), tracks=10, seconds=2.0, seed=4, workers=1, progress=False,
+                             sample_rate=16000)
+    for split in ("train", "validation", "test"):
+        allowed = compose.PROGRESSIONS if split == "train" else compose.HELD_OUT_PROGRESSIONS
+        for track in os.listdir(os.path.join(out, split)):
+            meta = yaml.safe_load(open(os.path.join(out, split, track, "metadata.yaml")))["synth"]
+            mode = "minor" if meta["key"].endswith("minor") else "major"
+            assert all(p in allowed[mode] for p in meta["progressions"].values()), (split, meta)
