@@ -1,7 +1,7 @@
 """A local web page to add parts to your music: upload a context (or take the built-in example), choose the
 instruments, generate, then listen, look and download (audio in the context's format, and MIDI).
 
-    python app.py                                   # http://127.0.0.1:7860, checkpoints/stemgen-music.pt
+    python app.py                                   # http://127.0.0.1:7860, the shipped checkpoints/stemgen-music.pt
     python app.py --checkpoint runs/default/ckpt.pt --port 8000
 
 The page is one HTML file with plain JavaScript (static/app.html), served by the standard library's http.server:
@@ -49,12 +49,13 @@ from plumbing import adding
 from plumbing import stem_midi
 from songs import synth
 from metrics import transcriber
-from plumbing.checkpoint import CheckpointError, checkpoint_window_seconds, load_model, trained_classes
-from plumbing.cli import pick_device
+from plumbing.checkpoint import (SHIPPED_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_model,
+                                 trained_classes)
+from plumbing.cli import USER_ERROR, pick_device
 from decode import Sampling
 from plumbing.instruments import INSTRUMENTS, instrument_id
 
-DEFAULT_APP_CHECKPOINT = os.path.join("checkpoints", "stemgen-music.pt")  # the shipped checkpoint
+DEFAULT_APP_CHECKPOINT = SHIPPED_CHECKPOINT  # the model shipped in the repository (README "The shipped model")
 DEFAULT_PORT = 7860
 MAX_SECONDS = 60.0       # longest context accepted (--max-seconds)
 MAX_MB = 64.0            # largest upload accepted (--max-mb)
@@ -70,7 +71,6 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "app
 # called corrupt rather than "not audio".
 AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2",
                b".snd", b"caff", b"wvpk")
-EXIT_USER_ERROR = 2
 
 
 class UserError(ValueError):
@@ -210,8 +210,8 @@ class Engine:
     def __init__(self, checkpoint: str, device: str = "auto", codec_weights: str | None = None,
                  max_seconds: float = MAX_SECONDS, max_mb: float = MAX_MB, max_queue: int = MAX_QUEUE):
         if not os.path.isfile(checkpoint):
-            hint = (" (the shipped checkpoint; it is not in this copy yet: train one with `python train.py` and "
-                    "pass --checkpoint runs/default/ckpt.pt)" if checkpoint == DEFAULT_APP_CHECKPOINT else "")
+            hint = (" (the shipped checkpoint is missing from this copy: train one with `python train.py` and pass "
+                    "--checkpoint runs/default/best.pt)" if checkpoint == DEFAULT_APP_CHECKPOINT else "")
             raise CheckpointError(f"checkpoint not found: {checkpoint}{hint}")
         self.checkpoint = checkpoint
         self.device = pick_device(device)
@@ -342,6 +342,8 @@ class Engine:
             old = [c for c in self.contexts.values() if c.id not in busy]
             for c in old[:max(0, len(self.contexts) - MAX_CONTEXTS)]:
                 del self.contexts[c.id]
+                for jid in [jid for jid, j in self.jobs.items() if j.context.id == c.id]:
+                    del self.jobs[jid]            # its takes go with it: their audio, files and memory
                 self.store.remove_folder(c.folder)
         return ctx
 
@@ -405,6 +407,8 @@ class Engine:
         with self._lock:
             if self._stopping.is_set():
                 raise UserError("The server is stopping.")
+            if ctx.id not in self.contexts:       # evicted by an upload since it was looked up
+                raise UserError("That context is gone (too many newer uploads): upload it again.")
             waiting = sum(j.state == "queued" for j in self._order)
             if waiting >= self.max_queue:
                 raise BusyError(f"Busy: {waiting} generations are already waiting. Try again when one has "
@@ -509,6 +513,8 @@ class Engine:
         if job is None or job.state != "done" or not 0 <= index < len(job.stems):
             raise UserError("No such generated stem.")
         path, iid = job.stems[index]
+        if not os.path.isfile(path):
+            raise UserError("That take is gone (too many newer uploads): generate it again.")
         with self._midi_lock:                     # one transcription at a time; a second request reuses it
             if index not in job.midi:
                 ctx = job.context
@@ -695,13 +701,13 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine(args.checkpoint, args.device, args.codec_weights, args.max_seconds, args.max_mb)
     except (CheckpointError, codec_lib.CodecUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return USER_ERROR
     try:
         try:
             server = make_server(engine, args.host, args.port)
         except OSError as e:
             print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
-            return EXIT_USER_ERROR
+            return USER_ERROR
         signal.signal(signal.SIGTERM, interrupt)
         signal.signal(signal.SIGINT, interrupt)     # even where it was started with SIGINT ignored (cmd &)
         print(f"StemGen page at {address(server)} (checkpoint {args.checkpoint}; temporary files in "

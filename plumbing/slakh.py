@@ -68,9 +68,13 @@ def _track_dirs(root: str) -> list[tuple[str, str]]:
                            "or train/ validation/ test/; `python synth.py --out DIR` makes one)")
     split_dirs = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
     out = []
-    parts = [] if split_dirs else sorted(  # a folder of datasets (the built-in data: composed songs + real works)
+    parts = sorted(  # a folder of datasets (the built-in data: composed songs + real works)
         os.path.join(root, d) for d in os.listdir(root)
-        if not d.startswith(".") and any(os.path.isdir(os.path.join(root, d, s)) for s in SPLITS))
+        if d not in SPLITS and not d.startswith(".") and any(os.path.isdir(os.path.join(root, d, s)) for s in SPLITS))
+    if parts and split_dirs:
+        raise DatasetError(f"{root} holds both split folders ({', '.join(split_dirs)}) and datasets "
+                           f"({', '.join(map(os.path.basename, parts))}): keep one layout (an older demo's data? "
+                           "delete the folder and run again)")
     if parts:
         out = [t for p in parts for t in _track_dirs(p)]
         names = Counter(os.path.basename(d) for d, _ in out)

@@ -165,7 +165,8 @@ def render_song(job: tuple) -> tuple[str, int]:
     all_src.instruments = [_midi_instrument(p) for p in parts]
     song = {"tempo": plan.tempo, "key": pretty_midi.key_number_to_key_name(plan.key_number),
             "time_signature": f"{plan.beats}/4", "form": "".join(plan.form),
-            "progressions": {k: [int(d) for d in v[:4]] for k, v in sorted(plan.chords.items())}, "seed": int(seed), "index": int(index)}
+            "progressions": {k: [int(d) for d in v[:4]] for k, v in sorted(plan.chords.items())},
+            "seed": int(seed), "index": int(index)}
     write_track(track_dir, parts, stems, sample_rate, soundfont, midi=all_src, extra={"synth": song})
     all_src.write(os.path.join(track_dir, "all_src.mid"))
     return track_dir, len(parts)

@@ -16,6 +16,8 @@ import pytest
 import soundfile as sf
 
 import app
+from plumbing.checkpoint import SHIPPED_CHECKPOINT
+from plumbing.cli import USER_ERROR
 from conftest import ROOT, chord, serve_app, stop_app
 
 
@@ -86,18 +88,20 @@ def encoded(x, sr, fmt, subtype=None):
 
 # ---------------------------------------------------------------------------------------------------------
 
-def test_defaults_bind_to_this_machine_and_use_the_shipped_checkpoint():
+def test_defaults_bind_to_this_machine_and_use_the_shipped_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                  # wherever it is started from
     args = app.build_parser().parse_args([])
     assert args.host == "127.0.0.1"
-    assert args.checkpoint == os.path.join("checkpoints", "stemgen-music.pt")
+    assert args.checkpoint == SHIPPED_CHECKPOINT and os.path.isabs(args.checkpoint)
 
 
 def test_a_missing_checkpoint_is_named_and_nothing_starts(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)                                  # the shipped checkpoint is not here
-    assert app.main(["--port", "0"]) == app.EXIT_USER_ERROR
+    missing = str(tmp_path / "stemgen-music.pt")
+    monkeypatch.setattr(app, "DEFAULT_APP_CHECKPOINT", missing)   # a copy without the shipped checkpoint
+    assert app.main(["--port", "0"]) == USER_ERROR
     err = capsys.readouterr().err
-    assert "checkpoint not found: checkpoints/stemgen-music.pt" in err and "shipped" in err
-    assert app.main(["--checkpoint", "nope.pt", "--port", "0"]) == app.EXIT_USER_ERROR
+    assert f"checkpoint not found: {missing}" in err and "shipped" in err
+    assert app.main(["--checkpoint", "nope.pt", "--port", "0"]) == USER_ERROR
     assert "checkpoint not found: nope.pt" in capsys.readouterr().err
 
 

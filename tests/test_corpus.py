@@ -111,3 +111,14 @@ def test_one_program_per_class_gives_each_class_its_first_program(tmp_path):
     programs = [s["program_num"] for d, _, fs in os.walk(out) if "metadata.yaml" in fs
                 for s in yaml.safe_load(open(os.path.join(d, "metadata.yaml")))["stems"].values()]
     assert programs and all(p == CLASS_PARTS[INSTRUMENTS[program_class(p, False)]][1][0] for p in programs)
+
+
+def test_a_folder_with_both_split_folders_and_datasets_is_refused(tmp_path):
+    import shutil
+    from conftest import FIXTURE
+    slakh = os.path.join(FIXTURE, "slakh2100_flac_redux")
+    root = tmp_path / "mixed"
+    shutil.copytree(slakh, root)                      # split folders at the root (an older demo's layout) ...
+    shutil.copytree(slakh, root / "composed")         # ... and a dataset beside them
+    with pytest.raises(data.DatasetError, match="both split folders"):
+        data.scan_tracks(str(root), "all")
