@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from plumbing.cli import USER_ERROR
 from songs.corpus import render_corpus, render_midi_transpositions
 from songs.synth import SynthError, add_render_options
 
@@ -36,6 +37,14 @@ def main(argv=None) -> None:
     p.add_argument("--chunks", type=int, default=2, help="chunks per work, spread over its length (default 2)")
     add_render_options(p, "dataset")
     args = p.parse_args(argv)
+    if args.midi:
+        ignored = [f for f, v in (("--folders", args.folders), ("--split", args.split != "all"),
+                                  ("--max-works", args.max_works is not None), ("--transpositions", args.transpositions != "2"),
+                                  ("--chunks", args.chunks != 2), ("--one-program-per-class", args.one_program_per_class))
+                   if v]
+        if ignored:
+            p.error(f"--midi renders one file in all twelve keys with its own programs: {', '.join(ignored)} "
+                    "do not apply to it")
     try:
         if args.midi:
             out = render_midi_transpositions(args.midi, args.out, args.seconds, args.start, args.sample_rate,
@@ -47,7 +56,8 @@ def main(argv=None) -> None:
                                     args.workers, overwrite=args.overwrite, one_program=args.one_program_per_class)
         print(f"wrote {out}: {dict(counts)}")
     except SynthError as e:
-        sys.exit(f"corpus.py: error: {e}")
+        print(f"corpus.py: error: {e}", file=sys.stderr)
+        sys.exit(USER_ERROR)
 
 
 if __name__ == "__main__":

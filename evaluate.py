@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "renderings whose metadata.yaml files say corpus: {piece, transpose}")
     p.add_argument("--transposition-classes", nargs="+", default=["bass"], metavar="CLASS",
                    help="--transposition: the classes to generate, one test each")
-    p.add_argument("--transposition-split", default="all",
+    p.add_argument("--transposition-split", default="all", choices=["all", "train", "validation", "test"],
                    help="--transposition: the split of DIR to use (all, train, validation or test)")
     p.add_argument("--plot", action="store_true",
                    help=f"--listening: draw CQT spectrograms of context, generated and real stem for a few examples "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from plumbing.cli import USER_ERROR
 from songs.synth import (add_render_options, DEFAULT_SECONDS, DEFAULT_TRACKS, SynthError, make_dataset,
                          render_midi_dir)
 
@@ -35,7 +36,8 @@ def main(argv=None) -> None:
                                one_program=args.one_program_per_class)
             print(f"wrote {out}")
     except SynthError as e:
-        sys.exit(f"synth.py: error: {e}")
+        print(f"synth.py: error: {e}", file=sys.stderr)
+        sys.exit(USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -393,16 +393,20 @@ def ship_run(out: str, dst: str) -> str:
     if not os.path.isfile(src):
         raise TrainError(f"--ship: no {src}; train first")
     ckpt = load_checkpoint(src, "cpu")
-    times = [r["time"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "time" in r]
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        times = [r["time"] for r in map(json.loads, f) if "time" in r]
     a = ckpt.get("train_args", {})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:  # no git here
+        commit = ""
     provenance = {
         "command": f"python train.py --data {a.get('data')} --recipe {a.get('recipe')} --out {out}",
         "commit": commit or "unknown", "data": a.get("data"), "best_step": ckpt.get("best_step"),
         "train_seconds": round(times[-1] - times[0]) if len(times) > 1 else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "written": time.strftime("%Y-%m-%d")}
+        "written": time.strftime("%Y-%m-%d"), "train_args": a}
     small = shipped(ckpt, provenance)
     save_checkpoint(dst, small)
     return f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MB): {provenance}"

@@ -75,6 +75,7 @@ def list_works(root: str, folders: list[str] | None = None) -> list[str]:
         rel = os.path.relpath(d, root)
         top = rel.split(os.sep)[0]
         if rel == ".":
+            dirs[:] = [x for x in dirs if x not in RESERVED]  # never even listed
             continue  # the corpus's own modules
         skip = top not in asked if asked else top in TUNE_FOLDERS
         if top in RESERVED or skip or "__pycache__" in rel or top.startswith("_"):
@@ -161,7 +162,8 @@ def part_notes(inst: pretty_midi.Instrument, r: Rendering, bass: bool) -> list[t
     for n in inst.notes:
         s, e = n.start - r.start, min(n.end - r.start, r.seconds)
         if e > 0 and s < r.seconds:
-            out.append((max(s, 0.0), e, int(np.clip(n.pitch + shift, 21, 108)), int(n.velocity)))
+            if 21 <= n.pitch + shift <= 108:  # a note moved off the piano's range is dropped, not clipped
+                out.append((max(s, 0.0), e, int(n.pitch + shift), int(n.velocity)))
     return out
 
 
@@ -242,6 +244,8 @@ def render_corpus(out_dir: str, folders: list[str] | None = None, split: str = "
     plays one GM program). Returns (out_dir, counts)."""
     if transpositions != "all" and not (transpositions.isdigit() and 1 <= int(transpositions) <= 12):
         raise CorpusError(f"--transpositions must be 1-12 or 'all', got {transpositions!r}")
+    if seconds <= 0 or chunks < 1:
+        raise CorpusError(f"need --seconds above 0 and --chunks of at least 1 (got {seconds:g} and {chunks})")
     root = corpus_root()
     soundfont = _check_soundfont(soundfont)
     files = [f for f in list_works(root, folders) if split == "all" or work_split(work_name(root, f)) == split]
@@ -290,14 +294,16 @@ def render_midi_transpositions(midi_path: str, out_dir: str, seconds: float = 20
         name = os.path.splitext(os.path.basename(midi_path))[0]
         if name == "all_src":  # Slakh's name for a track's whole MIDI file: the track's folder names the song
             name = os.path.basename(os.path.dirname(os.path.abspath(midi_path)))
+        tempi = pm.get_tempo_changes()[1]
+        tempo = float(tempi[0]) if len(tempi) else 120.0
         for k in range(12):
             shift = k - 12 if k >= 6 else k
-            moved = [Part(p.inst_class, p.program, p.is_drum, p.role,
-                          p.notes if p.is_drum else [(a, b, int(np.clip(q + shift, 0, 127)), v) for a, b, q, v in p.notes],
-                          source=-1) for p, _ in parts]
+            moved = [Part(p.inst_class, p.program, p.is_drum, p.role, p.notes if p.is_drum else
+                          [(a, b, q + shift, v) for a, b, q, v in p.notes if 0 <= q + shift <= 127], source=-1)
+                     for p, _ in parts]
             stems = [render_part(p.notes, p.program, p.is_drum, n, sample_rate, soundfont) for p in moved]
             write_track(os.path.join(tmp, "test", f"{name}-t{k:02d}"), moved, stems, sample_rate, soundfont,
-                        midi=pretty_midi.PrettyMIDI(),
+                        midi=pretty_midi.PrettyMIDI(initial_tempo=tempo),
                         extra={"corpus": {"piece": name, "source": os.path.basename(midi_path), "transpose": k,
                                           "start_seconds": float(start)}})
         _finish_out(tmp, out_dir, {"midi": os.path.basename(midi_path), "transpositions": "all",

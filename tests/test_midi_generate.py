@@ -1,5 +1,5 @@
 """generate.py --midi: each stem's notes as a MIDI file beside it (stem_midi.py), at the context's tempo, with
-the class's GM program. Skipped, saying so, while generate.py has no --midi flag."""
+the class's GM program."""
 import numpy as np
 import pretty_midi
 import pytest
@@ -9,8 +9,6 @@ import generate
 from plumbing.cli import USER_ERROR
 from conftest import chord
 
-pytestmark = pytest.mark.skipif("--midi" not in generate.build_parser().format_help(),
-                                reason="generate.py has no --midi flag yet (stem_midi.py holds what it calls)")
 SR = 22050
 
 
