@@ -173,8 +173,8 @@ def find_tracks(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
     """Audio files of a Slakh-layout folder grouped by track: [[stems/S00.flac, ..., mix.flac], ...].
 
     Tracks and their splits come from scan_tracks (split folders, or the hash split without them), so
-    the codec is fitted (spectral.py) on the same training tracks the model sees and measured (codec.py
-    measure) on held-out ones. Folders without metadata.yaml fall back to audio_files_by_track.
+    the codec is fitted (spectral.py) on the same training tracks the model sees and measured (`bench.py
+    codec`, metrics/roundtrip.py) on held-out ones. Folders without metadata.yaml fall back to audio_files_by_track.
     """
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data folder not found: {data_dir}")
