@@ -12,6 +12,7 @@ import torch
 
 import decode
 import generate
+from plumbing import adding
 import model as model_lib
 from plumbing import spectral
 from plumbing.checkpoint import config_dict, load_model, save_checkpoint
@@ -342,11 +343,11 @@ def test_progress_total_is_the_number_of_steps_run(random_ckpt, monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(generate, "tqdm", Bar)
+    monkeypatch.setattr(adding, "tqdm", Bar)
     net, tok, _ = load_model(random_ckpt, torch.device("cpu"))
     context = tones(2.3, SR)[0]                              # 115 frames: 4 windows of 40 with 15 overlapping
     sampling = decode.Sampling(steps=(200, 100), guidance="none")
-    generate.generate_stems(net, tok, context, [0, 3], sampling, 40, 15, progress=True)
+    adding.generate_stems(net, tok, context, [0, 3], sampling, 40, 15, progress=True)
     assert len(bars) == 1 and bars[0].done == bars[0].total
     assert bars[0].total < 2 * 4 * sum(sampling.level_steps(40))          # windows after the first decode less
 

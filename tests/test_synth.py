@@ -1,4 +1,5 @@
 import glob
+import re
 import os
 import shutil
 
@@ -9,6 +10,7 @@ import soundfile as sf
 import yaml
 
 from conftest import FIXTURE
+from plumbing.cli import USER_ERROR
 from songs import compose
 import data
 from songs import synth
@@ -204,8 +206,10 @@ def test_refuses_to_overwrite_user_folders(tmp_path, capsys):
     with pytest.raises(synth.SynthError, match="not made by synth.py"):
         synth.make_dataset(str(user), tracks=1, seconds=1.0, progress=False, overwrite=True)
     assert (user / "notes.txt").read_text() == "keep me"
-    with pytest.raises(SystemExit, match="synth.py: error: output folder .* exists"):
+    with pytest.raises(SystemExit) as stop:
         synth_command.main(["--out", str(user), "--tracks", "1", "--seconds", "1"])
+    assert stop.value.code == USER_ERROR
+    assert re.search(r"synth.py: error: output folder .* exists", capsys.readouterr().err)
     ours = str(tmp_path / "ours")
     synth.make_dataset(ours, tracks=1, seconds=1.0, seed=0, workers=1, progress=False)
     synth.make_dataset(ours, tracks=2, seconds=1.0, seed=0, workers=1, progress=False, overwrite=True)
