@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 from dataclasses import asdict, replace
 
@@ -42,7 +41,7 @@ import decode
 from metrics import fad, listening, mir, musicality, transcriber
 from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
 from plumbing import audio, checkpoint, pool
-from plumbing.cli import USER_ERROR, pick_device
+from plumbing.cli import USER_ERROR, pick_device, source_commit
 from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 
@@ -248,11 +247,7 @@ def versions() -> dict:
             out[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             out[package] = None
-    try:
-        out["stemgen_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(
-            os.path.abspath(__file__)), capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["stemgen_commit"] = None
+    out["stemgen_commit"] = source_commit()
     return out
 
 

@@ -15,12 +15,9 @@ each training item is a pure function of (seed, step), so `--resume` continues b
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -37,8 +34,8 @@ from masking import Objective, masked_loss
 from metrics import listening
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 from plumbing import pool, validation
-from plumbing.checkpoint import (DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint,
-                                 shipped, training_codec)
+from plumbing.checkpoint import (BEST, DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint,
+                                 ship_run, training_codec)
 from plumbing.cli import USER_ERROR, pick_device
 from plumbing.distributed import (finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all,
                                   sum_over_processes, wrap_model)
@@ -49,7 +46,6 @@ from songs.demo import DEMO_DATA
 from songs.synth import SynthError
 
 DEFAULT_OUT = os.path.dirname(DEFAULT_CHECKPOINT)  # generate.py looks for runs/default/ckpt.pt
-BEST = "best.pt"  # beside ckpt.pt: the weights with the lowest validation NLL
 MAX_NONFINITE_IN_A_ROW = 10
 
 
@@ -384,32 +380,6 @@ def yes_no(text: str) -> bool:
     if value is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give yes or no")
     return value
-
-
-def ship_run(out: str, dst: str) -> str:
-    """Write a finished run's best weights as a checkpoint to ship (checkpoint.shipped), with where they came
-    from; returns a line saying what was written."""
-    src = os.path.join(out, BEST)
-    if not os.path.isfile(src):
-        raise TrainError(f"--ship: no {src}; train first")
-    ckpt = load_checkpoint(src, "cpu")
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        times = [r["time"] for r in map(json.loads, f) if "time" in r]
-    a = ckpt.get("train_args", {})
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:  # no git here
-        commit = ""
-    provenance = {
-        "command": f"python train.py --data {a.get('data')} --recipe {a.get('recipe')} --out {out}",
-        "commit": commit or "unknown", "data": a.get("data"), "best_step": ckpt.get("best_step"),
-        "train_seconds": round(times[-1] - times[0]) if len(times) > 1 else None,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "written": time.strftime("%Y-%m-%d"), "train_args": a}
-    small = shipped(ckpt, provenance)
-    save_checkpoint(dst, small)
-    return f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MB): {provenance}"
 
 
 def parse_args(argv=None):

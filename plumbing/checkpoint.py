@@ -6,8 +6,11 @@ written to a temporary file beside its path and renamed into place, so a crash n
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
 import sys
+import time
 from dataclasses import asdict
 
 import torch
@@ -15,11 +18,13 @@ import torch
 import codec as codec_lib
 from plumbing import spectral
 from plumbing.audio import atomic_write
+from plumbing.cli import source_commit
 from codec import Codec, CodecUnavailable
 from plumbing.distributed import is_main
 from plumbing.instruments import INSTRUMENTS
 from model import ModelConfig, StemGen
 
+BEST = "best.pt"  # beside a run's ckpt.pt: the weights with the lowest validation NLL
 DEFAULT_CHECKPOINT = os.path.join("runs", "default", "ckpt.pt")  # where train.py writes, generate.py looks
 # The model shipped in the repository (README "The shipped model"): used when no checkpoint is given and no
 # run exists, so that a part can be added to a user's music right after the install.
@@ -30,7 +35,7 @@ SHIPPED_CHECKPOINT = os.path.join(REPO_ROOT, "checkpoints", "stemgen-music.pt")
 def default_checkpoint() -> tuple[str, str]:
     """(path, why) of the checkpoint to use when none is given: the demo run's best weights, else its latest,
     else the shipped model."""
-    best = os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), "best.pt")
+    best = os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), BEST)
     for path, why in ((best, "the best weights of your run"), (DEFAULT_CHECKPOINT, "the latest weights of your run")):
         if os.path.isfile(path):
             return path, why
@@ -50,6 +55,28 @@ def shipped(ckpt: dict, provenance: dict) -> dict:
 class CheckpointError(ValueError):
     """A checkpoint the user gave cannot be used (missing, unreadable, foreign, mismatched with its codec)."""
 
+
+
+def ship_run(out: str, dst: str) -> str:
+    """Write a finished run's best weights as a checkpoint to ship (checkpoint.shipped), with where they came
+    from; returns a line saying what was written."""
+    src = os.path.join(out, BEST)
+    if not os.path.isfile(src):
+        raise CheckpointError(f"--ship: no {src}; train first")
+    ckpt = load_checkpoint(src, "cpu")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        times = [r["time"] for r in map(json.loads, f) if "time" in r]
+    a = ckpt.get("train_args", {})
+    commit = source_commit()
+    provenance = {
+        "command": f"python train.py --data {a.get('data')} --recipe {a.get('recipe')} --out {out}",
+        "commit": commit[:7] if commit else "unknown", "data": a.get("data"), "best_step": ckpt.get("best_step"),
+        "train_seconds": round(times[-1] - times[0]) if len(times) > 1 else None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "written": time.strftime("%Y-%m-%d"), "train_args": a}
+    small = shipped(ckpt, provenance)
+    save_checkpoint(dst, small)
+    return f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MB): {provenance}"
 
 def config_dict(cfg: ModelConfig) -> dict:
     """The model config as the plain dict a checkpoint stores."""

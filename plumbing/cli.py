@@ -5,6 +5,9 @@ can fix (a missing file, a codec not fitted, a bad option value) and resolves it
 """
 from __future__ import annotations
 
+import os
+import subprocess
+
 import torch
 
 USER_ERROR = 2  # exit status of a command stopped by a problem the user can fix; argparse's own errors use it too
@@ -32,3 +35,13 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device {name}: not a torch device name (e.g. auto, cpu, cuda, cuda:1, mps)") from None
+
+
+def source_commit() -> str | None:
+    """The git commit of this copy of the project, or None where that cannot be told (no git, not a clone)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
