@@ -11,7 +11,7 @@ import time
 
 from codec import CodecUnavailable
 from plumbing.cli import USER_ERROR
-from plumbing.spectral import SpectralConfig, fit_spectral
+from plumbing.spectral import WEIGHTINGS, SpectralConfig, fit_spectral
 
 def build_parser() -> argparse.ArgumentParser:
     """`fit`, its defaults taken from SpectralConfig."""
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--sample-rate", type=int, default=d.sample_rate, help="codec sample rate (Hz)")
     f.add_argument("--n-fft", type=int, default=d.n_fft, help="STFT size")
     f.add_argument("--power", type=float, default=d.power, help="magnitude compression exponent")
+    f.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
+                   help="octave: each octave weighs the same in PCA and k-means, so level 0 keeps pitch; flat: each bin")
+    f.add_argument("--floor-hz", type=float, default=d.floor_hz, help="the octave weighting is constant below this")
     f.add_argument("--seconds-per-track", type=float, default=d.seconds_per_track, help="audio read per track")
     f.add_argument("--max-frames", type=int, default=d.max_frames, help="frames kept for fitting")
     f.add_argument("--kmeans-iters", type=int, default=d.kmeans_iters, help="Lloyd iterations per level")
@@ -43,7 +46,8 @@ def run_fit(args) -> None:
     """`python spectral.py fit`: fit, write the file, say what was written."""
     t0 = time.perf_counter()
     cfg = SpectralConfig(n_q=args.n_q, bins=args.bins, dim=args.dim, sample_rate=args.sample_rate,
-                         n_fft=args.n_fft, power=args.power, seconds_per_track=args.seconds_per_track,
+                         n_fft=args.n_fft, power=args.power, weighting=args.weighting,
+                         floor_hz=args.floor_hz, seconds_per_track=args.seconds_per_track,
                          max_frames=args.max_frames, kmeans_iters=args.kmeans_iters,
                          griffin_lim_iters=args.griffin_lim_iters, seed=args.seed)
     codec = fit_spectral(args.data, args.out, cfg, overwrite=args.force)

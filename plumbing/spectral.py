@@ -35,6 +35,8 @@ class SpectralConfig:
     frame_rate: int = 50              # token frames per second; hop = sample_rate / frame_rate (640 samples)
     n_fft: int = 2048                 # STFT size in samples; one frame centred on every multiple of the hop
     power: float = 0.3                # magnitude compression |X|^power (a log floor spends the PCA on noise)
+    weighting: str = "octave"         # "octave": every octave weighs the same in PCA and k-means; "flat": every bin
+    floor_hz: float = 40.0            # below this the octave weighting stays constant
     dim: int = 64                     # PCA dimensions kept of the n_fft / 2 + 1 magnitude bins
     n_q: int = 4                      # residual k-means levels (the paper's Encodec has 4)
     bins: int = 1024                  # codewords per level
@@ -75,6 +77,28 @@ def istft(spec: torch.Tensor, n_fft: int, hop: int, length: int) -> torch.Tensor
         envelope[j:j + T] += wsq[j]
     out = (out / envelope.clamp_min(1e-11)).reshape(B, -1)                           # [B, (T + k - 1) * hop]
     return out[:, n_fft // 2:n_fft // 2 + length]
+
+
+WEIGHTINGS = ("octave", "flat")
+
+
+def bin_weights(weighting: str, n_fft: int, sample_rate: int, floor_hz: float = SpectralConfig.floor_hz
+                ) -> torch.Tensor:
+    """[n_fft/2+1] per-bin weights applied before PCA and k-means (and removed when decoding).
+
+    A linear STFT gives each octave twice the bins of the one below: at 2048 points and 32 kHz, 40-500 Hz (where
+    bass and the lower voices have their fundamentals) is 30 of 1025 bins, so a squared error spends the PCA and
+    the codebooks on the top octaves and level 0 keeps the loudness and the timbre but little of the pitch.
+    "octave" scales bin f by sqrt(floor / max(f, floor)), so that each octave's bins weigh the same in total;
+    "flat" weighs every bin 1.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    n = n_fft // 2 + 1
+    if weighting == "flat":
+        return torch.ones(n)
+    hz = torch.arange(n, dtype=torch.float64) * sample_rate / n_fft
+    return (floor_hz / hz.clamp_min(floor_hz)).sqrt().float()
 
 
 def compressed_magnitude(wav: torch.Tensor, n_fft: int, hop: int, power: float) -> torch.Tensor:
@@ -138,6 +162,7 @@ class SpectralCodec(Codec):
     name = "spectral"
 
     def __init__(self, mean: torch.Tensor, basis: torch.Tensor, codebooks: torch.Tensor,
+                 weight: torch.Tensor | None = None,
                  sample_rate: int = SpectralConfig.sample_rate, frame_rate: int = SpectralConfig.frame_rate,
                  n_fft: int = SpectralConfig.n_fft, power: float = SpectralConfig.power,
                  griffin_lim_iters: int = SpectralConfig.griffin_lim_iters, seed: int = SpectralConfig.seed,
@@ -149,10 +174,12 @@ class SpectralCodec(Codec):
         self.n_fft, self.power = int(n_fft), float(power)
         self.griffin_lim_iters, self.seed, self.source = int(griffin_lim_iters), int(seed), source
         self.mean = mean.float()            # [F] mean compressed-magnitude frame
+        self.weight = (torch.ones_like(self.mean) if weight is None else weight.float())  # [F] bin_weights
         self.basis = basis.float()          # [D, F] orthonormal PCA directions
         self.codebooks = codebooks.float()  # [Q, K, D] residual k-means codewords
         self.n_q, self.bins = int(codebooks.shape[0]), int(codebooks.shape[1])
-        if self.mean.shape[0] != self.n_fft // 2 + 1 or self.basis.shape != (codebooks.shape[2], self.mean.shape[0]):
+        if (self.mean.shape[0] != self.n_fft // 2 + 1 or self.weight.shape != self.mean.shape
+                or self.basis.shape != (codebooks.shape[2], self.mean.shape[0])):
             raise ValueError("inconsistent spectral codec arrays (mean / basis / codebooks shapes do not match)")
 
     @property
@@ -160,7 +187,8 @@ class SpectralCodec(Codec):
         return self.codebooks.device
 
     def to(self, device) -> "SpectralCodec":
-        self.mean, self.basis, self.codebooks = (t.to(device) for t in (self.mean, self.basis, self.codebooks))
+        arrays = (self.mean, self.weight, self.basis, self.codebooks)
+        self.mean, self.weight, self.basis, self.codebooks = (t.to(device) for t in arrays)
         return self
 
     def codewords(self) -> torch.Tensor:
@@ -169,13 +197,13 @@ class SpectralCodec(Codec):
     def spec(self) -> dict:
         return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
                 "n_fft": self.n_fft, "power": self.power, "griffin_lim_iters": self.griffin_lim_iters,
-                "seed": self.seed, "source": self.source or "", "mean": self.mean.cpu(),
+                "seed": self.seed, "source": self.source or "", "mean": self.mean.cpu(), "weight": self.weight.cpu(),
                 "basis": self.basis.cpu(), "codebooks": self.codebooks.cpu()}
 
     def project(self, wav: torch.Tensor) -> torch.Tensor:
-        """[B, 1, T * hop] -> PCA coordinates of the compressed magnitude frames [B, T, D]."""
+        """[B, 1, T * hop] -> PCA coordinates of the weighted compressed magnitude frames [B, T, D]."""
         feats = compressed_magnitude(wav[:, 0], self.n_fft, self.hop, self.power)  # [B, T, F]
-        return (feats - self.mean) @ self.basis.T
+        return ((feats - self.mean) * self.weight) @ self.basis.T
 
     def _encode(self, wav):
         z = self.project(wav)  # [B, T, D]
@@ -185,7 +213,7 @@ class SpectralCodec(Codec):
     def _decode(self, tokens):
         B, Q, T = tokens.shape
         z = rvq_decode(tokens.transpose(1, 2).reshape(B * T, Q), self.codebooks).reshape(B, T, -1)
-        feats = (z @ self.basis + self.mean).clamp_min(0)                # [B, T, F]
+        feats = (z @ self.basis / self.weight + self.mean).clamp_min(0)  # [B, T, F]
         mag = feats.pow(1 / self.power)
         mag = torch.cat([mag, mag[:, -1:]], 1)                           # [B, T + 1, F]: stft's frame count
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
@@ -221,7 +249,8 @@ def spectral_from_spec(spec: dict, device="cpu", weights: str | None = None) -> 
         if not src:
             raise CodecUnavailable("this spectral codec spec holds no arrays and no file; pass --codec-weights")
         spec = load_spectral_file(src)
-    return SpectralCodec(spec["mean"], spec["basis"], spec["codebooks"], spec["sample_rate"], spec["frame_rate"],
+    return SpectralCodec(spec["mean"], spec["basis"], spec["codebooks"], spec.get("weight"), spec["sample_rate"],
+                         spec["frame_rate"],
                          spec["n_fft"], spec["power"], spec["griffin_lim_iters"], spec["seed"],
                          spec.get("source") or None).to(device)
 
@@ -379,9 +408,11 @@ def fit_spectral(data_dir: str, out_path: str | None, config: SpectralConfig | N
         raise ValueError(f"--dim {cfg.dim} exceeds the {cfg.n_fft // 2 + 1} STFT bins")
     generator = torch.Generator().manual_seed(cfg.seed)
     feats = fitting_frames(data_dir, cfg, cfg.seed, generator, progress)
-    mean, basis = fit_pca(feats, cfg.dim)
-    codebooks = fit_rvq((feats - mean) @ basis.T, cfg.n_q, cfg.bins, cfg.kmeans_iters, generator, progress)
-    codec = SpectralCodec(mean, basis, codebooks, cfg.sample_rate, cfg.frame_rate, cfg.n_fft, cfg.power,
+    weight = bin_weights(cfg.weighting, cfg.n_fft, cfg.sample_rate, cfg.floor_hz)
+    mean = feats.mean(0)
+    basis = fit_pca((feats - mean) * weight, cfg.dim)[1]
+    codebooks = fit_rvq(((feats - mean) * weight) @ basis.T, cfg.n_q, cfg.bins, cfg.kmeans_iters, generator, progress)
+    codec = SpectralCodec(mean, basis, codebooks, weight, cfg.sample_rate, cfg.frame_rate, cfg.n_fft, cfg.power,
                           cfg.griffin_lim_iters, cfg.seed, source=os.path.abspath(out_path) if out_path else None)
     if out_path:
         save_spectral(codec, out_path, overwrite)

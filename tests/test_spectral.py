@@ -99,11 +99,33 @@ def test_spec_through_torch_save_rebuilds_an_identical_codec(spectral, tmp_path)
     assert torch.equal(from_file.encode(wav), tokens)
 
 
-def test_spec_keeps_the_keys_that_checkpoints_store(spectral):
-    """Checkpoints written before spectral.py existed hold exactly these keys; they must keep loading."""
+def test_a_spec_without_bin_weights_loads_as_the_flat_codec_it_was(spectral):
+    """Checkpoints written before the octave weighting hold no "weight": they load with every bin weighing 1,
+    and code and decode as the same arrays did then."""
     codec, _ = spectral
-    assert list(codec.spec()) == ["name", "sample_rate", "frame_rate", "n_fft", "power", "griffin_lim_iters",
-                                  "seed", "source", "mean", "basis", "codebooks"]
+    old = {k: v for k, v in codec.spec().items() if k != "weight"}
+    rebuilt = checkpoint.load_codec(old)
+    assert torch.equal(rebuilt.weight, torch.ones_like(codec.mean))
+    flat = S.SpectralCodec(codec.mean, codec.basis, codec.codebooks, torch.ones_like(codec.mean), SR,
+                           n_fft=FIT["n_fft"], griffin_lim_iters=FIT["griffin_lim_iters"])
+    wav = torch.from_numpy(random_triads(0.3, 3, SR, np.random.default_rng(5)))[None, None]
+    assert torch.equal(rebuilt.encode(wav), flat.encode(wav))
+    assert not torch.equal(codec.weight, rebuilt.weight)  # the fixture is fitted with the default: octave
+
+
+def test_octave_weighting_gives_every_octave_the_same_total_weight():
+    """Above the floor, the squared weights of one octave's bins sum to the same as the next octave's (a flat
+    weighting doubles per octave); below the floor the weight is constant; an unknown name is refused."""
+    n_fft, sr = 4096, 32000
+    hz = np.arange(n_fft // 2 + 1) * sr / n_fft
+    for name, growth in (("octave", 1.0), ("flat", 2.0)):
+        w = S.bin_weights(name, n_fft, sr, floor_hz=40.0).numpy()
+        totals = np.array([(w[(hz >= f) & (hz < 2 * f)] ** 2).sum() for f in (160, 320, 640, 1280, 2560, 5120)])
+        assert np.allclose(totals[1:] / totals[:-1], growth, rtol=0.05), (name, totals)
+    w = S.bin_weights("octave", n_fft, sr, floor_hz=40.0).numpy()
+    assert np.all(w[hz <= 40.0] == 1.0) and np.all(np.diff(w) <= 0)
+    with pytest.raises(ValueError, match="octave, flat"):
+        S.bin_weights("mel", n_fft, sr)
 
 
 def test_a_spec_without_arrays_loads_them_from_its_file_or_says_what_is_missing(spectral, tmp_path):
