@@ -70,7 +70,7 @@ def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampli
         context: float [S] mono audio at tok.sample_rate.
         instruments: instrument ids (INSTRUMENTS), generated in this order.
         window, overlap: in codec frames (decode.window_frames).
-        on_step: also called with 1 after every decoding step (app.py's progress), as the bar is.
+        on_step: also called with 1 after every decoding step (the page's progress), as the bar is.
     Returns:
         one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
     """

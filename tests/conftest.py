@@ -178,12 +178,13 @@ def tiny_app_checkpoint(tmp_path_factory):
 
 
 def serve_app(checkpoint, **engine_args):
-    """app.Engine on a checkpoint (CPU) with its HTTP server on a free port of 127.0.0.1, serving from a thread.
-    Returns (engine, server, base URL without the final /); stop_app ends both."""
+    """page_engine.Engine on a checkpoint (CPU) with app.py's HTTP server on a free port of 127.0.0.1, serving
+    from a thread. Returns (engine, server, base URL without the final /); stop_app ends both."""
     import threading
 
     import app
-    engine = app.Engine(checkpoint, device="cpu", **engine_args)
+    from plumbing.page_engine import Engine
+    engine = Engine(checkpoint, device="cpu", **engine_args)
     server = app.make_server(engine, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return engine, server, app.address(server).rstrip("/")

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 import app
+from plumbing import page_engine
 from plumbing.checkpoint import SHIPPED_CHECKPOINT
 from plumbing.cli import USER_ERROR
 from conftest import ROOT, chord, serve_app, stop_app
@@ -138,7 +139,7 @@ def test_same_seed_same_take_and_a_fresh_seed_is_reported(served):
         takes.append(client.wait(job["id"]))
     audio_of = [client.fetch(t["result"]["stems"][0]["audio"])[0] for t in takes]
     assert takes[0]["seed"] == takes[1]["seed"] == "5" and audio_of[0] == audio_of[1]
-    assert 0 <= int(takes[2]["seed"]) < app.FRESH_SEEDS and takes[2]["seed"] != "5"
+    assert 0 <= int(takes[2]["seed"]) < page_engine.FRESH_SEEDS and takes[2]["seed"] != "5"
     _, job = client.generate(context=ctx["id"], instruments=["Drums"], seed=str(2 ** 63 - 1), steps=[4, 2])
     assert client.wait(job["id"])["seed"] == str(2 ** 63 - 1)            # exact, past JavaScript's 2^53
 
@@ -225,7 +226,7 @@ def test_one_generation_at_a_time_the_rest_queue_then_busy(served, monkeypatch):
 
 
 def test_stopping_mid_generation_ends_it_and_removes_every_file(tiny_app_checkpoint, monkeypatch):
-    engine = app.Engine(tiny_app_checkpoint, device="cpu")
+    engine = page_engine.Engine(tiny_app_checkpoint, device="cpu")
     started, _ = gate(engine, monkeypatch)
     path = os.path.join(engine.store.root, "in.wav")
     sf.write(path, tonal(0.5, 16000, 1), 16000)
@@ -243,8 +244,8 @@ def test_the_example_song_is_made_once_whatever_the_upload_limit(served):
     engine, client = served
     status, ctx = client.call("POST", "/api/example")
     assert status == 200, ctx
-    assert (ctx["name"], ctx["sample_rate"], ctx["seconds"]) == ("example.wav", app.EXAMPLE_SAMPLE_RATE,
-                                                                  app.EXAMPLE_SECONDS)
+    assert (ctx["name"], ctx["sample_rate"], ctx["seconds"]) == ("example.wav", page_engine.EXAMPLE_SAMPLE_RATE,
+                                                                  page_engine.EXAMPLE_SECONDS)
     assert client.call("POST", "/api/example")[1]["id"] == ctx["id"]   # made once
 
 

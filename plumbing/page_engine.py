@@ -1,0 +1,430 @@
+"""What the page (app.py) runs: the model, the contexts and their takes, and one worker thread.
+
+Generation is generate.py's own pipeline (checkpoint.load_model, adding.read_context, adding.generate_stems,
+adding.write_outputs, decode.Sampling), run for one request at a time by a single worker thread; further
+requests wait in a queue whose place the page shows (past MAX_QUEUE waiting, a request is refused with a busy
+message). Progress comes from the decoding steps.
+
+Uploads and outputs live in one temporary folder (page_files.Store), removed when the engine closes: a
+generation in progress is stopped at its next decoding step first. A bad upload (empty, not audio, corrupt,
+silent, longer than max_seconds or larger than max_mb) gets one message (UserError) and leaves no file behind.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+import decode
+from decode import Sampling
+from plumbing import adding, audio, stem_midi
+from plumbing.checkpoint import CheckpointError, checkpoint_window_seconds, load_model, trained_classes
+from plumbing.cli import pick_device
+from plumbing.instruments import INSTRUMENTS, instrument_id
+from plumbing.page_files import Store, content_type, safe_name, spectrogram_png
+from songs import compose, synth
+
+MAX_SECONDS = 60.0       # longest context accepted (--max-seconds)
+MAX_MB = 64.0            # largest upload accepted (--max-mb)
+MAX_QUEUE = 4            # generations waiting behind the running one; more are refused with a busy message
+MAX_CONTEXTS = 16        # contexts kept (with their takes); the oldest is removed past this
+MAX_STEPS = 1024         # per level, per 1000 frames: a bound on what one request may ask for
+STOP_WAIT_SECONDS = 10.0  # how long stopping waits for a generation to reach its next decoding step
+FRESH_SEEDS = 2 ** 31    # fresh seeds are drawn below this; any seed from 0 to 2^63 - 1 may be typed
+EXAMPLE_SECONDS = 8.0
+EXAMPLE_SAMPLE_RATE = 32000
+# First bytes of the audio containers soundfile reads: an upload that starts like one but cannot be read is
+# called corrupt rather than "not audio".
+AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2",
+               b".snd", b"caff", b"wvpk")
+
+
+class UserError(ValueError):
+    """A request the user can fix; its message is shown on the page as it is."""
+
+
+class BusyError(UserError):
+    """Too many generations are waiting: the request is refused, not queued."""
+
+
+class Stopped(Exception):
+    """The server is stopping: the generation in progress ends at its next decoding step."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Contexts and generations
+
+@dataclass
+class Context:
+    id: str
+    name: str                 # file name, e.g. song.flac (outputs are named after it, as generate.py does)
+    folder: str
+    path: str
+    x: np.ndarray             # [C, S] float32 at sr
+    sr: int
+    subtype: str | None
+    audio_url: str
+    spectrogram_url: str
+    tempo: float | None = None
+    tempo_known: bool = False
+
+    def describe(self) -> dict:
+        return {"id": self.id, "name": self.name, "seconds": round(self.x.shape[1] / self.sr, 3),
+                "sample_rate": self.sr, "channels": self.x.shape[0], "audio": self.audio_url,
+                "spectrogram": self.spectrogram_url}
+
+
+@dataclass
+class Job:
+    id: str
+    context: Context
+    instruments: list[int]
+    sampling: Sampling
+    seed: int
+    state: str = "queued"     # queued -> running -> done | error
+    step: int = 0
+    total: int = 0
+    error: str = ""
+    result: dict | None = None
+    stems: list[tuple[str, int]] = field(default_factory=list)   # (stem path, instrument) for the MIDI
+    midi: dict = field(default_factory=dict)                     # stem index -> MIDI path, made on request
+    started: float = 0.0
+
+
+class Engine:
+    """The model, the contexts, and one worker thread running the queued generations in order."""
+
+    def __init__(self, checkpoint: str, device: str = "auto", codec_weights: str | None = None,
+                 max_seconds: float = MAX_SECONDS, max_mb: float = MAX_MB, max_queue: int = MAX_QUEUE):
+        if not os.path.isfile(checkpoint):
+            raise CheckpointError(f"checkpoint not found: {checkpoint}")
+        self.checkpoint = checkpoint
+        self.device = pick_device(device)
+        self.net, self.tok, ckpt = load_model(checkpoint, self.device, codec_weights)
+        self.trained = trained_classes(ckpt)
+        window_seconds = checkpoint_window_seconds(ckpt)
+        self.window, self.overlap = decode.window_frames(self.tok.frame_rate, self.net.cfg.max_len, window_seconds)
+        d = Sampling()
+        steps = tuple(d.steps[:self.net.cfg.n_q]) + (d.steps[-1],) * max(0, self.net.cfg.n_q - len(d.steps))
+        self.defaults = replace(d, steps=steps)   # the paper's settings, one step count per level of this model
+        self.max_seconds, self.max_bytes, self.max_queue = max_seconds, int(max_mb * 2 ** 20), max_queue
+        self.store = Store()
+        self.contexts: dict[str, Context] = {}
+        self.jobs: dict[str, Job] = {}
+        self._order: list[Job] = []             # queued and running jobs, in order
+        self._lock = threading.Lock()
+        self._midi_lock = threading.Lock()
+        self._example_lock, self._example_id = threading.Lock(), ""
+        self._queue: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="stemgen-worker", daemon=True)
+        self._worker.start()
+
+    # -- what the page shows -------------------------------------------------------------------------
+    def info(self) -> dict:
+        names = list(self.trained) if self.trained is not None else list(INSTRUMENTS)
+        d = self.defaults
+        return {
+            "checkpoint": self.checkpoint,
+            "instruments": [{"name": n, "targets": (self.trained or {}).get(n)} for n in names],
+            "trained_known": self.trained is not None,
+            "defaults": {"seed": None, "scale_audio": d.scale_audio, "scale_instrument": d.scale_instrument,
+                         "steps": list(d.steps), "temperature": d.temperature},
+            "levels": self.net.cfg.n_q, "max_seconds": self.max_seconds, "max_mb": self.max_bytes / 2 ** 20,
+            "max_queue": self.max_queue, "device": str(self.device),
+        }
+
+    # -- contexts ----------------------------------------------------------------------------------
+    def add_upload(self, name: str, body, length: int) -> Context:
+        """Read `length` bytes of an uploaded file from `body` (a file object) and keep it as a context."""
+        if length <= 0:
+            raise UserError("The file is empty: choose an audio file (wav, flac, ogg, mp3, aiff).")
+        if length > self.max_bytes:
+            raise UserError(f"The file is {length / 2 ** 20:.1f} MB; the limit is {self.max_bytes / 2 ** 20:g} MB "
+                            f"(start the page with --max-mb to change it).")
+        folder = self.store.folder("context")
+        try:
+            path = os.path.join(folder, safe_name(name))
+            with open(path, "wb") as f:
+                left = length
+                while left > 0:
+                    chunk = body.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise UserError("The upload stopped before the whole file arrived: try again.")
+                    f.write(chunk)
+                    left -= len(chunk)
+            return self._add_context(folder, path, self.max_seconds)
+        except BaseException:
+            self.store.remove_folder(folder)
+            raise
+
+    def example(self) -> Context:
+        """The built-in example context: a short composed song (compose.py, synth.py) without its bass part,
+        rendered with the General MIDI SoundFont. The same song every time; made once per server."""
+        with self._example_lock:
+            with self._lock:
+                found = self.contexts.get(self._example_id)
+            if found is None:
+                found = self._make_example()
+                self._example_id = found.id
+            return found
+
+    def _make_example(self) -> Context:
+        folder = self.store.folder("context")
+        try:
+            plan, parts = compose.compose(np.random.default_rng(7), EXAMPLE_SECONDS, one_program=True, held_out=True)
+            n = int(EXAMPLE_SECONDS * EXAMPLE_SAMPLE_RATE)
+            soundfont = synth.SOUNDFONT
+            mix = np.zeros(n, np.float32)
+            for part in parts:
+                if part.inst_class == "Bass":
+                    continue                                   # the part the example leaves for you to add
+                y = synth.render_part(part.notes, part.program, part.is_drum, n, EXAMPLE_SAMPLE_RATE, soundfont)
+                rms = float(np.sqrt(np.mean(y ** 2)))
+                if rms > 0:
+                    mix += y * (10 ** ((-20.0 + part.gain_db) / 20) / rms)
+            mix *= 0.9 / max(float(np.abs(mix).max()), 1e-9)
+            path = os.path.join(folder, "example.wav")
+            audio.write_audio(path, mix, EXAMPLE_SAMPLE_RATE, subtype="PCM_16")
+            return self._add_context(folder, path)
+        except BaseException:
+            self.store.remove_folder(folder)
+            raise
+
+    def _add_context(self, folder: str, path: str, max_seconds: float | None = None) -> Context:
+        """Check a context file (readable audio, not longer than max_seconds, not silent) and register it."""
+        name = os.path.basename(path)
+        try:
+            sr, frames, _ = audio.audio_info(path)
+        except audio.AudioError:
+            with open(path, "rb") as f:
+                head = f.read(16)
+            if head.startswith(AUDIO_MAGIC) or head[8:12] in (b"WAVE", b"AIFF", b"AIFC"):
+                raise UserError(f"{name} looks like an audio file but is corrupt: it cannot be decoded.") from None
+            raise UserError(f"{name} is not an audio file this page can read (wav, flac, ogg, mp3, aiff).") from None
+        if frames <= 0:
+            raise UserError(f"{name} holds no audio (0 samples).")
+        if max_seconds is not None and frames / sr > max_seconds:
+            raise UserError(f"{name} is {frames / sr:.1f} s long; the limit is {max_seconds:g} s "
+                            f"(start the page with --max-seconds to change it).")
+        try:
+            x, sr = adding.read_context(path)
+        except adding.GenerateError as e:                      # silent
+            raise UserError(str(e).replace(path, name)) from None
+        except audio.AudioError as e:                            # unreadable samples, NaN or inf
+            raise UserError(f"{name} is corrupt: {str(e).replace(path, name)}") from None
+        if x.shape[1] < 0.1 * sr:
+            raise UserError(f"{name} is too short to add a part to ({x.shape[1] / sr:.2f} s): give at least 0.1 s.")
+        subtype = audio.audio_format(path)[1]
+        png = os.path.join(folder, "context.png")
+        spectrogram_png(audio.to_mono(x), sr, png, f"context: {name}")
+        ctx = Context(id=secrets.token_hex(6), name=name, folder=folder, path=path, x=x, sr=sr, subtype=subtype,
+                      audio_url=self.store.add(path, content_type(path)),
+                      spectrogram_url=self.store.add(png, "image/png"))
+        with self._lock:
+            self.contexts[ctx.id] = ctx
+            busy = {j.context.id for j in self._order}
+            old = [c for c in self.contexts.values() if c.id not in busy]
+            for c in old[:max(0, len(self.contexts) - MAX_CONTEXTS)]:
+                del self.contexts[c.id]
+                for jid in [jid for jid, j in self.jobs.items() if j.context.id == c.id]:
+                    del self.jobs[jid]            # its takes go with it: their audio, files and memory
+                self.store.remove_folder(c.folder)
+        return ctx
+
+    # -- generations -------------------------------------------------------------------------------
+    def sampling_from(self, options: dict) -> Sampling:
+        """The defaults with the page's options (scale_audio, scale_instrument, steps, temperature) applied."""
+        given = {}
+        try:
+            for key in ("scale_audio", "scale_instrument", "temperature"):
+                if options.get(key) not in (None, ""):
+                    given[key] = float(options[key])
+                    if not math.isfinite(given[key]):
+                        raise ValueError
+            if options.get("steps") not in (None, "", []):
+                steps = options["steps"]
+                steps = steps.replace(",", " ").split() if isinstance(steps, str) else steps
+                given["steps"] = tuple(int(s) for s in steps)
+        except (TypeError, ValueError):
+            raise UserError("Guidance scales and temperature must be numbers, steps whole numbers.") from None
+        if "steps" in given:
+            if len(given["steps"]) != self.net.cfg.n_q:
+                raise UserError(f"Give {self.net.cfg.n_q} step counts, one per token level (coarsest first).")
+            if not all(1 <= s <= MAX_STEPS for s in given["steps"]):
+                raise UserError(f"Step counts must be between 1 and {MAX_STEPS}.")
+        for key in ("scale_audio", "scale_instrument"):
+            if key in given and not 0 <= given[key] <= 100:
+                raise UserError("Guidance scales must be between 0 and 100.")
+        try:
+            return replace(self.defaults, **given)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+    def submit(self, options: dict) -> Job:
+        """Queue a generation: {context, instruments: [names], seed?, scale_audio?, ...}."""
+        with self._lock:
+            ctx = self.contexts.get(str(options.get("context", "")))
+        if ctx is None:
+            raise UserError("Upload a context (or take the example) first.")
+        names = options.get("instruments") or []
+        if not isinstance(names, list) or not names:
+            raise UserError("Choose at least one instrument.")
+        try:
+            instruments = [instrument_id(n) for n in names]
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        try:
+            adding.check_trained(instruments, self.trained, self.checkpoint)
+        except adding.GenerateError as e:
+            raise UserError(str(e)) from None
+        sampling = self.sampling_from(options)
+        seed = options.get("seed")
+        if seed in (None, ""):   # a fresh seed, short enough to read off the page and type back
+            seed = int(np.random.SeedSequence().entropy % FRESH_SEEDS)
+        try:
+            seed = int(seed)
+            if not 0 <= seed < 2 ** 63:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise UserError("The seed must be a whole number from 0 (or empty for a fresh one).") from None
+        job = Job(id=secrets.token_hex(6), context=ctx, instruments=instruments, sampling=sampling, seed=seed)
+        with self._lock:
+            if self._stopping.is_set():
+                raise UserError("The server is stopping.")
+            if ctx.id not in self.contexts:       # evicted by an upload since it was looked up
+                raise UserError("That context is gone (too many newer uploads): upload it again.")
+            waiting = sum(j.state == "queued" for j in self._order)
+            if waiting >= self.max_queue:
+                raise BusyError(f"Busy: {waiting} generations are already waiting. Try again when one has "
+                                f"finished.")
+            self.jobs[job.id] = job
+            self._order.append(job)
+        self._queue.put(job)
+        return job
+
+    def status(self, job_id: str) -> dict | None:
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            ahead = self._order.index(job) if job in self._order else 0       # generations before this one
+        out = {"id": job.id, "state": job.state, "step": job.step, "total": job.total, "ahead": ahead,
+               "seed": str(job.seed),   # a string: JavaScript's numbers hold integers exactly only below 2^53
+               "instruments": [INSTRUMENTS[i] for i in job.instruments],
+               "settings": {"steps": list(job.sampling.steps), "scale_audio": job.sampling.scale_audio,
+                            "scale_instrument": job.sampling.scale_instrument,
+                            "temperature": job.sampling.temperature}}
+        if job.state == "error":
+            out["error"] = job.error
+        if job.state == "done":
+            out["result"] = job.result
+        return out
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            job.state, job.started = "running", time.time()
+            try:
+                self._generate(job)
+                job.state = "done"
+            except Stopped:
+                job.state, job.error = "error", "The server stopped."
+            except Exception as e:                               # shown on the page; the server goes on
+                job.state, job.error = "error", f"Generation failed: {e}"
+                print(f"error: generation {job.id} failed: {e!r}", file=sys.stderr)
+            finally:
+                with self._lock:
+                    if job in self._order:
+                        self._order.remove(job)
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise Stopped()
+
+    def _on_step(self, job: Job):
+        def step(n: int = 1):
+            self._check_stopping()
+            job.step += n
+        return step
+
+    def _stems(self, job: Job, context: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
+        """adding.generate_stems with a progress callback: stems in turn, each added to the context."""
+        return adding.generate_stems(self.net, self.tok, context, job.instruments, job.sampling, self.window,
+                                     self.overlap, generator, on_step=self._on_step(job))
+
+    def _generate(self, job: Job) -> None:
+        ctx = job.context
+        context = audio.resample(audio.to_mono(ctx.x), ctx.sr, self.tok.sample_rate)   # [S'] at the codec rate
+        n_frames = math.ceil(context.shape[-1] * self.tok.frame_rate / self.tok.sample_rate)
+        plan = decode.plan_windows(n_frames, self.window, self.overlap)
+        job.total = decode.planned_steps(job.sampling, plan) * len(job.instruments)
+        generator = torch.Generator(device=self.device).manual_seed(job.seed)
+        stems = self._stems(job, context, generator)
+        stems = [audio.fit_length(audio.resample(s, self.tok.sample_rate, ctx.sr), ctx.x.shape[1]) for s in stems]
+        self._check_stopping()                   # stopped during the codec's decoding: write nothing
+        folder = self.store.folder("take", ctx.folder)   # removed with its context
+        base = os.path.join(folder, ctx.name)
+        outs = adding.default_out_paths(base, job.instruments)
+        mix_path = adding.default_mix_path(base, job.instruments)
+        mix = ctx.x + sum(stems)[None, :]                                            # [C, S]
+        adding.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
+                               lambda msg: None)
+        result = {"seed": str(job.seed), "seconds": round(time.time() - job.started, 2), "stems": [], "mix": None}
+        for k, (path, stem, iid) in enumerate(zip(outs, stems, job.instruments)):
+            png = os.path.join(folder, f"stem{k}.png")
+            spectrogram_png(stem, ctx.sr, png, f"new {INSTRUMENTS[iid].lower()} (seed {job.seed})")
+            name = os.path.basename(path)
+            result["stems"].append({"instrument": INSTRUMENTS[iid], "name": name,
+                                    "audio": self.store.add(path, content_type(path), name),
+                                    "spectrogram": self.store.add(png, "image/png"),
+                                    "midi": f"/api/midi/{job.id}/{k}",
+                                    "midi_name": os.path.splitext(name)[0] + ".mid"})
+            job.stems.append((path, iid))
+        png = os.path.join(folder, "mix.png")
+        spectrogram_png(audio.to_mono(mix), ctx.sr, png, "new mix")
+        result["mix"] = {"name": os.path.basename(mix_path),
+                         "audio": self.store.add(mix_path, content_type(mix_path), os.path.basename(mix_path)),
+                         "spectrogram": self.store.add(png, "image/png")}
+        job.result = result
+
+    def midi(self, job_id: str, index: int) -> tuple[str, str]:
+        """(path, download name) of a stem's MIDI file, transcribed on first request (stem_midi)."""
+        with self._lock:
+            job = self.jobs.get(job_id)
+        if job is None or job.state != "done" or not 0 <= index < len(job.stems):
+            raise UserError("No such generated stem.")
+        path, iid = job.stems[index]
+        if not os.path.isfile(path):
+            raise UserError("That take is gone (too many newer uploads): generate it again.")
+        with self._midi_lock:                     # one transcription at a time; a second request reuses it
+            if index not in job.midi:
+                ctx = job.context
+                if not ctx.tempo_known:
+                    ctx.tempo, ctx.tempo_known = stem_midi.detect_tempo(ctx.x, ctx.sr), True
+                stem, sr = audio.read_audio(path)
+                pm = stem_midi.instrument_midi(stem, sr, iid, ctx.tempo)
+                out = os.path.splitext(path)[0] + ".mid"
+                stem_midi.write_midi(out, pm)
+                job.midi[index] = out
+        out = job.midi[index]
+        return out, os.path.basename(out)
+
+    # -- stopping ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the worker (a running generation ends at its next step) and remove the temporary folder."""
+        self._stopping.set()
+        self._worker.join(STOP_WAIT_SECONDS)
+        self.store.close()
+
