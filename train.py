@@ -31,7 +31,6 @@ import codec as codec_lib
 import data
 from codec import Codec
 from masking import Objective, masked_loss
-from metrics import listening
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 from plumbing import pool, validation
 from plumbing.checkpoint import (BEST, DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint,
@@ -451,7 +450,7 @@ def main(argv=None) -> int:
         if args.plot:
             if not os.path.isfile(os.path.join(args.out, "metrics.jsonl")):
                 raise TrainError(f"no metrics file in {args.out}; train first")
-            print(listening.plot_curves(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "curves.png")))
+            print(validation.plot_curves(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "curves.png")))
             return 0
         resume = None
         if args.resume:

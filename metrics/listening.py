@@ -168,7 +168,7 @@ def verdict(report: dict, bound: float = 0.0) -> str:
 
 
 def format_report(report: dict) -> str:
-    """The listening table (and the masked-accuracy table, when there) as plain text lines."""
+    """The listening table as plain text lines."""
     lines = ["level 0, whole target masked    NLL (nats)   top-1 acc"]
     for name in CONDITIONS:
         c = report["conditions"][name]
@@ -179,71 +179,7 @@ def format_report(report: dict) -> str:
     if report.get("other_song_fallbacks"):
         lines.append(f"  ({report['other_song_fallbacks']} pairs took another song's context that holds their "
                      "target's class: no other song's context without it)")
-    if "masked_accuracy" in report:
-        lines.append("masked-token accuracy, partly visible targets (overall | per level):")
-        lines += [f"  {name:>18}: {r['acc']:.3f} | {' '.join(f'{a:.3f}' for a in r['acc_per_level'])}"
-                  for name, r in report["masked_accuracy"].items()]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------ the paper's validation measure, for comparison
-
-
-@torch.no_grad()
-def masked_accuracy(model, val: dict, batch: int, null_instrument: int, drop_context: bool = False,
-                    drop_instrument: bool = False) -> dict:
-    """Masked-token accuracy per level and overall on fixed pairs and masks (Sec. 3; val["masks"]: one
-    (masked, loss_mask) per level). Partly visible targets make it a measure of copying, not of listening."""
-    model.eval()
-    dev = next(model.parameters()).device
-    correct, total = [0] * len(val["masks"]), [0] * len(val["masks"])
-    inst_all = torch.full_like(val["instrument"], null_instrument) if drop_instrument else val["instrument"]
-    for q, (masked, loss_mask) in enumerate(val["masks"]):
-        for i in range(0, len(inst_all), batch):
-            sl = slice(i, i + batch)
-            ctx, tgt = val["context"][sl].to(dev).long(), val["target"][sl, q].to(dev).long()
-            dropped = torch.full((ctx.shape[0],), drop_context, device=dev)
-            with autocast(dev):
-                logits = model(ctx, masked[sl].to(dev), inst_all[sl].to(dev), dropped, level=q)
-            lm = loss_mask[sl, q].to(dev)
-            correct[q] += (logits.argmax(-1)[lm] == tgt[lm]).sum().item()
-            total[q] += lm.sum().item()
-    model.train()
-    return {"acc": sum(correct) / max(sum(total), 1),
-            "acc_per_level": [c / max(t, 1) for c, t in zip(correct, total)]}
-
-
-def constant_baseline(val: dict) -> dict:
-    """The best input-ignoring predictor: each level's most frequent token among the scored positions.
-
-    Computed on the validation targets themselves, so it is an upper bound for any constant guess.
-    """
-    correct, total = [], []
-    for q, (_, loss_mask) in enumerate(val["masks"]):
-        scored = val["target"][:, q].long()[loss_mask[:, q]]
-        correct.append(torch.bincount(scored).max().item() if scored.numel() else 0)
-        total.append(scored.numel())
-    return {"acc": sum(correct) / max(sum(total), 1),
-            "acc_per_level": [c / max(n, 1) for c, n in zip(correct, total)]}
-
-
-def validation_scores(model, val: dict, batch: int, null_instrument: int) -> dict:
-    """What training tracks (train.py): the level-0 NLL with and without the context, and masked accuracy."""
-    nll, _ = level0_nll(model, val["context"], val["target"], val["instrument"], batch=batch)
-    nll0, _ = level0_nll(model, val["context"], val["target"], val["instrument"], True, batch)
-    return {"nll": float(nll.mean()), "nll_no_context": float(nll0.mean()),
-            **masked_accuracy(model, val, batch, null_instrument)}
-
-
-def full_report(model, val: dict, batch: int, frame_rate: float, null_instrument: int) -> dict:
-    """The listening report and the masked-accuracy table scored four ways (the end of a training run)."""
-    report = listening_report(model, val, batch, frame_rate)
-    report["masked_accuracy"] = {
-        "with_context": masked_accuracy(model, val, batch, null_instrument),
-        "context_dropped": masked_accuracy(model, val, batch, null_instrument, drop_context=True),
-        "both_dropped": masked_accuracy(model, val, batch, null_instrument, drop_context=True, drop_instrument=True),
-        "constant_baseline": constant_baseline(val)}
-    return report
 
 
 # ------------------------------------------------------------------------------------ audio level
@@ -289,27 +225,3 @@ def chroma_check(stems: list[np.ndarray], contexts: list[np.ndarray], song: list
         out[name] = {"own": float(own[:, k].mean()), "other": float(oth[:, k].mean()), "gain": mean, "lo": lo, "hi": hi}
     out["other_song_fallbacks"] = None if instrument is None else fallbacks
     return out
-
-
-def plot_curves(metrics_path: str, out_png: str) -> str:
-    """Draw a run's training loss and its validation NLL with and without the context (when the two part,
-    the model has started to listen) from metrics.jsonl to a PNG; returns its path."""
-    import json
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in open(metrics_path)]
-    tr = [r for r in rows if r.get("kind") == "train"]
-    va = [r for r in rows if r.get("kind") == "val" and "nll" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
-    ax[0].set(xlabel="step", ylabel="masked-token loss", title="training loss")
-    ax[1].plot([r["step"] for r in va], [r["nll"] for r in va], label="with context")
-    ax[1].plot([r["step"] for r in va], [r["nll_no_context"] for r in va], label="context dropped")
-    ax[1].set(xlabel="step", ylabel="NLL (nats)", title="validation: level 0, whole target masked")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png

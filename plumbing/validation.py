@@ -1,5 +1,7 @@
-"""Training's validation (train.py): fixed held-out pairs, their scores logged as the run goes, and the report
-on the best weights at its end (the scores themselves are metrics/listening.py's)."""
+"""Training's validation and its record (train.py): fixed held-out pairs; their scores (the level-0 NLL with and
+without the context, from metrics/listening.py, and the paper's masked-token accuracy) logged to metrics.jsonl
+as the run goes; the report on the best weights at its end; and the picture of a run's curves drawn from
+metrics.jsonl (train.py --plot)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +15,7 @@ import torch
 from data import DatasetError
 from masking import mask_target
 from metrics import listening
+from model import autocast
 from plumbing import pool
 from plumbing.checkpoint import load_checkpoint
 from plumbing.instruments import NULL_INSTRUMENT
@@ -33,6 +36,71 @@ def validation_pairs(codec, recipe, data_dir: str, progress: bool) -> dict:
     return val
 
 
+@torch.no_grad()
+def masked_accuracy(model, val: dict, batch: int, null_instrument: int, drop_context: bool = False,
+                    drop_instrument: bool = False) -> dict:
+    """Masked-token accuracy per level and overall on fixed pairs and masks (Sec. 3; val["masks"]: one
+    (masked, loss_mask) per level). Partly visible targets make it a measure of copying, not of listening."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct, total = [0] * len(val["masks"]), [0] * len(val["masks"])
+    inst_all = torch.full_like(val["instrument"], null_instrument) if drop_instrument else val["instrument"]
+    for q, (masked, loss_mask) in enumerate(val["masks"]):
+        for i in range(0, len(inst_all), batch):
+            sl = slice(i, i + batch)
+            ctx, tgt = val["context"][sl].to(dev).long(), val["target"][sl, q].to(dev).long()
+            dropped = torch.full((ctx.shape[0],), drop_context, device=dev)
+            with autocast(dev):
+                logits = model(ctx, masked[sl].to(dev), inst_all[sl].to(dev), dropped, level=q)
+            lm = loss_mask[sl, q].to(dev)
+            correct[q] += (logits.argmax(-1)[lm] == tgt[lm]).sum().item()
+            total[q] += lm.sum().item()
+    model.train()
+    return {"acc": sum(correct) / max(sum(total), 1),
+            "acc_per_level": [c / max(t, 1) for c, t in zip(correct, total)]}
+
+
+def constant_baseline(val: dict) -> dict:
+    """The best input-ignoring predictor: each level's most frequent token among the scored positions.
+
+    Computed on the validation targets themselves, so it is an upper bound for any constant guess.
+    """
+    correct, total = [], []
+    for q, (_, loss_mask) in enumerate(val["masks"]):
+        scored = val["target"][:, q].long()[loss_mask[:, q]]
+        correct.append(torch.bincount(scored).max().item() if scored.numel() else 0)
+        total.append(scored.numel())
+    return {"acc": sum(correct) / max(sum(total), 1),
+            "acc_per_level": [c / max(n, 1) for c, n in zip(correct, total)]}
+
+
+def validation_scores(model, val: dict, batch: int, null_instrument: int) -> dict:
+    """What training tracks (train.py): the level-0 NLL with and without the context, and masked accuracy."""
+    nll, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], batch=batch)
+    nll0, _ = listening.level0_nll(model, val["context"], val["target"], val["instrument"], True, batch)
+    return {"nll": float(nll.mean()), "nll_no_context": float(nll0.mean()),
+            **masked_accuracy(model, val, batch, null_instrument)}
+
+
+def full_report(model, val: dict, batch: int, frame_rate: float, null_instrument: int) -> dict:
+    """The listening report and the masked-accuracy table scored four ways (the end of a training run)."""
+    report = listening.listening_report(model, val, batch, frame_rate)
+    report["masked_accuracy"] = {
+        "with_context": masked_accuracy(model, val, batch, null_instrument),
+        "context_dropped": masked_accuracy(model, val, batch, null_instrument, drop_context=True),
+        "both_dropped": masked_accuracy(model, val, batch, null_instrument, drop_context=True, drop_instrument=True),
+        "constant_baseline": constant_baseline(val)}
+    return report
+
+
+def format_masked_accuracy(table: dict) -> str:
+    """full_report's masked-accuracy table as plain text lines."""
+    lines = ["masked-token accuracy, partly visible targets (overall | per level):"]
+    lines += [f"  {name:>18}: {r['acc']:.3f} | {' '.join(f'{a:.3f}' for a in r['acc_per_level'])}"
+              for name, r in table.items()]
+    return "\n".join(lines)
+
+
 def log_step(bar, metrics, loss: float, state, lr: float, tokens_per_s: float) -> None:
     """The progress bar's figures and the step's row in metrics.jsonl."""
     bar.set_postfix(loss=f"{loss:.3f}", val_nll=f"{state.best:.3f}" if state.best < math.inf else "-",
@@ -43,7 +111,7 @@ def log_step(bar, metrics, loss: float, state, lr: float, tokens_per_s: float) -
 
 def log_validation(model, val, micro, state, metrics) -> bool:
     """Validate, append the row to metrics.jsonl, and say whether this is the lowest NLL so far."""
-    v = listening.validation_scores(model, val, micro, NULL_INSTRUMENT)
+    v = validation_scores(model, val, micro, NULL_INSTRUMENT)
     metrics.write(json.dumps({"kind": "val", "step": state.step, **v}) + "\n")
     metrics.flush()
     if v["nll"] < state.best:
@@ -56,8 +124,31 @@ def report_best(model, val: dict, batch: int, frame_rate: float, best_path: str,
     """Score the weights with the lowest validation NLL (what generate.py is pointed at), print and log it."""
     if os.path.isfile(best_path):
         model.load_state_dict(load_checkpoint(best_path, next(model.parameters()).device)["model"])
-    report = listening.full_report(model, val, batch, frame_rate, NULL_INSTRUMENT)
+    report = full_report(model, val, batch, frame_rate, NULL_INSTRUMENT)
     with open(os.path.join(out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"kind": "final", "step": step, **report}) + "\n")
-    print(listening.format_report(report), file=sys.stderr)
+    print(listening.format_report(report) + "\n" + format_masked_accuracy(report["masked_accuracy"]),
+          file=sys.stderr)
     return report
+
+
+def plot_curves(metrics_path: str, out_png: str) -> str:
+    """Draw a run's training loss and its validation NLL with and without the context (when the two part,
+    the model has started to listen) from metrics.jsonl to a PNG; returns its path (train.py --plot)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in open(metrics_path)]
+    tr = [r for r in rows if r.get("kind") == "train"]
+    va = [r for r in rows if r.get("kind") == "val" and "nll" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
+    ax[0].set(xlabel="step", ylabel="masked-token loss", title="training loss")
+    ax[1].plot([r["step"] for r in va], [r["nll"] for r in va], label="with context")
+    ax[1].plot([r["step"] for r in va], [r["nll_no_context"] for r in va], label="context dropped")
+    ax[1].set(xlabel="step", ylabel="NLL (nats)", title="validation: level 0, whole target masked")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
