@@ -131,6 +131,8 @@ def test_upload_then_generate_gives_stems_and_mix_in_the_contexts_format(served)
 
 
 def test_same_seed_same_take_and_a_fresh_seed_is_reported(served):
+    """The page passes a typed seed through (exactly, as text) and reports the fresh one it draws when none is
+    typed, so that a take can be made again (that a seed fixes the tokens is decode.py's, tested in test_decode)."""
     engine, client = served
     _, ctx = client.upload("a.wav", encoded(tonal(1.0, 16000, 1), 16000, "WAV"))
     takes = []

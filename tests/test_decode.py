@@ -1,12 +1,16 @@
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
-from decode import (DEFAULT_WINDOW_SECONDS, STEPS_FRAMES, Sampling, causal_rank, cosine_schedule, generate_stem_tokens,
-                    generate_tokens, plan_windows, planned_steps, sample_tokens, steps_for, window_frames)
+from conftest import chord
+from decode import (DEFAULT_WINDOW_SECONDS, STEPS_FRAMES, Sampling, causal_rank, cosine_schedule, generate_stem_batch,
+                    generate_stem_tokens, generate_tokens, plan_windows, planned_steps, sample_tokens, steps_for,
+                    window_frames)
 from model import ModelConfig, StemGen
+from plumbing.checkpoint import load_model
 
 CFG = ModelConfig(n_q=2, bins=16, dim=32, n_heads=2, n_layers=1, max_len=128)
 
@@ -220,12 +224,28 @@ def test_planned_steps_count_every_step_of_a_windowed_stem(model):
 
 
 @pytest.mark.parametrize("scale_steps", [True, False])
-def test_windows_agree_across_seams_with_scaled_steps(scale_steps):
-    """A model that copies its context gives the context back through overlapping windows: no seam."""
-    ctx, _ = inputs(B=1, T=115)
+def test_a_copy_model_gives_each_context_back_through_overlapping_windows(scale_steps):
+    """No seam: a model that copies its context gives back every context of a batch (contexts that differ, one
+    instrument each) through overlapping windows, with scaled steps or not."""
+    ctx, inst = inputs(B=2, T=115)
+    assert len(plan_windows(115, 40, 15)) > 1 and not torch.equal(ctx[0], ctx[1])
     sampling = Sampling(steps=(200, 100), scale_steps=scale_steps)
-    out = generate_stem_tokens(Copier(CFG), ctx, 4, sampling, 40, 15, generator=torch.Generator().manual_seed(0))
+    out = generate_stem_tokens(Copier(CFG), ctx, inst, sampling, 40, 15, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, ctx)
+
+
+def test_a_batch_of_stems_is_the_codec_decode_of_their_windowed_tokens(tiny_app_checkpoint):
+    """generate_stem_batch encodes contexts of one length together, decodes their windows and gives back audio
+    at the contexts' length: with conftest's copy model, each context's own codec round trip."""
+    net, tok, _ = load_model(tiny_app_checkpoint)
+    rng = np.random.default_rng(0)
+    xs = np.stack([chord(p, 3.0, tok.sample_rate, rng) for p in ((57, 61), (64, 68, 71))])              # [2, S]
+    sampling = Sampling(steps=(200, 100))
+    ctx = tok.encode(torch.from_numpy(xs)[:, None])                                                     # [2, Q, T]
+    assert len(plan_windows(ctx.shape[-1], 40, 20)) > 1
+    stems = generate_stem_batch(net, tok, xs, [0, 9], sampling, 40, 20, torch.Generator().manual_seed(0))
+    assert stems.shape == xs.shape
+    np.testing.assert_allclose(stems, tok.decode(ctx)[:, 0, :xs.shape[1]].numpy(), atol=1e-5)
 
 
 def test_temperature_zero_is_greedy_with_the_tokens_probability_as_confidence():

@@ -98,8 +98,9 @@ def test_protocol_runs_end_to_end_and_records_provenance(tiny_setup, capsys):
 
 @pytest.mark.slow
 def test_one_seeding_rule_the_batch_starting_at_example_j_is_seeded_with_seed_and_j(tiny_setup):
-    """Decoded alone (batch 1) or as the lone last batch of a batched call, example 2 gets the same stem; the
-    examples in a shared batch get other draws, and another seed other stems."""
+    """evaluate.py's own rule for which generator a batch gets: decoded alone (batch 1) or as the lone last batch
+    of a batched call, example 2 gets the same stem; the examples in a shared batch get other draws, and another
+    --seed other stems (that one generator's seed fixes the tokens is decode.py's, tested in test_decode)."""
     ds, ckpt, _ = tiny_setup
     net, tok, _ = checkpoint.load_model(ckpt, "cpu")
     examples = evaluate.draw_examples(ds, "test", 3, 2.0, tok.sample_rate, seed=0)
