@@ -30,6 +30,16 @@ def chord(midi_pitches, seconds, sr, rng):
     return (0.1 * x * np.exp(-t / seconds)).astype(np.float32)
 
 
+def bass_line(seconds, sr, seed=0):
+    """Octave pairs walking up (MIDI 40, 43, 45, 47 and their octaves), one every half second (120 BPM), loud
+    enough to transcribe: [S] float32, S = int(seconds * sr). A context for the copy model to give back."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    notes = [40, 43, 45, 47] * int(np.ceil(seconds / 2))
+    y = np.concatenate([chord([p, p + 12], 0.5, sr, rng) * 4 for p in notes])[:n]
+    return np.pad(y, (0, n - len(y)))
+
+
 def random_triads(seconds_each, n, sr, rng):
     """A sequence of n random major/minor triads in random octaves."""
     parts = []

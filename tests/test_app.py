@@ -19,16 +19,12 @@ import app
 from plumbing import page_engine
 from plumbing.checkpoint import SHIPPED_CHECKPOINT
 from plumbing.cli import USER_ERROR
-from conftest import ROOT, chord, serve_app, stop_app
+from conftest import ROOT, bass_line, serve_app, stop_app
 
 
 def tonal(seconds, sr, channels=2, seed=1):
-    """A bass line of octave pairs, loud enough to transcribe: [S, C] float32 for soundfile."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    notes = [40, 43, 45, 47] * int(np.ceil(seconds / 2))
-    y = np.concatenate([chord([p, p + 12], 0.5, sr, rng) * 4 for p in notes])[:n]
-    y = np.pad(y, (0, n - len(y)))
+    """conftest.bass_line as [S, C] float32 for soundfile, each channel a little quieter than the one before."""
+    y = bass_line(seconds, sr, seed)
     return np.stack([y * (1 - 0.2 * c) for c in range(channels)], axis=1).astype(np.float32)
 
 

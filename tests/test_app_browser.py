@@ -16,7 +16,7 @@ import pretty_midi
 import pytest
 import soundfile as sf
 
-from conftest import chord, serve_app, stop_app
+from conftest import bass_line, serve_app, stop_app
 
 try:
     from selenium import webdriver
@@ -78,10 +78,10 @@ def wait_for(driver, condition, timeout=WAIT):
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
 
 
-def bass_line(path, seconds=2.0, sr=SR, channels=2):
-    """Octave pairs walking up, as a PCM-16 flac: something for the copy model to give back and to transcribe."""
-    rng = np.random.default_rng(3)
-    y = np.concatenate([chord([p, p + 12], 0.5, sr, rng) * 4 for p in [40, 43, 45, 47] * 4])[:int(seconds * sr)]
+def write_bass_line(path, seconds=2.0, sr=SR, channels=2):
+    """conftest.bass_line as PCM-16 (its channels alike): something for the copy model to give back and to
+    transcribe. Returns its length in samples."""
+    y = bass_line(seconds, sr, seed=3)
     sf.write(str(path), np.stack([y] * channels, axis=1), sr, subtype="PCM_16")
     return len(y)
 
@@ -147,7 +147,7 @@ def test_the_page_loads_with_the_trained_instruments_and_the_defaults(page):
 def test_an_upload_gives_a_playable_stem_and_mix(page, tmp_path):
     driver, engine, base = page
     open_page(driver, base)
-    n = bass_line(tmp_path / "song.flac")
+    n = write_bass_line(tmp_path / "song.flac")
     upload(driver, tmp_path / "song.flac")
     assert "song.flac: 2 s, 22050 Hz, 2 channel(s)" in driver.find_element(By.ID, "context-name").text
     assert media_duration(driver, driver.find_element(By.ID, "context-player")) == pytest.approx(n / SR, abs=1e-3)
@@ -187,7 +187,7 @@ def test_a_bad_file_shows_its_message_and_leaves_nothing(page, tmp_path):
 def test_two_overlapping_requests_are_both_handled_the_second_waiting_in_view(page, tmp_path, monkeypatch):
     driver, engine, base = page
     open_page(driver, base)
-    bass_line(tmp_path / "song.wav")
+    write_bass_line(tmp_path / "song.wav")
     upload(driver, tmp_path / "song.wav")
     release, real = threading.Event(), engine._stems
 
@@ -217,7 +217,7 @@ def test_two_overlapping_requests_are_both_handled_the_second_waiting_in_view(pa
 def test_the_midi_download_parses_and_has_notes(page, tmp_path):
     driver, engine, base = page
     open_page(driver, base)
-    bass_line(tmp_path / "line.wav", seconds=4.0)
+    write_bass_line(tmp_path / "line.wav", seconds=4.0)
     upload(driver, tmp_path / "line.wav")
     generate(driver)
     (take,) = wait_done(driver, 1)

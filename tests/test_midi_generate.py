@@ -1,27 +1,19 @@
 """generate.py --midi: each stem's notes as a MIDI file beside it (stem_midi.py), at the context's tempo, with
 the class's GM program."""
-import numpy as np
 import pretty_midi
 import pytest
 import soundfile as sf
 
 import generate
 from plumbing.cli import USER_ERROR
-from conftest import chord
+from conftest import bass_line
 
 SR = 22050
 
 
-def write_bass_line(path, seconds=4.0):
-    """Octave pairs, one every half second (120 BPM)."""
-    rng = np.random.default_rng(5)
-    y = np.concatenate([chord([p, p + 12], 0.5, SR, rng) * 4 for p in [40, 43, 45, 47] * 4])[:int(seconds * SR)]
-    sf.write(str(path), y, SR)
-
-
 def test_midi_beside_each_stem_with_its_program_and_the_contexts_tempo(tiny_app_checkpoint, tmp_path, capsys):
     ctx = tmp_path / "song.wav"
-    write_bass_line(ctx)
+    sf.write(str(ctx), bass_line(4.0, SR, seed=5), SR)          # 120 BPM
     argv = ["--context", str(ctx), "--instrument", "bass", "--instrument", "piano", "--checkpoint",
             tiny_app_checkpoint, "--midi", "--seed", "0", "--steps", "8", "4", "--device", "cpu"]
     assert generate.main(argv) == 0, capsys.readouterr().err
