@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from conftest import bass_line, serve_app, stop_app
+from decode import Sampling
 
 try:
     from selenium import webdriver
@@ -138,8 +139,9 @@ def test_the_page_loads_with_the_trained_instruments_and_the_defaults(page):
     boxes = driver.find_elements(By.CSS_SELECTOR, "input[name=instrument]")
     assert [b.get_attribute("value") for b in boxes] == ["Piano", "Bass", "Drums"]   # only what it trained on
     assert [b.is_selected() for b in boxes] == [False, True, False]
-    assert driver.find_element(By.ID, "steps").get_attribute("value") == "128 64"
-    assert driver.find_element(By.ID, "scale-audio").get_attribute("value") == "3"
+    paper = Sampling()                                  # the defaults, one step count per level of the 2 here
+    assert driver.find_element(By.ID, "steps").get_attribute("value") == " ".join(map(str, paper.steps[:2]))
+    assert driver.find_element(By.ID, "scale-audio").get_attribute("value") == f"{paper.scale_audio:g}"
     assert not driver.find_element(By.ID, "generate-btn").is_enabled()        # nothing to add to yet
     assert "up to 20 s" in driver.find_element(By.ID, "limits").text
 

@@ -1,4 +1,5 @@
 """codec.py and checkpoint.py's codec factories: the interface through the paper's Encodec, clear errors, specs."""
+import math
 import time
 
 import pytest
@@ -12,8 +13,11 @@ from conftest import tiny_encodec
 
 def test_encodec_interface_shapes_frame_rate_and_lengths():
     codec = tiny_encodec()
-    assert (codec.sample_rate, codec.frame_rate, codec.hop, codec.n_q, codec.bins) == (32000, 50, 640, 4, 64)
-    S = 640 * 7 + 100  # not whole frames: padded inside to 8 frames
+    arch = C.ENCODEC_32KHZ_CONFIG
+    assert (codec.sample_rate, codec.hop) == (arch["sampling_rate"], math.prod(arch["upsampling_ratios"]))
+    assert codec.frame_rate == 50                      # the paper's Encodec: 50 token frames a second at 32 kHz
+    assert (codec.n_q, codec.bins) == (4, 64)          # tiny_encodec's 1.2 kbps: 4 levels of 64 entries
+    S = codec.hop * 7 + 100  # not whole frames: padded inside to 8 frames
     wav = 0.1 * torch.randn(2, 1, S, generator=torch.Generator().manual_seed(1))
     tokens = codec.encode(wav)
     assert tokens.dtype == torch.long and tokens.shape == (2, 4, 8)

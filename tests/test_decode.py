@@ -72,7 +72,7 @@ def test_fixed_tokens_never_change_and_counts_follow_the_schedule(model):
     rec = Recorder(model)
     ctx, inst = inputs(T=30)
     sampling = Sampling(steps=(300, 150), guidance="none")
-    steps = sampling.level_steps(30)                                    # per 1000 frames: (9, 5) for 30
+    steps = sampling.level_steps(30)                            # per STEPS_FRAMES frames: (9, 5) for 30
     assert steps == (9, 5)
     out = generate_tokens(rec, ctx, inst, sampling, generator=torch.Generator().manual_seed(0))
     for q in range(CFG.n_q):
@@ -142,11 +142,12 @@ def test_plan_windows_covers_sequence_with_training_length_windows():
 
 def test_window_defaults_to_20_s_with_half_overlap_and_must_fit_the_model():
     """Without a window the paper's 20 s crop is used, the overlap is half of it, and max_len bounds it."""
-    assert DEFAULT_WINDOW_SECONDS == 20.0
-    assert window_frames(50, 4096) == (1000, 500)
+    assert DEFAULT_WINDOW_SECONDS == 20.0                # the paper's training crop (Sec. 3)
+    window = round(DEFAULT_WINDOW_SECONDS * 50)          # frames at 50 Hz
+    assert window_frames(50, 4096) == (window, window // 2)
     assert window_frames(50, 4096, 0.8, 0.3) == (40, 15)
     with pytest.raises(ValueError, match="max_len"):
-        window_frames(50, 999)
+        window_frames(50, window - 1)
     with pytest.raises(ValueError, match="--overlap"):
         window_frames(50, 4096, 2.0, 2.0)
 
@@ -174,23 +175,25 @@ def count_steps(model, ctx, inst, sampling, **kw):
 
 def test_steps_are_the_papers_at_1000_frames_and_scale_with_the_frames_decoded():
     paper = Sampling().steps
-    assert STEPS_FRAMES == 1000 and steps_for(paper, 1000) == paper == (128, 64, 32, 32)
-    assert steps_for(paper, 500) == (64, 32, 16, 16) and steps_for(paper, 2000) == (256, 128, 64, 64)
-    for n in [1, 7, 125, 250, 333, 999, 1001]:
+    assert STEPS_FRAMES == 1000 and paper == (128, 64, 32, 32)   # the paper's: 20 s targets at 50 Hz (Sec. 2.1.1)
+    assert steps_for(paper, STEPS_FRAMES) == paper
+    assert steps_for(paper, STEPS_FRAMES // 2) == (64, 32, 16, 16)
+    assert steps_for(paper, 2 * STEPS_FRAMES) == (256, 128, 64, 64)
+    for n in [1, 7, 125, 250, 333, STEPS_FRAMES - 1, STEPS_FRAMES + 1]:
         for s, k in zip(paper, steps_for(paper, n)):
-            assert k >= 1 and (k - 1) * 1000 < s * n <= k * 1000        # s n / 1000 rounded up
-    counts = [steps_for(paper, n) for n in range(0, 1200, 7)]
+            assert k >= 1 and (k - 1) * STEPS_FRAMES < s * n <= k * STEPS_FRAMES   # s n / STEPS_FRAMES rounded up
+    counts = [steps_for(paper, n) for n in range(0, STEPS_FRAMES + 200, 7)]
     assert all(a <= b for x, y in zip(counts, counts[1:]) for a, b in zip(x, y))   # never fewer for more frames
     assert steps_for(paper, 0) == steps_for(paper, 1) == (1, 1, 1, 1)
     assert Sampling(scale_steps=False).level_steps(125) == paper
 
 
-def test_a_full_1000_frame_target_is_decoded_as_before():
-    """1000 decoded frames run the given counts: the masked counts follow cosine_schedule(1000, S) for the
-    given S, and the tokens equal those of the unscaled steps with the same seed."""
+def test_a_full_steps_frames_target_is_decoded_as_before():
+    """STEPS_FRAMES decoded frames run the given counts: the masked counts follow cosine_schedule(STEPS_FRAMES,
+    S) for the given S, and the tokens equal those of the unscaled steps with the same seed."""
     torch.manual_seed(1)
-    net = StemGen(replace(CFG, max_len=1000)).eval()
-    ctx, inst = inputs(B=1, T=1000)
+    net = StemGen(replace(CFG, max_len=STEPS_FRAMES)).eval()
+    ctx, inst = inputs(B=1, T=STEPS_FRAMES)
     sampling = Sampling(steps=(32, 16), guidance="none")
     rec = Recorder(net)
     out = generate_tokens(rec, ctx, inst, sampling, generator=torch.Generator().manual_seed(4))
@@ -199,7 +202,7 @@ def test_a_full_1000_frame_target_is_decoded_as_before():
     assert torch.equal(out, before)
     for q, S in enumerate(sampling.steps):
         counts = [int((t[0, q] == CFG.mask_id).sum()) for level, t in rec.seen if level == q] + [0]
-        assert counts == sorted(set([1000] + cosine_schedule(1000, S)), reverse=True)
+        assert counts == sorted(set([STEPS_FRAMES] + cosine_schedule(STEPS_FRAMES, S)), reverse=True)
 
 
 def test_decoding_half_the_frames_takes_about_half_the_forward_passes(model):

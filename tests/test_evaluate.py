@@ -128,11 +128,12 @@ def test_user_errors_end_in_one_message(tiny_setup, capsys):
 
 def test_pitched_examples_take_one_pitched_stem_per_song(tiny_setup):
     ds, _, _ = tiny_setup
-    examples = evaluate.pitched_examples(ds, "all", 10, 2.0, 16000, seed=0)
+    seconds, sr = 2.0, 16000
+    examples = evaluate.pitched_examples(ds, "all", 10, seconds, sr, seed=0)
     songs = [song for _, _, _, song, _ in examples]
     assert 2 <= len(examples) <= 3 and len(set(songs)) == len(songs)          # 3 songs in all: at most one each
     for context, real, k, _, classes in examples:
-        assert k not in UNPITCHED and context.shape == real.shape == (32000,)
+        assert k not in UNPITCHED and context.shape == real.shape == (int(seconds * sr),)
         assert all(0 <= c < len(INSTRUMENTS) for c in classes) and classes
     assert len(evaluate.pitched_examples(ds, "all", 2, 2.0, 16000, seed=0)) == 2
     with pytest.raises(evaluate.EvaluateError, match="fewer than two songs"):

@@ -155,15 +155,16 @@ def test_the_command_passes_its_seed_to_decoding(random_ckpt, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_long_context_goes_through_windows_with_decoded_prompts(random_ckpt, tmp_path, monkeypatch, capsys):
+def test_long_context_goes_through_windows_with_decoded_prompts(random_ckpt, tiny_codec, tmp_path, monkeypatch,
+                                                                capsys):
     ctx = tmp_path / "long.wav"
     write_context(ctx, seconds=2.3, sr=SR, channels=1)
     calls = spy_generate_tokens(monkeypatch)
     rc, err = run_cli(["--context", str(ctx), "--instrument", "guitar", "--checkpoint", random_ckpt,
                        "--window", "0.8", "--overlap", "0.3", "--seed", "0", *FAST], capsys)
     assert rc == 0, err
-    window, overlap = 40, 15                                 # frames at the codec's 50 Hz
-    plan = decode.plan_windows(115, window, overlap)       # 2.3 s -> 115 frames
+    window, overlap = round(0.8 * tiny_codec.frame_rate), round(0.3 * tiny_codec.frame_rate)     # in frames
+    plan = decode.plan_windows(round(2.3 * tiny_codec.frame_rate), window, overlap)
     assert len(calls) == len(plan) == 4
     for (context, prompt, _), (start, end, p), prev in zip(calls, plan, [None] + calls[:-1]):
         assert context.shape[-1] == end - start == window

@@ -60,6 +60,8 @@ def test_instrument_condition_changes_output():
 
 def test_paper_preset_has_about_250M_parameters():
     cfg = PRESETS["paper"]
+    # the paper's values (Sec. 3): 20 layers of width 1024 with 16 heads, Encodec's 4 levels of 2048 entries,
+    # 18 instrument entries (NOTES.md 1: Slakh's 17 classes and the null instrument)
     assert (cfg.dim, cfg.n_heads, cfg.n_layers, cfg.n_q, cfg.bins, cfg.n_instruments) == (1024, 16, 20, 4, 2048, 18)
     with torch.device("meta"):
         m = StemGen(cfg)

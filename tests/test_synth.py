@@ -15,7 +15,7 @@ from songs import compose
 import data
 from songs import synth
 import synth as synth_command
-from plumbing.instruments import SLAKH_LABELS, program_class
+from plumbing.instruments import INSTRUMENTS, SLAKH_LABELS, program_class
 
 FIX_TRACK = os.path.join(FIXTURE, "slakh2100_flac_redux", "train", "Track00001")
 MAJOR = [0, 2, 4, 5, 7, 9, 11]
@@ -105,11 +105,12 @@ def test_output_is_slakh_layout_that_the_dataset_reads(dataset):
             assert info["inst_class"] == SLAKH_LABELS[program_class(info["program_num"] % 128, info["is_drum"])]
             classes.add(info["inst_class"])
         assert len(classes) >= 8 and "Drums" in classes and "Bass" in classes
-    ds = data.StemPairDataset(dataset, "all", sample_rate=16000, crop_seconds=4.0, seed=0, length=6, verbose=False)
+    sr, seconds = 16000, 4.0
+    ds = data.StemPairDataset(dataset, "all", sample_rate=sr, crop_seconds=seconds, seed=0, length=6, verbose=False)
     assert len(ds.tracks) == 3 and not ds.skips
     for i in range(6):
         ctx, tgt, inst = ds[i]
-        assert ctx.shape == tgt.shape == (64000,) and 0 <= inst < 17
+        assert ctx.shape == tgt.shape == (int(seconds * sr),) and 0 <= inst < len(INSTRUMENTS)
 
 
 @pytest.mark.slow
@@ -118,7 +119,8 @@ def test_mix_equals_sum_of_stems(dataset):
         stems = stems_of(t)
         mix, sr = sf.read(os.path.join(t, "mix.flac"), dtype="float32")
         total = np.sum([x for _, x, _ in stems.values()], axis=0)
-        assert sr == 32000 and mix.shape == total.shape == (12 * 32000,)
+        sr0 = synth.DEFAULT_SAMPLE_RATE                       # the fixture's 12 s songs at the default rate
+        assert sr == sr0 and mix.shape == total.shape == (12 * sr0,)
         assert np.abs(mix - total).max() <= len(stems) * 2.0 ** -15  # 16-bit FLAC rounding per file
         assert np.abs(mix).max() <= 0.91
 
@@ -193,7 +195,7 @@ def test_midi_mode_renders_fixture_parts_with_slakh_classes(tmp_path):
     got = stems_of(track)
     assert {(v[0]["program_num"], v[0]["inst_class"]) for v in got.values()} == want  # all 11 parts, S06 included
     for info, x, sr in got.values():
-        assert x.shape == (30 * 32000,) and np.abs(x).max() > 1e-3
+        assert x.shape == (30 * synth.DEFAULT_SAMPLE_RATE,) and np.abs(x).max() > 1e-3
 
 
 @pytest.mark.slow

@@ -11,9 +11,12 @@ import torch
 import data
 from plumbing import pool
 import train
+from codec import ENCODEC_32KHZ_CONFIG
 from conftest import STEM_SR as SR, tiny_encodec, tone, write_stem, write_track
 
+CODEC_SR = ENCODEC_32KHZ_CONFIG["sampling_rate"]   # tiny_encodec's rate, the pairs' output rate
 CROP = 0.25       # seconds: 8000 samples, 12.5 frames of the codec at 32 kHz
+CROP_SAMPLES = round(CROP * CODEC_SR)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def band_root(tmp_path, seconds=4.0):
 
 
 def keyed_dataset(root, **kw):
-    return data.StemPairDataset(root, sample_rate=32000, crop_seconds=CROP, seed=0, length=64, verbose=False,
+    return data.StemPairDataset(root, sample_rate=CODEC_SR, crop_seconds=CROP, seed=0, length=64, verbose=False,
                                 start_grid=1.0, target_keys=True, **kw)
 
 
@@ -39,12 +42,12 @@ def test_crops_start_on_the_grid_and_keys_name_the_target_crop(tmp_path):
     for i in range(64):
         ctx, tgt, inst, key = ds[i]
         path, _, _, rate, start, frames, out_rate, n = key.split("|")
-        assert int(rate) == SR and int(frames) == SR * CROP and int(out_rate) == 32000 and int(n) == len(tgt)
+        assert int(rate) == SR and int(frames) == SR * CROP and int(out_rate) == CODEC_SR and int(n) == len(tgt)
         assert int(start) % SR == 0                       # whole seconds from the segment's start (0 s)
         stem = next(s for s in ds.tracks[0].stems if os.path.abspath(s.path) == path)
         assert stem.instrument == inst
         # the key's crop, read and resampled as the dataset does, is the item's target
-        again = data.fit_length(data.resample(data.read_crop(stem, int(start) / SR, CROP), SR, 32000), len(tgt))
+        again = data.fit_length(data.resample(data.read_crop(stem, int(start) / SR, CROP), SR, CODEC_SR), len(tgt))
         assert torch.equal(tgt, torch.from_numpy(again.astype(np.float32)))
         starts.add(int(start) // SR)
     assert starts == {0, 1, 2, 3}                          # 4 s song, 1 s grid: every grid point is used
@@ -69,15 +72,16 @@ def test_a_rewritten_stem_or_another_codec_never_hits_old_tokens(tmp_path, codec
     root = band_root(tmp_path)
     ds = keyed_dataset(root)
     stem = ds.tracks[0].stems[0]
-    wave = torch.from_numpy(data.fit_length(data.resample(data.read_crop(stem, 1.0, CROP), SR, 32000), 8000))[None]
-    key = data.target_key(stem, 1.0, CROP, 32000)
+    wave = torch.from_numpy(data.fit_length(data.resample(data.read_crop(stem, 1.0, CROP), SR, CODEC_SR),
+                                             CROP_SAMPLES))[None]
+    key = data.target_key(stem, 1.0, CROP, CODEC_SR)
     cache = pool.TokenCache(10**8)
     cache.tokens(codec, wave, [key])
     cache.tokens(copy.deepcopy(codec), wave, [key])           # the same weights: a hit
     assert (cache.hits, cache.misses) == (1, 1)
 
     write_stem(stem.path, tone(4.0, 220, amp=0.1))             # rewritten: a new size or mtime, a new key
-    assert data.target_key(stem, 1.0, CROP, 32000) != key
+    assert data.target_key(stem, 1.0, CROP, CODEC_SR) != key
 
     other = copy.deepcopy(codec)
     with torch.no_grad():
