@@ -31,7 +31,7 @@ from metrics import roundtrip
 from plumbing.checkpoint import open_codec
 from plumbing.cli import USER_ERROR, pick_device
 from codec import ENCODEC_32KHZ_CONFIG, CodecUnavailable, EncodecCodec
-from data import CROP_SECONDS, StemPairDataset
+from data import CROP_SECONDS, PairDraw, StemPairDataset
 from guidance import BRANCHES
 from plumbing.instruments import NULL_INSTRUMENT
 from masking import Objective, masked_loss
@@ -285,8 +285,8 @@ def bench_data(args):
     if args.cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="stemgen-bench-cache-") as tmp:   # removed afterwards
             return bench_data(argparse.Namespace(**{**vars(args), "cache_dir": tmp}))
-    kw = dict(split=args.split, sample_rate=args.sample_rate, crop_seconds=args.crop_seconds, seed=0,
-              length=10**9, verbose=False, cache_dir=args.cache_dir)
+    kw = dict(split=args.split, draw=PairDraw(args.sample_rate, args.crop_seconds), seed=0, length=10**9,
+              verbose=False, cache_dir=args.cache_dir)
     t = time.perf_counter()
     StemPairDataset(**kw, root=args.data)
     build = time.perf_counter() - t

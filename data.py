@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -107,47 +108,64 @@ def choose_pair(n_sounding: int, rng: np.random.Generator) -> tuple[list[int], i
             return [r for r, k in zip(rest, keep) if k], target
 
 
+@dataclass(frozen=True)
+class PairDraw:
+    """How StemPairDataset draws a training pair from a song: the crop, where it may start, when a stem counts as
+    silent, and how often to try.
+
+    Args:
+        sample_rate: output rate (the codec's); crops are resampled with soxr.
+        crop_seconds: crop length; S = round(crop_seconds * sample_rate). A song shorter than the crop is
+            zero-padded at the end to S.
+        segment_seconds: songs are cut into segments of this length; item i uses segment i % n_segments.
+        silence_db: a stem, context-mix or target whose RMS over the crop is below this (dBFS) is silent.
+        start_grid: with a value (seconds), crops start at multiples of it from their segment's start, so
+            that a (stem, start) recurs and its target tokens can be cached (pool.TokenCache); None: anywhere.
+        max_tries: crops drawn per item before giving up with DatasetError (never an endless loop).
+    """
+    sample_rate: int = 32000
+    crop_seconds: float = CROP_SECONDS
+    segment_seconds: float = 60.0
+    silence_db: float = DEFAULT_SILENCE_DB
+    start_grid: float | None = None
+    max_tries: int = 50
+
+    def __post_init__(self):
+        if self.crop_seconds <= 0 or self.segment_seconds <= 0 or self.sample_rate <= 0:
+            raise DatasetError("crop_seconds, segment_seconds and sample_rate must be positive")
+        if self.max_tries < 1:
+            raise DatasetError("max_tries must be at least 1")
+        if self.start_grid is not None and self.start_grid <= 0:
+            raise DatasetError("start_grid must be positive (or None for crops starting anywhere)")
+
+
 class StemPairDataset(torch.utils.data.Dataset):
     """Training pairs (context-mix, target stem, instrument id) from a Slakh-layout folder (Sec. 2, Sec. 3).
 
     Args:
         root: dataset folder (TrackNNNNN/ folders, optionally inside train/ validation/ test/).
         split: "train", "validation", "test" or "all".
-        sample_rate: output rate (the codec's); crops are resampled with soxr.
-        crop_seconds: crop length; S = round(crop_seconds * sample_rate). A song shorter than the crop is
-            zero-padded at the end to S.
-        segment_seconds: songs are cut into segments of this length; item i uses segment i % n_segments.
-        silence_db: a stem, context-mix or target whose RMS over the crop is below this (dBFS) is silent.
+        draw: how a pair is drawn (PairDraw: output rate, crop, segments, silence, crop start grid, tries).
         seed: with a seed, item i is a pure function of (seed, i) (a repeatable validation/test set).
             Without it, items draw from torch.initial_seed() (which torch seeds per DataLoader worker and
             epoch) and a per-dataset counter: fresh randomness, repeatable under torch.manual_seed.
         length: len(ds); defaults to the number of segments.
-        max_tries: crops drawn per item before giving up with DatasetError (never an endless loop).
         check: draw one item at construction so that a dataset with no usable pair fails at once.
         verbose: print the one-line summary of used and skipped tracks/stems to stderr.
         cache_dir: folder for the activity cache (default: ROOT/.stemgen-cache, else the user's cache).
-        start_grid: with a value (seconds), crops start at multiples of it from their segment's start, so
-            that a (stem, start) recurs and its target tokens can be cached (pool.TokenCache); None: anywhere.
         target_keys: items carry a 4th element, the target crop's identity (`target_key`).
     Items: (context FloatTensor [S], target FloatTensor [S], instrument int[, target key str]).
     """
 
-    def __init__(self, root: str, split: str = "train", sample_rate: int = 32000, crop_seconds: float = CROP_SECONDS,
-                 segment_seconds: float = 60.0, silence_db: float = DEFAULT_SILENCE_DB, seed: int | None = None,
-                 length: int | None = None, max_tries: int = 50, check: bool = True, verbose: bool = True,
-                 cache_dir: str | None = None, start_grid: float | None = None,
+    def __init__(self, root: str, split: str = "train", draw: PairDraw = PairDraw(), seed: int | None = None,
+                 length: int | None = None, check: bool = True, verbose: bool = True, cache_dir: str | None = None,
                  target_keys: bool = False):
-        if crop_seconds <= 0 or segment_seconds <= 0 or sample_rate <= 0:
-            raise DatasetError("crop_seconds, segment_seconds and sample_rate must be positive")
-        if max_tries < 1:
-            raise DatasetError("max_tries must be at least 1")
         self.root, self.split = root, split
-        self.sample_rate, self.crop_seconds, self.segment_seconds = int(sample_rate), float(crop_seconds), float(segment_seconds)
-        self.n_samples = int(round(crop_seconds * sample_rate))
-        self.silence_db, self.seed, self.max_tries = float(silence_db), seed, int(max_tries)
-        if start_grid is not None and start_grid <= 0:
-            raise DatasetError("start_grid must be positive (or None for crops starting anywhere)")
-        self.start_grid, self.target_keys = start_grid, bool(target_keys)
+        self.sample_rate, self.crop_seconds = int(draw.sample_rate), float(draw.crop_seconds)
+        self.segment_seconds = float(draw.segment_seconds)
+        self.n_samples = int(round(draw.crop_seconds * draw.sample_rate))
+        self.silence_db, self.seed, self.max_tries = float(draw.silence_db), seed, int(draw.max_tries)
+        self.start_grid, self.target_keys = draw.start_grid, bool(target_keys)
         self.tracks, self.skips = scan_tracks(root, split)
         self.summary = summarize(self.tracks, self.skips, split)
         if verbose:

@@ -56,8 +56,8 @@ class EvaluateError(RuntimeError):
 def draw_examples(data_root: str, split: str, n: int, seconds: float, sample_rate: int, seed: int):
     """N (context-mix [S], real target stem [S], instrument id) examples from a held-out split, as training pairs."""
     try:
-        ds = data.StemPairDataset(data_root, split, sample_rate=sample_rate, crop_seconds=seconds, seed=seed,
-                                  length=n, verbose=False)
+        ds = data.StemPairDataset(data_root, split, data.PairDraw(sample_rate, seconds), seed=seed, length=n,
+                                  verbose=False)
         return [tuple(x.numpy() if torch.is_tensor(x) else x for x in ds[i]) for i in range(n)]
     except data.DatasetError as e:
         raise EvaluateError(f"--data {data_root} --split {split}: {e}") from None
@@ -115,7 +115,7 @@ class Reference:
 def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_rate: int, seed: int):
     """Up to n (context [S], real stem [S], instrument, song, context classes) examples with a pitched target,
     one per song."""
-    ds = data.StemPairDataset(data_root, split, sample_rate, seconds, seed=seed, verbose=False)
+    ds = data.StemPairDataset(data_root, split, data.PairDraw(sample_rate, seconds), seed=seed, verbose=False)
     rng, out, seen = np.random.default_rng([seed, 7]), [], set()
     for seg in rng.permutation(len(ds.segments)):
         song = ds.segment_song[seg]

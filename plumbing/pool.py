@@ -9,7 +9,7 @@ comes from, for song-level statistics (listening.py). Either way step s uses ite
 (seed, s), so a resumed run, and N processes, draw what one uninterrupted process would.
 
 On the fly, the target of a pair is one stem's crop, so its tokens can be kept and reused when the same crop
-comes again (`TokenCache`, with crop starts on a grid: data.StemPairDataset(start_grid=...)); the context is
+comes again (`TokenCache`, with crop starts on a grid: data.PairDraw(start_grid=...)); the context is
 a random sub-mix and is encoded at every step. Encoding can run under bf16 autocast (`encode_dtype`);
 `token_agreement` measures how often its tokens equal fp32's.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import DatasetError, StemPairDataset
+from data import DatasetError, PairDraw, StemPairDataset
 from plumbing.distributed import is_main
 from plumbing.instruments import class_matrix
 
@@ -102,7 +102,7 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
 def split_pool(codec, root: str, split: str, crop_seconds: float, n: int, seed: int, progress: bool = True,
                desc: str = "tokenising pairs", verbose: bool = True) -> dict:
     """n pairs of one split of a Slakh-layout folder, spread over its song segments, tokenised with the codec."""
-    ds = StemPairDataset(root, split, codec.sample_rate, crop_seconds, seed=seed, verbose=verbose)
+    ds = StemPairDataset(root, split, PairDraw(codec.sample_rate, crop_seconds), seed=seed, verbose=verbose)
     per_segment = max(1, math.ceil(n / len(ds.segments)))
     return token_pool(ds, lambda wave: tokenize(codec, wave), n, per_segment, seed, progress=progress, desc=desc)
 
@@ -219,8 +219,9 @@ def loader_batches(codec, recipe, root: str, shard: Shard, device, token_cache: 
     encode_dtype). With a token cache, targets whose crop was encoded before take their kept tokens (crops
     start on the crop grid so that they recur); the context sub-mixes are encoded at every step.
     """
-    ds = StemPairDataset(root, "train", codec.sample_rate, recipe.crop_seconds, seed=recipe.seed, length=10**12,
-                         verbose=verbose, start_grid=recipe.crop_grid or None, target_keys=token_cache is not None)
+    draw = PairDraw(codec.sample_rate, recipe.crop_seconds, start_grid=recipe.crop_grid or None)
+    ds = StemPairDataset(root, "train", draw, seed=recipe.seed, length=10**12, verbose=verbose,
+                         target_keys=token_cache is not None)
 
     def indices(s=shard.step):
         while True:

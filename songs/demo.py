@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from data import StemPairDataset
+from data import PairDraw, StemPairDataset
 from metrics import listening
 from plumbing.audio import write_audio
 from plumbing.instruments import INSTRUMENTS, instrument_id
@@ -70,7 +70,8 @@ def demo_context(data_dir: str, out_path: str, sample_rate: int, seed: int = 0) 
     sharing the context's key (the real stem's time-averaged chroma correlates with the context's by at least
     0.5): a context whose harmony a new piano part can be heard to follow. No model plays a part in the choice.
     """
-    ds = StemPairDataset(data_dir, "test", sample_rate, crop_seconds=10.0, seed=seed, length=64, verbose=False)
+    ds = StemPairDataset(data_dir, "test", PairDraw(sample_rate, crop_seconds=10.0), seed=seed, length=64,
+                         verbose=False)
 
     def harmonic(item):
         context, target, inst = item[0].numpy(), item[1].numpy(), item[2]

@@ -9,7 +9,7 @@ from plumbing import activity
 import data
 from plumbing import slakh
 from conftest import STEM_SR as SR, tone, write_stem, write_track
-from data import StemPairDataset
+from data import PairDraw, StemPairDataset
 from plumbing.instruments import instrument_id
 
 def burst_at_end(seconds, second):
@@ -116,7 +116,7 @@ def test_default_cache_location_and_unwritable_folders(tmp_path, monkeypatch, ca
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     root = str(tmp_path / "ds")
     write_track(root, {"S00": ("Piano", tone(2, 220)), "S01": ("Bass", tone(2, 110))})
-    ds = StemPairDataset(root, sample_rate=SR, crop_seconds=1.0, seed=0, verbose=False)
+    ds = StemPairDataset(root, draw=PairDraw(SR, crop_seconds=1.0), seed=0, verbose=False)
     assert os.path.isfile(os.path.join(root, ".stemgen-cache", f"activity-v{activity.VERSION}.npz"))
     assert len(ds.activity) == 2
 
@@ -124,14 +124,14 @@ def test_default_cache_location_and_unwritable_folders(tmp_path, monkeypatch, ca
     root2 = str(tmp_path / "ds2")
     write_track(root2, {"S00": ("Piano", tone(2, 220)), "S01": ("Bass", tone(2, 110))})
     open(os.path.join(root2, ".stemgen-cache"), "w").close()
-    StemPairDataset(root2, sample_rate=SR, crop_seconds=1.0, seed=0, verbose=False)
+    StemPairDataset(root2, draw=PairDraw(SR, crop_seconds=1.0), seed=0, verbose=False)
     assert len(os.listdir(tmp_path / "user-cache" / "stemgen")) == 1
 
     # nowhere to write: computed in memory, said once, and the data still load
     blocked = str(tmp_path / "blocked")
     open(blocked, "w").close()
     for _ in range(2):
-        ds = StemPairDataset(root, sample_rate=SR, crop_seconds=1.0, seed=0, verbose=False,
+        ds = StemPairDataset(root, draw=PairDraw(SR, crop_seconds=1.0), seed=0, verbose=False,
                              cache_dir=os.path.join(blocked, "cache"))
         ctx, tgt, _ = ds[0]
         assert len(ds.activity) == 2 and tgt.abs().max() > 0.1
@@ -157,7 +157,7 @@ def record_pairs(ds, monkeypatch):
 def test_pairs_are_uniform_over_the_sounding_stems_and_only_their_stems_are_read(tmp_path, monkeypatch):
     root = str(tmp_path / "ds")
     write_track(root, band())
-    ds = StemPairDataset(root, sample_rate=SR, crop_seconds=1.0, seed=0, verbose=False, check=False)
+    ds = StemPairDataset(root, draw=PairDraw(SR, crop_seconds=1.0), seed=0, verbose=False, check=False)
     track = ds.tracks[0]
     start = 1.5                                   # [1.5, 2.5): S03's burst at 2.9 s is outside, its second not
     s03, s04 = track.stems[3], track.stems[4]
@@ -183,7 +183,7 @@ def test_items_read_only_their_stems_and_stay_a_function_of_seed_and_index(tmp_p
     root = str(tmp_path / "ds")
     stems = {f"S{k:02d}": (c, tone(4, 110 * (k + 1))) for k, c in enumerate(["Piano", "Bass", "Guitar", "Brass", "Reed", "Organ"])}
     write_track(root, stems)
-    ds = StemPairDataset(root, sample_rate=SR, crop_seconds=1.0, seed=3, length=40, verbose=False)
+    ds = StemPairDataset(root, draw=PairDraw(SR, crop_seconds=1.0), seed=3, length=40, verbose=False)
     reads = []
     real_read = data.read_crop
     monkeypatch.setattr(data, "read_crop", lambda stem, a, s: reads.append(stem.name) or real_read(stem, a, s))
@@ -202,7 +202,7 @@ def test_items_read_only_their_stems_and_stay_a_function_of_seed_and_index(tmp_p
         assert sorted(reads) == sorted([f"S{k:02d}" for k in in_ctx] + [f"S{target_k:02d}"])
     assert np.mean(per_item) < 5                  # about 1 + 5/2 of the 6 stems
     monkeypatch.undo()
-    again = StemPairDataset(root, sample_rate=SR, crop_seconds=1.0, seed=3, length=40, verbose=False)
+    again = StemPairDataset(root, draw=PairDraw(SR, crop_seconds=1.0), seed=3, length=40, verbose=False)
     loader = torch.utils.data.DataLoader(again, batch_size=4, num_workers=2)
     got = [x for batch in loader for x in zip(*batch)]
     for i, (c, t, k) in enumerate(got):
@@ -215,7 +215,7 @@ def test_segment_pairs_give_the_same_items_with_and_without_the_map_and_skip_sil
     same items."""
     root = str(tmp_path / "ds")
     write_track(root, band(seconds=6.0))
-    kw = dict(sample_rate=SR, crop_seconds=1.0, segment_seconds=6.0, seed=0, verbose=False)
+    kw = dict(draw=PairDraw(SR, crop_seconds=1.0, segment_seconds=6.0), seed=0, verbose=False)
     old, new = StemPairDataset(root, **kw), StemPairDataset(root, **kw)
     old.activity = {}                                     # no stem's map: every stem may sound, every stem is read
     reads = []

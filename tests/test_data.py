@@ -11,7 +11,7 @@ import yaml
 from conftest import FIXTURE
 import data
 from plumbing import slakh
-from data import DatasetError, StemPairDataset
+from data import DatasetError, PairDraw, StemPairDataset
 
 REDUX = os.path.join(FIXTURE, "slakh2100_flac_redux")
 BABY = os.path.join(FIXTURE, "babyslakh_16k")
@@ -62,13 +62,13 @@ def test_choose_pair_is_uniform_over_pairs():
 @pytest.mark.parametrize("root", [REDUX, BABY])
 def test_fixture_has_no_usable_pair_and_says_so(root):
     with pytest.raises(DatasetError, match="no usable .context, target. pair"):
-        StemPairDataset(root, split="all", crop_seconds=1.0, max_tries=6, verbose=False)
+        StemPairDataset(root, split="all", draw=PairDraw(crop_seconds=1.0, max_tries=6), verbose=False)
 
 
 def test_items_have_requested_length_rate_and_target_not_in_context(tmp_path):
     root = str(tmp_path / "ds")
     make_track(root, "Track00001", BAND, sr=16000, seconds=3.0, split="train")
-    ds = StemPairDataset(root, "train", sample_rate=8000, crop_seconds=1.5, seed=3, length=24, verbose=False)
+    ds = StemPairDataset(root, "train", PairDraw(8000, crop_seconds=1.5), seed=3, length=24, verbose=False)
     assert "1 stem without audio" in ds.summary
     for i in range(len(ds)):
         ctx, tgt, inst = ds[i]
@@ -86,7 +86,7 @@ def test_items_have_requested_length_rate_and_target_not_in_context(tmp_path):
 def test_seeded_items_repeat_and_unseeded_differ(tmp_path):
     root = str(tmp_path / "ds")
     make_track(root, "Track00001", BAND, seconds=4.0, split="train")
-    kw = dict(sample_rate=8000, crop_seconds=1.0, length=10, verbose=False)
+    kw = dict(draw=PairDraw(8000, crop_seconds=1.0), length=10, verbose=False)
     a, b = StemPairDataset(root, seed=5, **kw), StemPairDataset(root, seed=5, **kw)
     for i in range(10):
         assert all(torch.equal(x, y) for x, y in zip(a[i][:2], b[i][:2])) and a[i][2] == b[i][2]
@@ -100,26 +100,33 @@ def test_seeded_items_repeat_and_unseeded_differ(tmp_path):
 def test_short_song_is_zero_padded(tmp_path):
     root = str(tmp_path / "ds")
     make_track(root, "Track00001", BAND, sr=8000, seconds=1.0, split="train")
-    ctx, tgt, _ = StemPairDataset(root, sample_rate=8000, crop_seconds=2.0, seed=0, verbose=False)[0]
+    ctx, tgt, _ = StemPairDataset(root, draw=PairDraw(8000, crop_seconds=2.0), seed=0, verbose=False)[0]
     assert ctx.shape == (16000,) and torch.all(tgt[8100:] == 0) and tgt[:8000].abs().max() > 0.1
 
 
 def test_silence_threshold_rejects_quiet_stems(tmp_path):
     root = str(tmp_path / "ds")
     make_track(root, "Track00001", {"S00": ("Piano", "tone220"), "S01": ("Bass", "tone110")}, split="train")
-    StemPairDataset(root, sample_rate=8000, crop_seconds=1.0, silence_db=-20, verbose=False)  # 0.3 sine: -13.5 dB
+    StemPairDataset(root, draw=PairDraw(8000, crop_seconds=1.0, silence_db=-20), verbose=False)  # 0.3 sine: -13.5 dB
     with pytest.raises(DatasetError, match="silence_db=-10"):
-        StemPairDataset(root, sample_rate=8000, crop_seconds=1.0, silence_db=-10, max_tries=4, verbose=False)
+        StemPairDataset(root, draw=PairDraw(8000, crop_seconds=1.0, silence_db=-10, max_tries=4), verbose=False)
 
 
 def test_split_leakage_is_an_error(tmp_path):
     root = str(tmp_path / "ds")
     make_track(root, "Track00001", BAND, split="train")
     make_track(root, "Track00002", BAND, split="validation")
-    StemPairDataset(root, "validation", sample_rate=8000, crop_seconds=1.0, verbose=False)
+    StemPairDataset(root, "validation", PairDraw(8000, crop_seconds=1.0), verbose=False)
     shutil.copytree(os.path.join(root, "train", "Track00001"), os.path.join(root, "test", "Track00001"))
     with pytest.raises(DatasetError, match="split leakage: track Track00001 is in both train/ and test/"):
-        StemPairDataset(root, "train", sample_rate=8000, crop_seconds=1.0, verbose=False)
+        StemPairDataset(root, "train", PairDraw(8000, crop_seconds=1.0), verbose=False)
+
+
+@pytest.mark.parametrize("bad", [dict(crop_seconds=0), dict(segment_seconds=-1.0), dict(sample_rate=0),
+                                 dict(max_tries=0), dict(start_grid=0.0)])
+def test_a_pair_draw_refuses_values_that_cannot_draw(bad):
+    with pytest.raises(DatasetError, match="must be"):
+        PairDraw(**bad)
 
 
 def test_metadata_problems_are_counted_not_crashes(tmp_path):
@@ -130,7 +137,7 @@ def test_metadata_problems_are_counted_not_crashes(tmp_path):
         f.write("stems: [unclosed\n")
     odd = make_track(root, "Track00003", {"S00": ("Kazoo", "tone220"), "S01": ("Bass", "tone110"),
                                           "S02": ("Piano", "tone330")}, split="train")
-    ds = StemPairDataset(root, sample_rate=8000, crop_seconds=1.0, verbose=False)
+    ds = StemPairDataset(root, draw=PairDraw(8000, crop_seconds=1.0), verbose=False)
     assert [t.name for t in ds.tracks] == ["Track00001", "Track00003"]
     assert "1 track with malformed metadata.yaml" in ds.summary and "1 stem without a known class (program_num, inst_class)" in ds.summary
     with pytest.raises(DatasetError, match="dataset folder not found"):
@@ -150,7 +157,7 @@ def test_segments_cover_song_in_minutes():
 def test_a_stem_that_breaks_during_training_is_skipped_and_counted(tmp_path, capsys):
     root = str(tmp_path / "ds")
     d = make_track(root, "Track00001", BAND, sr=16000, seconds=3.0, split="train")
-    ds = StemPairDataset(root, "train", sample_rate=8000, crop_seconds=1.0, seed=0, length=8, verbose=False)
+    ds = StemPairDataset(root, "train", PairDraw(8000, crop_seconds=1.0), seed=0, length=8, verbose=False)
     broken = os.path.join(d, "stems", "S02.wav")
     sf.write(broken, np.full((48000, 2), np.nan, dtype=np.float32), 16000, subtype="FLOAT")   # NaN samples
     items = [ds[i] for i in range(8)]

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from plumbing import pool
-from data import StemPairDataset
+from data import PairDraw, StemPairDataset
 from plumbing.instruments import instrument_id
 
 SR = 8000
@@ -42,7 +42,7 @@ def sounding(wave: np.ndarray) -> set[int]:
 def test_pool_pairs_carry_their_track_and_their_context_classes(tmp_path):
     root = str(tmp_path / "sines")
     write_sines(root)
-    ds = StemPairDataset(root, "all", SR, crop_seconds=1.0, seed=0, verbose=False)
+    ds = StemPairDataset(root, "all", PairDraw(SR, crop_seconds=1.0), seed=0, verbose=False)
     seen = []
 
     def encode(waves):                      # keeps what it was given; tokens are not what this test is about

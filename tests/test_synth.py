@@ -106,7 +106,7 @@ def test_output_is_slakh_layout_that_the_dataset_reads(dataset):
             classes.add(info["inst_class"])
         assert len(classes) >= 8 and "Drums" in classes and "Bass" in classes
     sr, seconds = 16000, 4.0
-    ds = data.StemPairDataset(dataset, "all", sample_rate=sr, crop_seconds=seconds, seed=0, length=6, verbose=False)
+    ds = data.StemPairDataset(dataset, "all", data.PairDraw(sr, seconds), seed=0, length=6, verbose=False)
     assert len(ds.tracks) == 3 and not ds.skips
     for i in range(6):
         ctx, tgt, inst = ds[i]

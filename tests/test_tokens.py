@@ -31,9 +31,9 @@ def band_root(tmp_path, seconds=4.0):
     return root
 
 
-def keyed_dataset(root, **kw):
-    return data.StemPairDataset(root, sample_rate=CODEC_SR, crop_seconds=CROP, seed=0, length=64, verbose=False,
-                                start_grid=1.0, target_keys=True, **kw)
+def keyed_dataset(root, **draw):
+    return data.StemPairDataset(root, draw=data.PairDraw(CODEC_SR, crop_seconds=CROP, start_grid=1.0, **draw), seed=0,
+                                length=64, verbose=False, target_keys=True)
 
 
 def test_crops_start_on_the_grid_and_keys_name_the_target_crop(tmp_path):
