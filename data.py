@@ -152,6 +152,7 @@ class StemPairDataset(torch.utils.data.Dataset):
         length: len(ds); defaults to the number of segments.
         check: draw one item at construction so that a dataset with no usable pair fails at once.
         verbose: print the one-line summary of used and skipped tracks/stems to stderr.
+        progress: show a progress bar while activity maps are computed (only with verbose).
         cache_dir: folder for the activity cache (default: ROOT/.stemgen-cache, else the user's cache).
         target_keys: items carry a 4th element, the target crop's identity (`target_key`).
     Items: (context FloatTensor [S], target FloatTensor [S], instrument int[, target key str]).
@@ -159,7 +160,7 @@ class StemPairDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str, split: str = "train", draw: PairDraw = PairDraw(), seed: int | None = None,
                  length: int | None = None, check: bool = True, verbose: bool = True, cache_dir: str | None = None,
-                 target_keys: bool = False):
+                 target_keys: bool = False, progress: bool = True):
         self.root, self.split = root, split
         self.sample_rate, self.crop_seconds = int(draw.sample_rate), float(draw.crop_seconds)
         self.segment_seconds = float(draw.segment_seconds)
@@ -181,7 +182,8 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.length = len(self.segments) if length is None else int(length)
         self._draws = 0
         # {stem path: mean square per second}: which stems may sound in a crop, known before reading it
-        self.activity = activity_maps(root, [s for t in self.tracks for s in t.stems], cache_dir, progress=verbose)
+        self.activity = activity_maps(root, [s for t in self.tracks for s in t.stems], cache_dir,
+                                     progress=verbose and progress)
         if check:
             self._draw(0, np.random.default_rng([0 if seed is None else seed, 2**32]), any_segment=True)
 

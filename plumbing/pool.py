@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -78,6 +79,8 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
         pending.clear()
 
     drawn = 0
+    if not progress:
+        print(f"{desc}: tokenising {n_pairs} pairs (no progress bar)", file=sys.stderr, flush=True)
     with tqdm(total=n_pairs, desc=desc, unit="pair", disable=not progress) as bar:
         while drawn < n_pairs:
             seg = int(order[cursor % len(order)])
@@ -102,7 +105,8 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
 def split_pool(codec, root: str, split: str, crop_seconds: float, n: int, seed: int, progress: bool = True,
                desc: str = "tokenising pairs", verbose: bool = True) -> dict:
     """n pairs of one split of a Slakh-layout folder, spread over its song segments, tokenised with the codec."""
-    ds = StemPairDataset(root, split, PairDraw(codec.sample_rate, crop_seconds), seed=seed, verbose=verbose)
+    ds = StemPairDataset(root, split, PairDraw(codec.sample_rate, crop_seconds), seed=seed, verbose=verbose,
+                         progress=progress)
     per_segment = max(1, math.ceil(n / len(ds.segments)))
     return token_pool(ds, lambda wave: tokenize(codec, wave), n, per_segment, seed, progress=progress, desc=desc)
 

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from plumbing import pool
+from plumbing import activity, pool
 from data import PairDraw, StemPairDataset
 from plumbing.instruments import instrument_id
 
@@ -65,3 +65,22 @@ def test_pool_pairs_carry_their_track_and_their_context_classes(tmp_path):
         assert int(got["instrument"][i]) == instrument_id(CLASSES[(target_stem + k) % 3][0])
         classes = {instrument_id(CLASSES[(j + k) % 3][0]) for j in stems_in_context}
         assert set(np.flatnonzero(got["context_classes"][i].numpy()).tolist()) == classes
+
+
+def test_a_pool_without_progress_draws_no_bar_and_says_what_it_is_doing(tmp_path, monkeypatch, capsys):
+    """`--no-progress` (progress=False) silences the activity-map bar too, and one line says that tokenising
+    has started, so a quiet run does not look hung."""
+    root = str(tmp_path / "sines")
+    write_sines(root)
+    monkeypatch.setattr(activity, "PROGRESS_FROM", 1)     # a bar even for these 9 stems, when asked for
+
+    class Codec:
+        sample_rate = SR
+
+    monkeypatch.setattr(pool, "tokenize", lambda codec, waves: torch.zeros(waves.shape[0], 1, 50, dtype=torch.long))
+    pool.split_pool(Codec(), root, "all", 1.0, n=6, seed=0, progress=False, verbose=True)
+    err = capsys.readouterr().err
+    assert "activity map" not in err and "tokenising 6 pairs" in err
+    StemPairDataset(root, "all", PairDraw(SR, crop_seconds=1.0), seed=0, verbose=True,
+                    cache_dir=str(tmp_path / "fresh"))
+    assert "activity map" in capsys.readouterr().err   # the bar is there by default
