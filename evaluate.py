@@ -165,7 +165,7 @@ def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None
     if args.transposition:
         report["transposition"] = {
             cls: musicality.transposition_test(args.transposition, cls, generate, tok.sample_rate, seconds,
-                                               args.transposition_split, args.seed)
+                                               args.transposition_split, args.seed, tok)
             for cls in args.transposition_classes}
     if args.plot:
         rows = [{"context": c, "generated": s, "real": t, "label": f"{INSTRUMENTS[k]}, song {song}"}

@@ -196,7 +196,7 @@ def score_summary(scores: list[float], best: list[bool], pieces: list[str], seed
 
 
 def transposition_test(data_root: str, instrument: str, generate, sample_rate: int, seconds: float,
-                       split: str = "all", seed: int = 0) -> dict:
+                       split: str = "all", seed: int = 0, codec=None) -> dict:
     """Does a generated part move with its context's key? Transposition scores of generated and real parts.
 
     Args:
@@ -204,9 +204,13 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
         instrument: the class to generate (a name instruments.instrument_id knows, e.g. "bass").
         generate: (contexts: list of [S] waves, instruments: list of class ids) -> list of [S] stems.
         seconds: crop length; sample_rate: the rate `generate` takes and returns.
+        codec: when given (at sample_rate), two references more: the real part through the codec ("round
+            trip"), and with its finer levels random ("random finer levels": what level 0 alone keeps of the
+            key, the most a model that gets level 0 right but not the rest could score).
     Returns:
         {"instrument", "n", "pieces", "transpositions", "skipped", "generated": summary, "real": summary,
-        "examples": [per-track scores]}; each summary is score_summary's (piece-bootstrap intervals).
+        ["round trip": summary, "random finer levels": summary,] "examples": [per-track scores]}; each summary
+        is score_summary's (piece-bootstrap intervals).
     """
     examples, skipped = transposition_examples(data_root, instrument, sample_rate, seconds, split)
     if not examples:
@@ -215,20 +219,24 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
     stems = generate([e["context"] for e in examples], [instrument_id(instrument)] * len(examples))
     if len(stems) != len(examples):
         raise ValueError(f"generate returned {len(stems)} stems for {len(examples)} contexts")
+    g = torch.Generator().manual_seed(seed)
     rows = []
     for e, stem in zip(examples, stems):
+        parts = {"generated": fit_length(np.asarray(stem, np.float32), len(e["context"])), "real": e["real"]}
+        if codec is not None:
+            parts["round trip"] = round_trip(codec, e["real"])
+            parts["random finer levels"] = round_trip_random_fine(codec, e["real"], g)
         ctx = mean_chroma(e["context"], sample_rate)
-        gen, gen_best = transposition_score(mean_chroma(fit_length(np.asarray(stem, np.float32), len(e["context"])),
-                                                        sample_rate), ctx)
-        real, real_best = transposition_score(mean_chroma(e["real"], sample_rate), ctx)
-        rows.append({"track": e["track"], "piece": e["piece"], "transpose": e["transpose"], "generated": gen,
-                     "generated_right_shift_best": gen_best, "real": real, "real_right_shift_best": real_best})
+        row = {"track": e["track"], "piece": e["piece"], "transpose": e["transpose"]}
+        for who, wave in parts.items():
+            row[who], row[f"{who}_right_shift_best"] = transposition_score(mean_chroma(wave, sample_rate), ctx)
+        rows.append(row)
     pieces = [r["piece"] for r in rows]
+    whos = ["generated", "real"] + (["round trip", "random finer levels"] if codec is not None else [])
     return {"instrument": INSTRUMENTS[instrument_id(instrument)], "n": len(rows), "pieces": len(set(pieces)),
             "transpositions": len({(r["piece"], r["transpose"]) for r in rows}), "skipped": dict(skipped),
-            "generated": score_summary([r["generated"] for r in rows], [r["generated_right_shift_best"] for r in rows],
-                                       pieces, seed),
-            "real": score_summary([r["real"] for r in rows], [r["real_right_shift_best"] for r in rows], pieces, seed),
+            **{who: score_summary([r[who] for r in rows], [r[f"{who}_right_shift_best"] for r in rows], pieces, seed)
+               for who in whos},
             "examples": rows}
 
 

@@ -84,7 +84,11 @@ def transposition_markdown(r: dict) -> list[str]:
                  f"({r['transpositions']} piece-transpositions); score = chroma correlation with the context at the "
                  "right shift minus the mean over the 11 wrong ones (0: ignores the key; 95 % piece-bootstrap "
                  "interval):", "", "| part | score | right shift best |", "| --- | --- | --- |"]
-    for who, label in (("generated", "generated"), ("real", "real part (ceiling)")):
+    for who, label in (("generated", "generated"), ("real", "real part (ceiling)"),
+                       ("round trip", "real part, codec round trip"),
+                       ("random finer levels", "real part, round trip with random finer levels")):
+        if who not in r:
+            continue
         x = r[who]
         lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
                      f"{x['n']} |")

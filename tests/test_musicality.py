@@ -139,3 +139,31 @@ def test_plot_examples_writes_a_png_and_refuses_no_examples(tmp_path):
     with pytest.raises(ValueError, match="no real"):
         M.plot_examples(str(tmp_path / "bad.png"), [{"context": rows[0]["context"], "generated": rows[0]["real"]}], SR)
     assert not os.path.exists(tmp_path / "none.png")
+
+
+def test_transposition_references_through_a_codec_keep_the_key_only_as_far_as_the_codec_does(corpus):
+    """With a codec, the real part's round trip and its random-finer-levels round trip are scored too: through a
+    codec that keeps the audio they score as the real part; through one that drops pitch they score about 0."""
+
+    class Keeps:                         # level 0 carries everything: the round trips are the audio itself
+        bins, n_q = 4, 2
+
+        def encode(self, x):
+            self.x = x
+            return torch.zeros(1, 2, 5, dtype=torch.long)
+
+        def decode(self, tokens):
+            return self.x
+
+    class Drops(Keeps):                  # everything decodes to one fixed chord, whatever went in
+        def decode(self, tokens):
+            return torch.from_numpy(chord([60, 64, 67], 2.0, SR, np.random.default_rng(5)))[None, None]
+
+    same = lambda contexts, inst: [c.copy() for c in contexts]
+    kept = M.transposition_test(corpus, "bass", same, SR, 2.0, codec=Keeps())
+    for who in ("round trip", "random finer levels"):
+        assert kept[who]["mean"] == pytest.approx(kept["real"]["mean"], abs=1e-6)
+    dropped = M.transposition_test(corpus, "bass", same, SR, 2.0, codec=Drops())
+    for who in ("round trip", "random finer levels"):
+        assert abs(dropped[who]["mean"]) < 0.1 and dropped[who]["mean"] < dropped["real"]["mean"] - 0.2
+    assert "round trip" not in M.transposition_test(corpus, "bass", same, SR, 2.0)
