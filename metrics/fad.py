@@ -51,6 +51,53 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean), 0.0))
 
 
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr (S1 S2)^(1/2) of two covariances, as Tr (R S2 R)^(1/2) with R = S1^(1/2): two symmetric eigen-
+    decompositions, several times faster than sqrtm (equal up to round-off for positive semi-definite S1, S2)."""
+    w, v = np.linalg.eigh(sigma1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma2 @ root), 0.0, None)).sum())
+
+
+def song_moments(per_clip: list[np.ndarray], song_index: np.ndarray, n_songs: int) -> tuple:
+    """Per song, the count, sum [D] and sum of outer products [D, D] of its clips' embeddings (centred on the
+    population mean, kept as the 4th item): a resample of songs then fits its Gaussian without the embeddings."""
+    pooled = np.concatenate(per_clip, axis=0).astype(np.float64)
+    shift = pooled.mean(axis=0)
+    d = pooled.shape[1]
+    counts, sums, outers = np.zeros(n_songs), np.zeros((n_songs, d)), np.zeros((n_songs, d, d))
+    for clip, song in zip(per_clip, song_index):
+        x = np.asarray(clip, dtype=np.float64) - shift
+        counts[song] += len(x)
+        sums[song] += x.sum(axis=0)
+        outers[song] += x.T @ x
+    return counts, sums, outers, shift
+
+
+def weighted_gaussian(moments: tuple, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and covariance of the embeddings of songs taken `weights` [n_songs] times each (song_moments);
+    None when fewer than 2 embeddings are taken."""
+    counts, sums, outers, shift = moments
+    n = float(weights @ counts)
+    if n < 2:
+        return None
+    mean = (weights @ sums) / n
+    cov = (np.tensordot(weights, outers, axes=1) - n * np.outer(mean, mean)) / (n - 1)
+    return shift + mean, cov
+
+
+def bootstrap_frechet(real: tuple, generated: tuple, draws: np.ndarray) -> np.ndarray:
+    """FAD of each resample of songs: draws [B, n_songs] says how often each song is taken (both populations
+    take the same songs); NaN where a side has fewer than 2 embeddings."""
+    out = np.full(len(draws), np.nan)
+    for b, weights in enumerate(np.asarray(draws, dtype=np.float64)):
+        a, g = weighted_gaussian(real, weights), weighted_gaussian(generated, weights)
+        if a is not None and g is not None:
+            diff = a[0] - g[0]
+            out[b] = max(diff @ diff + np.trace(a[1]) + np.trace(g[1]) - 2.0 * trace_sqrt_product(a[1], g[1]), 0.0)
+    return out
+
+
 def frechet_audio_distance(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
     """Frechet Audio Distance between two populations of embeddings [N_a, D] and [N_b, D]."""
     return frechet_distance(*gaussian_fit(emb_a, "first population"), *gaussian_fit(emb_b, "second population"))
@@ -291,16 +338,21 @@ def embed_population(embedding, wavs: list[np.ndarray], sample_rate: int, progre
     waveform_to_examples give it no example, the FAD tool no window); such clips are counted in a warning.
     A population in which no clip gives an example is a FadError.
     """
-    per_clip = embed_clips(embedding, wavs, sample_rate, progress, desc)
+    return pool_clips(embed_clips(embedding, wavs, sample_rate, progress, desc), embedding.framing, desc)
+
+
+def pool_clips(per_clip: list[np.ndarray], framing: str, desc: str = "embed") -> np.ndarray:
+    """embed_clips' per-clip embeddings pooled [sum of N_i, D], short clips counted in a warning
+    (embed_population)."""
     short = sum(e.shape[0] == 0 for e in per_clip)
-    min_seconds = FRAMING_MIN_SAMPLES[embedding.framing] / VGGISH_SR
+    min_seconds = FRAMING_MIN_SAMPLES[framing] / VGGISH_SR
     if short == len(per_clip):
-        raise FadError(f"{desc}: none of the {len(per_clip)} clips gives an example (framing {embedding.framing} "
+        raise FadError(f"{desc}: none of the {len(per_clip)} clips gives an example (framing {framing} "
                        f"needs clips of at least {min_seconds:g} s)")
     if short:
         warnings.warn(f"{desc}: {short} of {len(per_clip)} clips are shorter than {min_seconds:g} s and give no "
-                      f"example (framing {embedding.framing}); they are left out of FAD, as in the reference",
-                      stacklevel=2)
+                      f"example (framing {framing}); they are left out of FAD, as in the reference",
+                      stacklevel=3)
     return np.concatenate(per_clip, axis=0)
 
 

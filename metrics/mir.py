@@ -362,3 +362,27 @@ def mirdd(reference: list[dict], generated: list[dict], alpha: float = 1.0) -> t
     ref, gen = population_histograms(reference), population_histograms(generated)
     per = {name: kl_divergence(ref[name], gen[name], alpha) for name in DESCRIPTORS}
     return float(np.mean(list(per.values()))), per
+
+
+def song_histograms(descriptors: list[dict], song_index: np.ndarray, n_songs: int) -> dict[str, np.ndarray]:
+    """Per descriptor, the counts of each song's clips' values [n_songs, K] (population_histograms per song)."""
+    out = {}
+    for name in DESCRIPTORS:
+        per_clip = [histogram(d[name], name) for d in descriptors]
+        h = np.zeros((n_songs, len(per_clip[0])))
+        np.add.at(h, np.asarray(song_index), np.stack(per_clip))
+        out[name] = h
+    return out
+
+
+def bootstrap_mirdd(reference: dict[str, np.ndarray], generated: dict[str, np.ndarray], draws: np.ndarray,
+                    alpha: float = 1.0) -> np.ndarray:
+    """MIRDD of each resample of songs: draws [B, n_songs] says how often each song is taken (both populations
+    take the same songs); reference and generated are song_histograms."""
+    draws = np.asarray(draws, dtype=np.float64)
+    per = []
+    for name in DESCRIPTORS:
+        p, q = draws @ reference[name] + alpha, draws @ generated[name] + alpha            # [B, K]
+        p, q = p / p.sum(1, keepdims=True), q / q.sum(1, keepdims=True)
+        per.append(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / q), 0.0), axis=1))
+    return np.mean(per, axis=0)

@@ -4,6 +4,7 @@
 published values: these tests check the code against them, so they are written out as literals."""
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from metrics import fad
@@ -183,3 +184,29 @@ def test_vggish_mel_filterbank_covers_125_to_7500_hz():
     assert w.shape == (257, 64) and np.all(w >= 0)
     assert np.all(w[hz < 125] == 0) and np.all(w[hz > 7500] == 0)
     assert np.all(w.max(axis=0) > 0.5)  # every band has a peak
+
+
+# ------------------------------------------------------------------------- song resamples (evaluate.py intervals)
+
+def test_trace_sqrt_product_matches_sqrtm_also_for_singular_covariances():
+    rng = np.random.default_rng(5)
+    for n in (200, 6):                                     # full rank, then rank 5 in 16 dimensions
+        s1 = np.cov(rng.standard_normal((n, 16)), rowvar=False)
+        s2 = np.cov(rng.standard_normal((n, 16)) * np.linspace(0.5, 2, 16), rowvar=False)
+        assert fad.trace_sqrt_product(s1, s2) == pytest.approx(np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2))),
+                                                                rel=1e-5, abs=1e-6)
+
+
+def test_bootstrap_frechet_taking_every_song_once_is_the_point_fad_and_counts_repeats():
+    rng = np.random.default_rng(6)
+    real = [rng.standard_normal((k, 8)) + 3.0 for k in (5, 7, 4, 6)]                  # 4 clips of 3 songs
+    gen = [rng.standard_normal((k, 8)) * 1.5 for k in (6, 3, 5, 8)]
+    songs = np.array([0, 1, 1, 2])
+    mr, mg = fad.song_moments(real, songs, 3), fad.song_moments(gen, songs, 3)
+    point = fad.frechet_audio_distance(np.concatenate(real), np.concatenate(gen))
+    twice_first = [0, 0, 2]                              # song 0 taken twice, song 2 once, song 1 not at all
+    picked = lambda clips: np.concatenate([clips[0], clips[0], clips[3]])
+    boots = fad.bootstrap_frechet(mr, mg, np.array([[1.0, 1.0, 1.0], np.bincount(twice_first, minlength=3)]))
+    assert boots[0] == pytest.approx(point, rel=1e-6)
+    assert boots[1] == pytest.approx(fad.frechet_audio_distance(picked(real), picked(gen)), rel=1e-6)
+    assert np.isnan(fad.bootstrap_frechet(mr, mg, np.array([[0.0, 0.0, 0.0]]))[0])  # no embeddings: no FAD

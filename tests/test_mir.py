@@ -283,3 +283,14 @@ def test_histogram_refuses_values_its_analyser_cannot_produce(name, value):
 
 def test_histogram_counts_ratios_in_ten_bins_of_the_unit_interval():
     assert mir.histogram([0.0, 0.05, 0.5, 1.0], "chord_alteration_ratio").tolist() == [2, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_bootstrap_mirdd_taking_every_song_once_is_mirdd_and_follows_the_resample():
+    ref = [_desc("C major", [60, 64, 67]), _desc("G major", [67, 71, 74]), _desc("D major", [62, 66, 69])]
+    gen = [_desc("C major", [60, 64, 67]), _desc("F# major", [30, 90]), _desc("A minor", [57, 60, 64])]
+    songs = np.array([0, 1, 1])
+    hr, hg = mir.song_histograms(ref, songs, 2), mir.song_histograms(gen, songs, 2)
+    boots = mir.bootstrap_mirdd(hr, hg, np.array([[1.0, 1.0], [2.0, 0.0], [0.0, 3.0]]), alpha=0.5)
+    assert boots[0] == pytest.approx(mir.mirdd(ref, gen, 0.5)[0])
+    assert boots[1] == pytest.approx(mir.mirdd(ref[:1] * 2, gen[:1] * 2, 0.5)[0])  # song 0 twice: equal clips
+    assert boots[2] == pytest.approx(mir.mirdd(ref[1:] * 3, gen[1:] * 3, 0.5)[0])
