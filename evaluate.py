@@ -4,13 +4,18 @@
     python evaluate.py ... --sweep guidance        # Tab. 1: grid of lambda_a, lambda_i, grouped as the paper
     python evaluate.py ... --sweep causal-bias     # Tab. 2: w_s in 0, 0.1, 0.2, 0.5
     python evaluate.py ... --sweep best-vs-naive   # Tab. 3
+    python evaluate.py ... --sweep guidance --resume   # a stopped sweep: keep its finished settings
     python evaluate.py ... --embedding vggish --vggish-weights vggish.pth   # the paper's FAD embedding
 
 Protocol (Sec. 3.2): N examples drawn from a held-out split as training pairs are (a context-mix and a
 random target category). The model's stem for each goes into one population, the real stem of that category
 into the other. FAD compares the two populations of isolated stems; MIRDD compares the populations of stems
 summed with their own context-mix. Every sampling setting of a sweep uses the same examples and the same
-per-example seeds, and the real side is analysed once.
+per-example seeds, and the real side is analysed once. Each setting's row also holds the harmonic share of the
+generated stems and their key alignment with their own context against another song's, and every measure has
+a 95 % interval from resampling songs (metrics/sweep.py); the table says, per group, which measures the first
+group's intervals overlap (cannot be told apart at this size). After each setting the finished rows go to
+OUT/<name>.partial.json; `--resume` continues from there with the same protocol.
 
 FAD (Sec. 3.1, [20], fad.py) is the Frechet distance between Gaussians fitted to the embeddings of the two
 populations. The paper used VGGish; we run VGGish in torch from a local weights file when given one
@@ -24,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import sys
@@ -33,80 +37,24 @@ from dataclasses import asdict, replace
 import numpy as np
 import scipy
 import torch
-from tqdm import tqdm
 
 import codec as codec_lib
 import data
 import decode
-from metrics import fad, listening, mir, musicality, transcriber
+from metrics import fad, listening, mir, musicality, sweep, transcriber
+from metrics.sweep import (EvaluateError, draw_examples, generate_stems, group_rows, sweep_settings,
+                           write_text_atomic)
 from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
 from plumbing import audio, checkpoint, pool
 from plumbing.cli import USER_ERROR, pick_device, source_commit
 from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 
+# The protocol's and sweeps' machinery lives in metrics/sweep.py; its names stay reachable from here.
+__all__ = ["EvaluateError", "draw_examples", "generate_stems", "group_rows", "sweep_settings", "build_parser", "run",
+           "main"]
 
-class EvaluateError(RuntimeError):
-    """A problem the user can fix (bad flag, missing weights, existing output); one line, no traceback."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Protocol (Sec. 3.2)
-
-def draw_examples(data_root: str, split: str, n: int, seconds: float, sample_rate: int, seed: int):
-    """N (context-mix [S], real target stem [S], instrument id) examples from a held-out split, as training pairs."""
-    try:
-        ds = data.StemPairDataset(data_root, split, data.PairDraw(sample_rate, seconds), seed=seed, length=n,
-                                  verbose=False)
-        return [tuple(x.numpy() if torch.is_tensor(x) else x for x in ds[i]) for i in range(n)]
-    except data.DatasetError as e:
-        raise EvaluateError(f"--data {data_root} --split {split}: {e}") from None
-
-
-PROTOCOL_BATCH = 1    # the protocol's examples one at a time: each is seeded with (seed, its index)
 LISTENING_BATCH = 16  # the listening report's equal-length pitched examples, decoded together
-
-
-def generate_stems(net, tok, contexts: list[np.ndarray], instruments: list[int], sampling, seed: int,
-                   window_seconds: float | None = None, batch: int = PROTOCOL_BATCH, progress: bool = False,
-                   desc: str = "generate") -> list[np.ndarray]:
-    """The model's stem for every equal-length context, `batch` examples decoded together
-    (decode.generate_stem_batch). The one seeding rule: the batch that starts at example j is seeded with
-    (seed, j), whatever the sampling, so that every setting of a sweep sees the same seeds; with batch 1,
-    example i is seeded with (seed, i)."""
-    device = next(net.parameters()).device
-    window, overlap = decode.window_frames(tok.frame_rate, net.cfg.max_len, window_seconds)
-    plan = decode.plan_windows(math.ceil(len(contexts[0]) * tok.frame_rate / tok.sample_rate), window, overlap)
-    out = []
-    with tqdm(total=len(contexts) * decode.planned_steps(sampling, plan), desc=desc, unit="step",
-              disable=not progress) as bar:
-        for j in range(0, len(contexts), batch):
-            g = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
-            b = len(contexts[j:j + batch])
-            out += list(decode.generate_stem_batch(net, tok, np.stack(contexts[j:j + batch]),
-                                                   [int(k) for k in instruments[j:j + batch]], sampling, window,
-                                                   overlap, g, lambda n: bar.update(n * b)))
-    return out
-
-
-class Reference:
-    """The real side of the protocol, analysed once: FAD embeddings of the real stems, MIR descriptors of the
-    real stems summed with their context-mixes."""
-
-    def __init__(self, examples, sample_rate: int, embedding, progress: bool = False):
-        self.examples, self.sample_rate, self.embedding = examples, sample_rate, embedding
-        self.emb = fad.embed_population(embedding, [t for _, t, _ in examples], sample_rate, progress, "embed real")
-        self.gaussian = fad.gaussian_fit(self.emb, "real stems")
-        self.desc = mir.describe_population([c + t for c, t, _ in examples], sample_rate, progress, "mir real")
-
-    def score(self, stems: list[np.ndarray], alpha: float = 1.0, progress: bool = False) -> dict:
-        """FAD (isolated stems) and MIRDD (stems + context-mix) of generated stems against the real ones."""
-        emb = fad.embed_population(self.embedding, stems, self.sample_rate, progress, "embed generated")
-        desc = mir.describe_population([c + s for (c, _, _), s in zip(self.examples, stems)], self.sample_rate,
-                                   progress, "mir generated")
-        total, per = mir.mirdd(self.desc, desc, alpha)
-        fd = fad.frechet_distance(*self.gaussian, *fad.gaussian_fit(emb, "generated stems"))
-        return {"fad": fd, "mirdd": total, "mirdd_per_descriptor": per}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,47 +142,6 @@ def notes_vs_noise(populations: dict, songs: list, sample_rate: int, seed: int, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sweeps (Tab. 1-3)
-
-def sweep_settings(kind: str, base, scales=(2.0, 3.0, 4.0), ws_values=(0.0, 0.1, 0.2, 0.5)):
-    """The sampling settings of one table: a list of (group, label, Sampling).
-
-    guidance (Tab. 1): lambda = 1.0 means no guidance for that source (Sec. 3.2.1), so (1, 1) is the plain
-    one-pass sampling with both sources; the other three groups take every value of `scales` for the guided
-    source(s) and are averaged per group, as the paper averages over values up to 4.0.
-    causal-bias (Tab. 2): w_s over `ws_values` with w_c = 0.1 and w_r = 1.0.
-    best-vs-naive (Tab. 3): the paper's best setting and the naive one (no guidance, no causal bias).
-    """
-    if kind == "none":
-        return [("best", "best", base)]
-    if kind == "guidance":
-        out = [("lambda_i = lambda_a = 1.0", "li=1 la=1", replace(base, guidance="none"))]
-        groups = [("lambda_i > 1.0, lambda_a = 1.0", [(s, 1.0) for s in scales]),
-                  ("lambda_i = 1.0, lambda_a > 1.0", [(1.0, s) for s in scales]),
-                  ("lambda_i > 1.0, lambda_a > 1.0", [(si, sa) for si in scales for sa in scales])]
-        for group, cells in groups:
-            out += [(group, f"li={si:g} la={sa:g}", replace(base, guidance="multi", scale_instrument=si,
-                                                              scale_audio=sa)) for si, sa in cells]
-        return out
-    if kind == "causal-bias":
-        return [(f"w_s = {w:g}", f"w_s={w:g}", replace(base, w_s=w, w_c=0.1, w_r=1.0)) for w in ws_values]
-    if kind == "best-vs-naive":
-        naive = decode.Sampling.naive(steps=base.steps, temperature=base.temperature,
-                                      fine_temperature=base.fine_temperature, scale_steps=base.scale_steps)
-        return [("naive", "naive", naive), ("best", "best", base)]
-    raise EvaluateError(f"unknown sweep {kind!r}: use none, guidance, causal-bias or best-vs-naive")
-
-
-def group_rows(rows: list[dict]) -> list[dict]:
-    """Average FAD and MIRDD over the rows of each group (in first-appearance order)."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["group"], []).append(r)
-    return [{"group": g, "n_settings": len(rs), "fad": float(np.mean([r["fad"] for r in rs])),
-             "mirdd": float(np.mean([r["mirdd"] for r in rs]))} for g, rs in groups.items()]
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Results
 
 def versions() -> dict:
@@ -251,15 +158,8 @@ def versions() -> dict:
     return out
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    audio.atomic_write(path, write, overwrite=True)
-
-
-def output_paths(out_dir: str, sweep: str, listen: bool = False) -> tuple[str, str]:
-    stem = "listening" if listen else "results" if sweep == "none" else f"sweep-{sweep}"
+def output_paths(out_dir: str, kind: str, listen: bool = False) -> tuple[str, str]:
+    stem = "listening" if listen else "results" if kind == "none" else f"sweep-{kind}"
     return os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")
 
 
@@ -280,27 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"example length; default: the checkpoint's training crop, "
                         f"else {decode.DEFAULT_WINDOW_SECONDS:g} s")
     p.add_argument("--out", required=True, help="folder for results.json / results.md (or sweep-*.json/md)")
-    p.add_argument("--force", action="store_true", help="overwrite existing result files")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing result files; a sweep starts over, ignoring a partial file of finished "
+                        "settings")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that stopped: keep the finished settings' rows saved in "
+                        "OUT/results.partial.json or OUT/sweep-NAME.partial.json (written after every setting) and "
+                        "generate only the others; refused, naming what differs, when the protocol (data, split, "
+                        "n, seconds, seed, checkpoint and its step, codec, embedding, kl smoothing, n-boot, the "
+                        "drawn examples) is not the saved one. Without it, an existing partial file stops the run "
+                        "unless --force is given. The file is removed once the results are written")
+    p.add_argument("--n-boot", type=int, default=sweep.N_BOOT,
+                   help="song resamples for every measure's 95 %% interval")
     p.add_argument("--sweep", default="none", choices=["none", "guidance", "causal-bias", "best-vs-naive"],
                    help="which table to produce; none = one run with the paper's best sampling")
-    p.add_argument("--listening", action="store_true",
-                   help="instead of FAD/MIRDD: does the model listen? Level-0 NLL with the true, a dropped, another "
-                        "song's and a shifted context on max(--n, 256) held-out pairs; the chroma of "
-                        "--audio-n generated pitched stems against their own and another song's context; and "
-                        "whether they sound like notes (harmonic share, FAD) beside the real stems, their codec "
-                        "round trip and the round trip with random finer levels")
-    p.add_argument("--audio-n", type=int, default=32, help="--listening: pitched stems to generate (one per song)")
-    p.add_argument("--transposition", metavar="DIR",
-                   help="--listening: also run the transposition test on DIR, a Slakh-layout folder of transposed "
-                        "renderings whose metadata.yaml files say corpus: {piece, transpose}")
-    p.add_argument("--transposition-classes", nargs="+", default=["bass"], metavar="CLASS",
-                   help="--transposition: the classes to generate, one test each")
-    p.add_argument("--transposition-split", default="all", choices=["all", "train", "validation", "test"],
-                   help="--transposition: the split of DIR to use (all, train, validation or test)")
-    p.add_argument("--plot", action="store_true",
-                   help=f"--listening: draw CQT spectrograms of context, generated and real stem for a few examples "
-                        f"to OUT/{PLOT_FILE}")
-    p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples")
+    add_listening_flags(p)
     p.add_argument("--scales", default="2,3,4", help="guided values of lambda for --sweep guidance")
     p.add_argument("--ws-values", default="0,0.1,0.2,0.5", help="w_s values for --sweep causal-bias")
     p.add_argument("--fad-framing", default=fad.DEFAULT_FRAMING, choices=list(fad.FRAMINGS),
@@ -327,6 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_listening_flags(p: argparse.ArgumentParser) -> None:
+    """--listening and the flags of its report."""
+    p.add_argument("--listening", action="store_true",
+                   help="instead of FAD/MIRDD: does the model listen? Level-0 NLL with the true, a dropped, another "
+                        "song's and a shifted context on max(--n, 256) held-out pairs; the chroma of "
+                        "--audio-n generated pitched stems against their own and another song's context; and "
+                        "whether they sound like notes (harmonic share, FAD) beside the real stems, their codec "
+                        "round trip and the round trip with random finer levels")
+    p.add_argument("--audio-n", type=int, default=32, help="--listening: pitched stems to generate (one per song)")
+    p.add_argument("--transposition", metavar="DIR",
+                   help="--listening: also run the transposition test on DIR, a Slakh-layout folder of transposed "
+                        "renderings whose metadata.yaml files say corpus: {piece, transpose}")
+    p.add_argument("--transposition-classes", nargs="+", default=["bass"], metavar="CLASS",
+                   help="--transposition: the classes to generate, one test each")
+    p.add_argument("--transposition-split", default="all", choices=["all", "train", "validation", "test"],
+                   help="--transposition: the split of DIR to use (all, train, validation or test)")
+    p.add_argument("--plot", action="store_true",
+                   help=f"--listening: draw CQT spectrograms of context, generated and real stem for a few examples "
+                        f"to OUT/{PLOT_FILE}")
+    p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples")
+
+
 def _floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -338,7 +254,16 @@ def check_run(args) -> tuple[str, str]:
     """Refuse bad flags and existing outputs before any work; returns the (JSON, Markdown) output paths."""
     if args.n < 2:
         raise EvaluateError("--n must be at least 2 (FAD fits a Gaussian to each population)")
+    if args.n_boot < 1:
+        raise EvaluateError("--n-boot must be at least 1")
     json_path, md_path = output_paths(args.out, args.sweep, args.listening)
+    if args.resume and (args.listening or args.force):
+        raise EvaluateError("--resume continues a sweep's finished settings: not with --listening, and not with "
+                            "--force (which starts over)")
+    partial = sweep.partial_path(json_path)
+    if not args.listening and os.path.exists(partial) and not (args.resume or args.force):
+        raise EvaluateError(f"a stopped run's finished settings are in {partial}: pass --resume to continue it, or "
+                            "--force to start over")
     if args.listening and args.transposition and not os.path.isdir(args.transposition):
         raise EvaluateError(f"--transposition {args.transposition}: folder not found")
     if args.listening and args.transposition:
@@ -383,37 +308,52 @@ def run(args) -> dict:
         markdown = markdown_table(result)
     write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
     write_text_atomic(md_path, markdown)
+    if not args.listening and os.path.exists(sweep.partial_path(json_path)):
+        os.remove(sweep.partial_path(json_path))   # every row is in the result now
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return result
 
 
 def run_protocol(args, settings: list, net, tok, ckpt: dict, seconds: float, embedding, progress: bool) -> dict:
     """The protocol (Sec. 3.2) under every sampling setting of the sweep: one row per setting, the paper-style
-    table of group means, and what the scores were made with."""
-    examples = draw_examples(args.data, args.split, args.n, seconds, tok.sample_rate, args.seed)
-    reference = Reference(examples, tok.sample_rate, embedding, progress)
-    rows = []
-    for group, label, sampling in tqdm(settings, desc="settings", unit="set", disable=not progress or len(settings) == 1):
-        stems = generate_stems(net, tok, [c for c, _, _ in examples], [k for _, _, k in examples], sampling,
-                               args.seed, checkpoint.checkpoint_window_seconds(ckpt), PROTOCOL_BATCH, progress,
-                               f"generate {label}")
-        rows.append({"group": group, "label": label, "sampling": asdict(sampling),
-                     **reference.score(stems, args.kl_smoothing, progress)})
+    table of group means, and what the scores were made with. With --resume, the settings finished in the
+    partial file are kept (checked against this protocol before any analysis)."""
+    examples, songs = sweep.draw_examples_and_songs(args.data, args.split, args.n, seconds, tok.sample_rate,
+                                                    args.seed)
+    protocol = {"data": os.path.abspath(args.data), "split": args.split, "n": args.n, "seconds": seconds,
+                "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint), "step": ckpt.get("step"),
+                "codec": type(tok).__name__, "codec_sample_rate": tok.sample_rate,
+                "instruments": [INSTRUMENTS[int(i)] for _, _, i in examples], "songs": songs}
+    identity = {"sweep": args.sweep, **protocol, "embedding": fad.embedding_record(embedding),
+                "kl_smoothing": args.kl_smoothing, "n_boot": args.n_boot}
+    partial = sweep.partial_path(output_paths(args.out, args.sweep)[0])
+    done = sweep.resumed_rows(partial, identity) if args.resume and os.path.exists(partial) else []
+    if args.resume and not os.path.exists(partial):
+        print(f"--resume: no {partial} yet, every setting is computed", file=sys.stderr)
+    reference = sweep.Reference(examples, tok.sample_rate, embedding, progress, songs, args.n_boot, args.seed)
+
+    def generate(sampling, label, on_examples):
+        return generate_stems(net, tok, [c for c, _, _ in examples], [k for _, _, k in examples], sampling,
+                              args.seed, checkpoint.checkpoint_window_seconds(ckpt), sweep.PROTOCOL_BATCH,
+                              progress=progress, desc=f"generate {label}", on_examples=on_examples)
+
+    rows = sweep.run_rows(settings, generate, reference, identity, partial, done, args.kl_smoothing, progress)
+    n_songs = len(set(songs))
     return {
         "sweep": args.sweep,
-        "protocol": {"data": os.path.abspath(args.data), "split": args.split, "n": args.n, "seconds": seconds,
-                     "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint), "step": ckpt.get("step"),
-                     "codec": type(tok).__name__, "codec_sample_rate": tok.sample_rate,
-                     "instruments": [INSTRUMENTS[int(i)] for _, _, i in examples]},
+        "protocol": protocol,
         "embedding": fad.embedding_record(embedding),
         "mirdd": {"analysis_sample_rate": mir.ANALYSIS_SR, "kl": "KL(real || generated) per descriptor, mean",
                   "kl_smoothing": args.kl_smoothing, "descriptors": list(mir.DESCRIPTORS),
                   "note": "note descriptors from basic-pitch's learned transcriber (ONNX), the others from librosa "
                           "signal-processing analysers (mir.py), not the paper's models; NOT comparable with "
                           "published MIRDD"},
+        "intervals": {"level": sweep.LEVEL, "n_boot": args.n_boot, "songs": n_songs, "seed": args.seed,
+                      "computed": n_songs >= 2, "method": "percentiles over resamples of songs with replacement "
+                      "(both populations take the resampled songs' examples; FAD and MIRDD recomputed on each)"},
         "versions": versions(),
         "table": group_rows(rows),
-        "rows": rows,
+        "rows": sweep.without_draws(rows),
     }
 
 
@@ -426,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted: no results written", file=sys.stderr)
+        partial = sweep.partial_path(output_paths(args.out, args.sweep, args.listening)[0])
+        kept = (f"; the finished settings are kept in {partial} (rerun with --resume to continue)"
+                if not args.listening and os.path.exists(partial) else "")
+        print(f"interrupted: no results written{kept}", file=sys.stderr)
         return 130
     print(listening_markdown(result["listening"]) if args.listening else markdown_table(result))
     return 0

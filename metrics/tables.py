@@ -1,7 +1,7 @@
 """evaluate.py's results as Markdown: the protocol's and sweeps' tables (Tab. 1-3), the listening report's."""
 from __future__ import annotations
 
-from metrics import listening, mir
+from metrics import listening, mir, sweep
 
 CHROMA_ROWS = ("generated", "real stems", "real stems, codec round trip")  # the listening report's chroma rows
 TITLES = {"none": "Objective metrics", "guidance": "Tab. 1: guidance scales",
@@ -9,26 +9,63 @@ TITLES = {"none": "Objective metrics", "guidance": "Tab. 1: guidance scales",
 
 
 def markdown_table(result: dict) -> str:
-    """The result as Markdown: provenance lines, the paper-style table, and the per-setting rows."""
+    """The result as Markdown: provenance lines, the paper-style table (each group against the first), the
+    per-setting rows, and MIRDD per descriptor."""
     e = result["embedding"]
     lines = [f"# {TITLES[result['sweep']]}", "",
              f"- FAD embedding: {e['name']} at {e['sample_rate']} Hz ({e['note']})",
              f"- MIRDD: {result['mirdd']['note']}",
              f"- {result['protocol']['n']} examples from split '{result['protocol']['split']}' of "
              f"{result['protocol']['data']}, {result['protocol']['seconds']:g} s each, seed {result['protocol']['seed']}",
+             *interval_lines(result),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), ""]
     fad_head = "FAD" if e["comparable_with_published_fad"] else f"FAD ({e['name']}, not comparable)"
-    lines += [f"| setting | {fad_head} | MIRDD |", "| --- | ---: | ---: |"]
-    lines += [f"| {g['group']} | {g['fad']:.3f} | {g['mirdd']:.3f} |" for g in result["table"]]
+    measures = [m for m in sweep.MEASURES if m in result["table"][0]]
+    head = [fad_head, "MIRDD"] + [sweep.MEASURE_NAMES[m] for m in measures[2:]]
+    base = result["table"][0]
+    verdicts = len(result["table"]) > 1 and "intervals" in base
+    lines += ["| setting | " + " | ".join(head) + (f" | against {base['group']} |" if verdicts else " |"),
+              "| --- |" + " ---: |" * len(head) + (" --- |" if verdicts else "")]
+    for g in result["table"]:
+        against = [("(baseline)" if g is base else sweep.verdict(base, g))] if verdicts else []
+        lines.append("| " + " | ".join([g["group"]] + [with_interval(g, m) for m in measures] + against) + " |")
     if len(result["rows"]) > len(result["table"]):
-        lines += ["", "Every setting:", "", f"| setting | {fad_head} | MIRDD |", "| --- | ---: | ---: |"]
-        lines += [f"| {r['label']} | {r['fad']:.3f} | {r['mirdd']:.3f} |" for r in result["rows"]]
+        lines += ["", "Every setting:", "", "| setting | " + " | ".join(head) + " |",
+                  "| --- |" + " ---: |" * len(head)]
+        lines += ["| " + " | ".join([r["label"]] + [with_interval(r, m) for m in measures]) + " |"
+                  for r in result["rows"]]
     names = list(mir.DESCRIPTORS)
     lines += ["", "MIRDD per descriptor (KL):", "", "| setting | " + " | ".join(names) + " |",
               "| --- |" + " ---: |" * len(names)]
     lines += [f"| {r['label']} | " + " | ".join(f"{r['mirdd_per_descriptor'][n]:.3f}" for n in names) + " |"
               for r in result["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def with_interval(row: dict, measure: str) -> str:
+    """A measure's value with its interval, "-" when it was not computed."""
+    value, span = row.get(measure), row.get("intervals", {}).get(measure)
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{span[0]:.3f}, {span[1]:.3f}]" if span else "")
+
+
+def interval_lines(result: dict) -> list[str]:
+    """What the harmonic share, the alignment and the intervals are, or why there are none."""
+    iv = result.get("intervals")
+    if iv is None:
+        return []
+    lines = ["- harmonic share: energy 40-4000 Hz of a generated stem that HPSS calls harmonic, mean over stems; "
+             "alignment: chroma key agreement of a generated stem with its own context minus with another song's "
+             "(0: ignores the context), mean over examples"]
+    if not iv["computed"]:
+        return lines + [f"- no intervals and no alignment: the examples come from {iv['songs']} song (resampling "
+                        "songs needs two or more)"]
+    return lines + [
+        f"- [lo, hi]: {iv['level']:.0%} interval from {iv['n_boot']} resamples of the {iv['songs']} songs (both "
+        "populations take the same resampled songs; FAD and MIRDD are recomputed on each). FAD and MIRDD are "
+        "biased by population size and a resample repeats clips, so their intervals show the spread over songs "
+        "and need not hold the point value. Overlapping intervals: cannot be told apart at this size"]
 
 
 def listening_markdown(report: dict) -> str:

@@ -187,3 +187,145 @@ def test_listening_flags_are_checked_before_any_work(tiny_setup, tmp_path, capsy
     assert evaluate.main(_args(ds, ckpt, tmp_path / "b", "--listening", "--transposition", str(tmp_path),
                                "--transposition-classes", "kazoo")) == USER_ERROR
     assert "unknown instrument 'kazoo'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- sweep rows: intervals, alignment, resume
+
+def test_song_draws_give_song_bootstraps_interval_and_every_example_its_songs_weight():
+    from metrics import listening, sweep
+    rng = np.random.default_rng(0)
+    songs = ["b", "a", "c", "a", "b", "b", "d"]
+    values = rng.standard_normal(len(songs))
+    index, draws = sweep.song_draws(songs, n_boot=300, seed=4)
+    assert draws.shape == (300, 4) and np.all(draws.sum(1) == 4)        # each resample takes 4 songs
+    _, lo, hi = listening.song_bootstrap(values, np.array(songs), n_boot=300, seed=4)
+    assert sweep.interval(sweep.mean_draws(values, index, draws)) == pytest.approx([lo, hi])
+    once = sweep.mean_draws(values, index, np.ones((1, 4)))            # every song once: the plain mean
+    assert once[0] == pytest.approx(values.mean())
+
+
+def test_compare_says_overlapping_intervals_cannot_be_told_apart():
+    from metrics import sweep
+    a = {"fad": 1.0, "mirdd": 0.2, "intervals": {"fad": [0.5, 1.5], "mirdd": [0.1, 0.3]}}
+    b = {"fad": 1.4, "mirdd": 0.9, "intervals": {"fad": [1.2, 1.8], "mirdd": [0.6, 1.2]}}
+    c = {"fad": 0.1, "mirdd": None, "intervals": {"fad": [0.0, 0.2], "mirdd": None}}
+    assert sweep.compare(a, b, "fad") == sweep.TIE == sweep.compare(b, a, "fad")
+    assert sweep.compare(a, b, "mirdd") == "higher" and sweep.compare(b, a, "mirdd") == "lower"
+    assert sweep.compare(a, c, "fad") == "lower" and sweep.compare(a, c, "mirdd") is None
+    assert sweep.compare(a, {"fad": 1.0}, "fad") is None                # no intervals at all
+    touching = {"fad": 2.0, "intervals": {"fad": [1.5, 2.5]}}          # sharing an end point is overlapping
+    assert sweep.compare(a, touching, "fad") == sweep.TIE
+    line = sweep.verdict(a, b)
+    assert "MIRDD higher" in line and f"FAD: {sweep.TIE}" in line
+    assert "MIRDD: no interval" in sweep.verdict(a, c)
+
+
+def test_group_intervals_are_the_percentiles_of_the_rows_mean_over_the_same_resamples():
+    from metrics import sweep
+    rng = np.random.default_rng(1)
+    rows = [{"group": g, "fad": float(d.mean()), "draws": {"fad": d.tolist()},
+             "intervals": {"fad": sweep.interval(d)}}
+            for g, d in [("a", rng.normal(1, 0.1, 200)), ("b", rng.normal(3, 0.5, 200)), ("b", rng.normal(5, 0.5, 200))]]
+    a, b = evaluate.group_rows(rows)
+    assert a["intervals"]["fad"] == rows[0]["intervals"]["fad"]        # a group of one row: the row's interval
+    both = (np.array(rows[1]["draws"]["fad"]) + np.array(rows[2]["draws"]["fad"])) / 2
+    assert b["intervals"]["fad"] == pytest.approx(sweep.interval(both)) and b["fad"] == pytest.approx(4.0, abs=0.1)
+    assert b["intervals"]["mirdd"] is None and "mirdd" not in b                # no MIRDD in the rows
+
+
+def test_key_alignment_is_positive_for_a_stem_with_its_contexts_notes_and_about_zero_for_noise():
+    from conftest import chord
+    from metrics import listening, sweep
+    sr, rng = 16000, np.random.default_rng(0)
+    roots = [48, 50, 52, 54, 56, 58] * 2                              # six songs in six keys, two examples each
+    songs = [f"song{i % 6}" for i in range(12)]
+    contexts = [chord([r, r + 4, r + 7], 3.0, sr, rng) + chord([r - 12], 3.0, sr, rng) for r in roots]
+    copies = [chord([r + 12, r + 16, r + 19], 3.0, sr, rng) for r in roots]   # the context's triad an octave up
+    noise = [0.05 * rng.standard_normal(3 * sr).astype(np.float32) for _ in roots]
+    aligned = sweep.key_alignment(copies, contexts, songs, sr)
+    assert aligned.min() > 0.5 and aligned.mean() > 1.0
+    unaligned = sweep.key_alignment(noise, contexts, songs, sr)
+    mean, lo, hi = listening.song_bootstrap(unaligned, np.array(songs))
+    assert abs(mean) < 0.15 and lo < 0 < hi
+
+
+def _count_generations(monkeypatch, stop_at=None):
+    """Wrap evaluate's generation: record each setting's label; raise KeyboardInterrupt at label `stop_at`."""
+    from metrics import sweep
+    calls, real = [], sweep.generate_stems
+
+    def counted(*a, desc="generate", **k):
+        calls.append(desc.removeprefix("generate "))
+        if calls[-1] == stop_at:
+            raise KeyboardInterrupt
+        return real(*a, desc=desc, **k)
+    monkeypatch.setattr(evaluate, "generate_stems", counted)
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*embeddings for a 128-dimensional")   # 3 stems: FAD is only checked to run
+def test_a_stopped_sweep_resumes_without_generating_its_finished_settings(tiny_setup, tmp_path, monkeypatch, capsys):
+    ds, ckpt, _ = tiny_setup
+    out = tmp_path / "out"
+    flags = _args(ds, ckpt, out, "--split", "all", "--n", "3", "--sweep", "causal-bias", "--ws-values", "0,0.5",
+                  "--n-boot", "40")
+    partial = out / "sweep-causal-bias.partial.json"
+    calls = _count_generations(monkeypatch, stop_at="w_s=0.5")
+    assert evaluate.main(flags) == 130                                 # stopped while generating the 2nd setting
+    assert "--resume" in capsys.readouterr().err
+    saved = json.loads(partial.read_text())
+    assert [r["label"] for r in saved["rows"]] == ["w_s=0"] and not (out / "sweep-causal-bias.json").exists()
+    assert evaluate.main(flags) == USER_ERROR                          # neither --resume nor --force: refused
+    assert "--resume" in capsys.readouterr().err
+    calls = _count_generations(monkeypatch)
+    assert evaluate.main(flags + ["--resume"]) == 0
+    assert calls == ["w_s=0.5"]                                        # the finished setting is not generated again
+    result = json.loads((out / "sweep-causal-bias.json").read_text())
+    assert [r["label"] for r in result["rows"]] == ["w_s=0", "w_s=0.5"] and not partial.exists()
+    first = {k: v for k, v in saved["rows"][0].items() if k != "draws"}
+    assert result["rows"][0] == first                                  # kept as scored, not recomputed
+    assert len(set(result["protocol"]["songs"])) >= 2 and result["intervals"]["computed"]
+    for r in result["rows"] + result["table"]:
+        for m in ("fad", "mirdd", "harmonic_share", "alignment"):
+            lo, hi = r["intervals"][m]
+            assert lo <= hi and np.isfinite(r[m]), (m, r)
+        assert 0 <= r["harmonic_share"] <= 1 and "draws" not in r
+    md = (out / "sweep-causal-bias.md").read_text()
+    assert "against w_s = 0 |" in md and "(baseline)" in md and "resamples of the" in md
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*embeddings for a 128-dimensional")
+def test_resume_refuses_a_partial_file_of_another_protocol(tiny_setup, tmp_path, monkeypatch, capsys):
+    ds, ckpt, _ = tiny_setup
+    out = tmp_path / "out"
+    flags = _args(ds, ckpt, out, "--split", "all", "--sweep", "best-vs-naive", "--n-boot", "20")
+    _count_generations(monkeypatch, stop_at="best")
+    assert evaluate.main(flags) == 130
+    partial = out / "sweep-best-vs-naive.partial.json"
+    before = partial.read_text()
+    capsys.readouterr()
+    assert evaluate.main(flags + ["--resume", "--kl-smoothing", "0.5"]) == USER_ERROR
+    err = capsys.readouterr().err
+    assert "kl_smoothing: 1.0 there, 0.5 now" in err and "--force" in err
+    assert evaluate.main(flags + ["--resume", "--seed", "1"]) == USER_ERROR
+    assert "seed: 0 there, 1 now" in capsys.readouterr().err
+    assert evaluate.main(flags + ["--resume", "--force"]) == USER_ERROR   # keep or start over: one of the two
+    assert "--force" in capsys.readouterr().err
+    assert partial.read_text() == before                               # a refused run leaves the file alone
+
+
+def test_protocol_examples_carry_the_song_they_were_cut_from(tiny_setup):
+    import data
+    from metrics import sweep
+    ds, _, _ = tiny_setup
+    examples, songs = sweep.draw_examples_and_songs(ds, "all", 6, 2.0, 16000, seed=0)
+    plain = data.StemPairDataset(ds, "all", data.PairDraw(16000, 2.0), seed=0, length=6, verbose=False)
+    for (c, t, k), (pc, pt, pk) in zip(examples, (plain[i] for i in range(6))):   # the same draws as before
+        assert np.array_equal(c, pc.numpy()) and np.array_equal(t, pt.numpy()) and k == pk
+    tracks = {os.path.relpath(t.path, ds) for t in plain.tracks}
+    assert len(songs) == 6 and set(songs) <= tracks and len(set(songs)) >= 2
+    for (_, _, k), song in zip(examples, songs):                    # the target's class is one its song has
+        track = next(x for x in plain.tracks if os.path.relpath(x.path, ds) == song)
+        assert k in {s.instrument for s in track.stems}
