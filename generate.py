@@ -47,8 +47,36 @@ def steps_text(steps) -> str:
     return " ".join(map(str, steps))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_sampling_flags(g) -> None:
+    """The decoding flags (Sec. 2.1.1-2.1.2), each defaulting to `Sampling`'s value."""
     d = Sampling()
+    g.add_argument("--steps", type=int, nargs="+", metavar="N",
+                   help=f"decoding steps per level, coarsest first, for {decode.STEPS_FRAMES} new frames (20 s at "
+                        f"the codecs' 50 Hz, as in the paper); a window that decodes fewer frames takes "
+                        f"proportionally fewer, rounded up, at least 1: with the defaults a 5 s window takes "
+                        f"{steps_text(decode.steps_for(d.steps, 250))}, and "
+                        f"{steps_text(decode.steps_for(d.steps, 125))} past a 2.5 s prompt (default: {steps_text(d.steps)})")
+    g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
+    g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
+    g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
+    g.add_argument("--guidance", choices=GUIDANCE_MODES,
+                   help=f"classifier-free guidance: multi = eq. 3, joint = eq. 2 (default: {d.guidance})")
+    g.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
+                   help=f"guidance scale of the context (lambda_a; lambda of eq. 2) (default: {d.scale_audio})")
+    g.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
+                   help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
+    g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
+    g.add_argument("--fine-temperature", type=float,
+                   help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "
+                        f"{'--temperature' if d.fine_temperature is None else d.fine_temperature})")
+    g.add_argument("--naive", action="store_true",
+                   help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
+                        "flags above still override it")
+    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same audio "
+                                            "(default: a fresh seed, printed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Generate stems that fit a musical context (StemGen, Sec. 2.1.1-2.1.2). Writes each "
                     "stem, and with --mix (or several --instrument) the context plus the new stems, at the "
@@ -74,31 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "transcriber.py, at the context's tempo when one is detected (else 120 BPM), with the "
                         "instrument class's first GM program")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    g = p.add_argument_group("sampling (defaults: the paper's best setting)")
-    g.add_argument("--steps", type=int, nargs="+", metavar="N",
-                   help=f"decoding steps per level, coarsest first, for {decode.STEPS_FRAMES} new frames (20 s at "
-                        f"the codecs' 50 Hz, as in the paper); a window that decodes fewer frames takes "
-                        f"proportionally fewer, rounded up, at least 1: with the defaults a 5 s window takes "
-                        f"{steps_text(decode.steps_for(d.steps, 250))}, and "
-                        f"{steps_text(decode.steps_for(d.steps, 125))} past a 2.5 s prompt (default: {steps_text(d.steps)})")
-    g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
-    g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
-    g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
-    g.add_argument("--guidance", choices=GUIDANCE_MODES,
-                   help=f"classifier-free guidance: multi = eq. 3, joint = eq. 2 (default: {d.guidance})")
-    g.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
-                   help=f"guidance scale of the context (lambda_a; lambda of eq. 2) (default: {d.scale_audio})")
-    g.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
-                   help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
-    g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
-    g.add_argument("--fine-temperature", type=float,
-                   help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "
-                        f"{'--temperature' if d.fine_temperature is None else d.fine_temperature})")
-    g.add_argument("--naive", action="store_true",
-                   help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
-                        "flags above still override it")
-    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same audio "
-                                            "(default: a fresh seed, printed)")
+    add_sampling_flags(p.add_argument_group("sampling (defaults: the paper's best setting)"))
     w = p.add_argument_group("long contexts")
     w.add_argument("--window", type=float, metavar="SECONDS",
                    help="window length for long contexts (default: the checkpoint's training crop, "
