@@ -94,6 +94,8 @@ def bin_weights(weighting: str, n_fft: int, sample_rate: int, floor_hz: float = 
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if not floor_hz > 0:
+        raise ValueError(f"the octave weighting's floor must be above 0 Hz, got {floor_hz}")
     n = n_fft // 2 + 1
     if weighting == "flat":
         return torch.ones(n)

@@ -126,6 +126,8 @@ def test_octave_weighting_gives_every_octave_the_same_total_weight():
     assert np.all(w[hz <= 40.0] == 1.0) and np.all(np.diff(w) <= 0)
     with pytest.raises(ValueError, match="octave, flat"):
         S.bin_weights("mel", n_fft, sr)
+    with pytest.raises(ValueError, match="above 0 Hz"):
+        S.bin_weights("octave", n_fft, sr, floor_hz=0.0)
 
 
 def test_a_spec_without_arrays_loads_them_from_its_file_or_says_what_is_missing(spectral, tmp_path):
