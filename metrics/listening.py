@@ -103,15 +103,28 @@ def shift_context(context: torch.Tensor, min_shift: int, generator: torch.Genera
 def song_bootstrap(values: np.ndarray, song: np.ndarray, n_boot: int = 2000, seed: int = 0,
                    level: float = 0.95) -> tuple[float, float, float]:
     """Mean of per-pair values and a percentile interval from resampling songs with replacement."""
-    values, song = np.asarray(values, dtype=np.float64), np.asarray(song)
-    songs, inverse = np.unique(song, return_inverse=True)
-    sums = np.bincount(inverse, weights=values)                      # per-song sum and count
-    counts = np.bincount(inverse).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(len(songs), size=(n_boot, len(songs)))
-    boots = sums[pick].sum(1) / counts[pick].sum(1)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    values = np.asarray(values, dtype=np.float64)
+    index, draws = song_draws(song, n_boot, seed)
+    lo, hi = np.quantile(mean_draws(values, index, draws), [(1 - level) / 2, (1 + level) / 2])
     return float(values.mean()), float(lo), float(hi)
+
+
+def song_draws(songs, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(song index of each example [N], draws [n_boot, n_songs]: how often each resample takes each song, songs
+    resampled with replacement): the resamples song_bootstrap takes, shareable by several statistics."""
+    names, index = np.unique(np.asarray(songs), return_inverse=True)
+    pick = np.random.default_rng(seed).integers(len(names), size=(n_boot, len(names)))
+    draws = np.zeros((n_boot, len(names)))
+    np.add.at(draws, (np.arange(n_boot)[:, None], pick), 1.0)
+    return index, draws
+
+
+def mean_draws(values: np.ndarray, song_index: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """The mean of per-example values over each resample of songs [B]."""
+    n_songs = draws.shape[1]
+    sums = np.bincount(song_index, weights=np.asarray(values, dtype=np.float64), minlength=n_songs)
+    counts = np.bincount(song_index, minlength=n_songs).astype(np.float64)
+    return (draws @ sums) / (draws @ counts)
 
 
 def listening_report(model, pairs: dict, batch: int = 32, frame_rate: float = 50.0, seed: int = 0,

@@ -91,24 +91,6 @@ def generate_stems(net, tok, contexts: list[np.ndarray], instruments: list[int],
 # ---------------------------------------------------------------------------------------------------------
 # Song resamples and intervals
 
-def song_draws(songs, n_boot: int = N_BOOT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(song index of each example [N], draws [n_boot, n_songs]: how often each resample takes each song), the
-    resamples of listening.song_bootstrap with the same n_boot and seed."""
-    names, index = np.unique(np.asarray(songs), return_inverse=True)
-    pick = np.random.default_rng(seed).integers(len(names), size=(n_boot, len(names)))
-    draws = np.zeros((n_boot, len(names)))
-    np.add.at(draws, (np.arange(n_boot)[:, None], pick), 1.0)
-    return index, draws
-
-
-def mean_draws(values: np.ndarray, song_index: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """The mean of per-example values over each resample of songs [B]."""
-    n_songs = draws.shape[1]
-    sums = np.bincount(song_index, weights=np.asarray(values, dtype=np.float64), minlength=n_songs)
-    counts = np.bincount(song_index, minlength=n_songs).astype(np.float64)
-    return (draws @ sums) / (draws @ counts)
-
-
 def interval(draws, level: float = LEVEL) -> list[float] | None:
     """The percentile interval of a statistic over the resamples; None without any finite value."""
     d = np.asarray(draws, dtype=np.float64)
@@ -173,7 +155,7 @@ class Reference:
         self.songs = songs
         self.intervals = songs is not None and len(set(songs)) >= 2   # one song: no resamples, no other song
         if self.intervals:
-            self.song_index, self.draws = song_draws(songs, n_boot, seed)
+            self.song_index, self.draws = listening.song_draws(songs, n_boot, seed)
             self.moments = fad.song_moments(per_clip, self.song_index, self.draws.shape[1])
             self.hist = mir.song_histograms(self.desc, self.song_index, self.draws.shape[1])
             self.other, _ = listening.other_song_order(songs)
@@ -203,8 +185,8 @@ class Reference:
                                               self.draws),
                  "mirdd": mir.bootstrap_mirdd(self.hist, mir.song_histograms(desc, self.song_index, n_songs),
                                               self.draws, alpha),
-                 "harmonic_share": mean_draws(shares, self.song_index, self.draws),
-                 "alignment": mean_draws(aligned, self.song_index, self.draws)}
+                 "harmonic_share": listening.mean_draws(shares, self.song_index, self.draws),
+                 "alignment": listening.mean_draws(aligned, self.song_index, self.draws)}
         row["alignment"] = float(aligned.mean())
         row["intervals"] = {m: interval(d) for m, d in draws.items()}
         row["draws"] = {m: [float(x) for x in d] for m, d in draws.items()}

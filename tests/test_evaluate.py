@@ -196,11 +196,11 @@ def test_song_draws_give_song_bootstraps_interval_and_every_example_its_songs_we
     rng = np.random.default_rng(0)
     songs = ["b", "a", "c", "a", "b", "b", "d"]
     values = rng.standard_normal(len(songs))
-    index, draws = sweep.song_draws(songs, n_boot=300, seed=4)
+    index, draws = listening.song_draws(songs, n_boot=300, seed=4)
     assert draws.shape == (300, 4) and np.all(draws.sum(1) == 4)        # each resample takes 4 songs
     _, lo, hi = listening.song_bootstrap(values, np.array(songs), n_boot=300, seed=4)
-    assert sweep.interval(sweep.mean_draws(values, index, draws)) == pytest.approx([lo, hi])
-    once = sweep.mean_draws(values, index, np.ones((1, 4)))            # every song once: the plain mean
+    assert sweep.interval(listening.mean_draws(values, index, draws)) == pytest.approx([lo, hi])
+    once = listening.mean_draws(values, index, np.ones((1, 4)))            # every song once: the plain mean
     assert once[0] == pytest.approx(values.mean())
 
 
