@@ -112,8 +112,10 @@ def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None
                                      embedding or fad.load_embedding("logmel"))
     if args.transposition:
         report["transposition"] = {
-            cls: musicality.transposition_test(args.transposition, cls, generate, tok.sample_rate, seconds,
-                                               args.transposition_split, args.seed, tok)
+            cls: {**musicality.transposition_test(args.transposition, cls, generate, tok.sample_rate, seconds,
+                                                  args.transposition_split, args.seed, tok),
+                  "tokens": musicality.key_nll_test(net, tok, args.transposition, cls, seconds,
+                                                    args.transposition_split, args.seed)}
             for cls in args.transposition_classes}
     if args.plot:
         rows = [{"context": c, "generated": s, "real": t, "label": f"{INSTRUMENTS[k]}, song {song}"}

@@ -125,8 +125,11 @@ def transposition_score(stem_chroma_mean: np.ndarray, context_chroma_mean: np.nd
     return float(r[0] - r[1:].mean()), bool(r[0] > r[1:].max())
 
 
-def corpus_entry(track: slakh.Track) -> tuple[str, int]:
-    """(piece, transpose) from a track's metadata.yaml `corpus:` entry; ValueError saying what is missing."""
+def corpus_entry(track: slakh.Track) -> tuple[str, int, str]:
+    """(piece, transpose, chunk) from a track's metadata.yaml `corpus:` entry; ValueError saying what is missing.
+
+    The chunk names one stretch of music whatever its key: the entry's source file and start (corpus.py writes
+    both), else the piece."""
     path = os.path.join(track.path, "metadata.yaml")
     with open(path) as f:
         meta = yaml.safe_load(f)
@@ -137,7 +140,8 @@ def corpus_entry(track: slakh.Track) -> tuple[str, int]:
     transpose = entry["transpose"]
     if isinstance(transpose, bool) or not isinstance(transpose, int) or not 0 <= transpose < N_SHIFTS:
         raise ValueError(f"{path}: corpus.transpose must be a whole number of semitones in 0..11, got {transpose!r}")
-    return str(entry["piece"]), transpose
+    chunk = f"{entry.get('source', entry['piece'])}@{entry.get('start_seconds', 0.0)}"
+    return str(entry["piece"]), transpose, chunk
 
 
 def first_sounding_start(part: np.ndarray, context: np.ndarray, sample_rate: int, seconds: float,
@@ -156,7 +160,7 @@ def transposition_examples(data_root: str, instrument: str, sample_rate: int, se
     """Each track with a stem of the class: its first stem of that class (the real part) and the sum of all its
     other stems (the context), cropped to the first window where both sound; and a Counter of skipped tracks.
 
-    Each example: {"track", "piece", "transpose", "context" [S], "real" [S]} at sample_rate.
+    Each example: {"track", "piece", "transpose", "chunk", "context" [S], "real" [S]} at sample_rate.
     """
     k = instrument_id(instrument)
     tracks, _ = slakh.scan_tracks(data_root, split)
@@ -167,7 +171,7 @@ def transposition_examples(data_root: str, instrument: str, sample_rate: int, se
         if part is None:
             skipped[f"no {INSTRUMENTS[k]} stem"] += 1
             continue
-        piece, transpose = corpus_entry(track)
+        piece, transpose, chunk = corpus_entry(track)
         span = min(track.seconds, search_seconds)
         waves = {s.name: fit_length(resample(data.read_crop(s, 0.0, span), s.sample_rate, sample_rate),
                                     int(round(span * sample_rate))) for s in track.stems}
@@ -178,7 +182,7 @@ def transposition_examples(data_root: str, instrument: str, sample_rate: int, se
             skipped["part and context never sound together"] += 1
             continue
         a = int(round(start * sample_rate))
-        examples.append({"track": track.name, "piece": piece, "transpose": transpose,
+        examples.append({"track": track.name, "piece": piece, "transpose": transpose, "chunk": chunk,
                          "context": fit_length(context[a:a + n], n).astype(np.float32),
                          "real": fit_length(real[a:a + n], n).astype(np.float32)})
     return examples, skipped
@@ -238,6 +242,68 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
             **{who: score_summary([r[who] for r in rows], [r[f"{who}_right_shift_best"] for r in rows], pieces, seed)
                for who in whos},
             "examples": rows}
+
+
+def key_nll_matrix(model, contexts: torch.Tensor, targets: torch.Tensor, instrument: int,
+                   batch: int = 32) -> np.ndarray:
+    """[K, K] level-0 NLL (whole target masked, listening.level0_nll) of target i under context j, for the K
+    renderings of one chunk in K keys (tokens [K, Q, T] each, in the same key order)."""
+    K = contexts.shape[0]
+    if targets.shape[0] != K:
+        raise ValueError(f"{K} contexts but {targets.shape[0]} targets")
+    out = np.zeros((K, K))
+    inst = torch.full((K,), int(instrument), dtype=torch.long)
+    for j in range(K):
+        nll, _ = listening.level0_nll(model, contexts[j:j + 1].expand(K, -1, -1), targets, inst, batch=batch)
+        out[:, j] = nll.numpy()
+    return out
+
+
+def key_nll_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per target (row): the mean NLL under the other keys' contexts minus under its own (the diagonal), in nats,
+    and how many other keys' contexts score strictly lower than its own (0: its own is best; a model that
+    ignores the context scores gains of exactly 0 and ranks of 0 by ties)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    own = np.diag(m)
+    others = m[~np.eye(len(m), dtype=bool)].reshape(len(m), len(m) - 1)
+    return others.mean(1) - own, (others < own[:, None]).sum(1)
+
+
+def key_nll_test(model, codec, data_root: str, instrument: str, seconds: float, split: str = "all",
+                 seed: int = 0) -> dict:
+    """The transposition test in tokens, without sampling: does the model expect the real part in its context's
+    key? For every chunk rendered in all twelve keys, the real part's level-0 tokens are scored under each key's
+    context; the gain is the mean NLL under the 11 wrong keys' contexts minus under the right one.
+
+    About 0 for a model that ignores the key; it needs no decoding, so it runs in seconds, and it shows
+    what the model knows before sampling decides what is heard. Chunks not found in all twelve keys are
+    skipped (counted). Returns {"instrument", "n", "pieces", "chunks", "skipped", "gain": {mean, lo, hi} (piece
+    bootstrap), "own_best", "mean_rank", "chance_rank"}.
+    """
+    examples, skipped = transposition_examples(data_root, instrument, codec.sample_rate, seconds, split)
+    chunks: dict[str, dict[int, dict]] = {}
+    for e in examples:
+        chunks.setdefault(e["chunk"], {})[e["transpose"]] = e
+    gains, ranks, pieces = [], [], []
+    k = instrument_id(instrument)
+    for chunk, by_key in chunks.items():
+        if len(by_key) < N_SHIFTS:
+            skipped["chunk not in all twelve keys"] += len(by_key)
+            continue
+        rows = [by_key[t] for t in range(N_SHIFTS)]
+        encode = lambda key: codec.encode(torch.from_numpy(np.stack([r[key] for r in rows]))[:, None, :])
+        gain, rank = key_nll_scores(key_nll_matrix(model, encode("context"), encode("real"), k))
+        gains += gain.tolist()
+        ranks += rank.tolist()
+        pieces += [r["piece"] for r in rows]
+    if not gains:
+        raise ValueError(f"{data_root} [{split}]: no chunk with a {instrument} stem in all twelve keys "
+                         f"({dict(skipped) or 'no tracks'}); make one with corpus.py --transpositions all")
+    mean, lo, hi = listening.song_bootstrap(np.asarray(gains), np.asarray(pieces), seed=seed)
+    return {"instrument": INSTRUMENTS[k], "n": len(gains), "pieces": len(set(pieces)),
+            "chunks": len(gains) // N_SHIFTS, "skipped": dict(skipped), "gain": {"mean": mean, "lo": lo, "hi": hi},
+            "own_best": int(sum(r == 0 for r in ranks)), "mean_rank": float(np.mean(ranks)),
+            "chance_rank": (N_SHIFTS - 1) / 2}
 
 
 # ------------------------------------------------------------------------------------------------ picture

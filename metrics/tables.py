@@ -129,6 +129,13 @@ def transposition_markdown(r: dict) -> list[str]:
         x = r[who]
         lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
                      f"{x['n']} |")
+    if "tokens" in r:
+        t = r["tokens"]
+        lines.append(f"\nIn tokens (no sampling): the real part's level-0 NLL is {t['gain']['mean']:.3f} nats "
+                     f"[{t['gain']['lo']:.3f}, {t['gain']['hi']:.3f}] lower under its own key's context than under "
+                     f"the 11 others' on average; its own key's context is best for {t['own_best']} of {t['n']} "
+                     f"(mean rank {t['mean_rank']:.2f}, chance {t['chance_rank']:.1f}; {t['chunks']} chunks in all "
+                     "twelve keys)")
     if r["pieces"] < 2:
         lines.append("\n(one piece only: its interval, from resampling pieces, says nothing)")
     if r["skipped"]:

@@ -167,9 +167,11 @@ def test_listening_run_reports_every_measure_and_draws_the_examples(tiny_setup, 
     bass = r["transposition"]["bass"]
     assert bass["n"] == 12 and bass["pieces"] == 1 and bass["instrument"] == "Bass"
     assert bass["real"]["mean"] > 0.3 and 0 <= bass["generated"]["right_shift_best"] <= 12
+    assert bass["tokens"]["n"] == 12 and bass["tokens"]["chunks"] == 1 and 0 <= bass["tokens"]["own_best"] <= 12
     md = (out / "listening.md").read_text()
     for text in ("| real stems, codec round trip | key |", "| real stems, round trip with random finer levels |",
-                 "Transposition test, Bass: 12 contexts from 1 piece ", "| real part (ceiling) |", "listening.png"):
+                 "Transposition test, Bass: 12 contexts from 1 piece ", "| real part (ceiling) |",
+                 "In tokens (no sampling): the real part's level-0 NLL is", "listening.png"):
         assert text in md, text
     png = (out / "listening.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

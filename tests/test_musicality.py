@@ -167,3 +167,60 @@ def test_transposition_references_through_a_codec_keep_the_key_only_as_far_as_th
     for who in ("round trip", "random finer levels"):
         assert abs(dropped[who]["mean"]) < 0.1 and dropped[who]["mean"] < dropped["real"]["mean"] - 0.2
     assert "round trip" not in M.transposition_test(corpus, "bass", same, SR, 2.0)
+
+
+def test_key_nll_scores_read_the_own_key_against_the_eleven_others():
+    """Gain = mean NLL under the other keys' contexts minus under the own; rank = how many others score lower."""
+    flat = np.full((12, 12), 3.0)                               # the context changes nothing
+    gain, rank = M.key_nll_scores(flat)
+    assert np.all(gain == 0) and np.all(rank == 0)
+    follows = flat + 1.0 - np.eye(12)                           # the own key's context is 1 nat better
+    gain, rank = M.key_nll_scores(follows)
+    assert np.allclose(gain, 1.0) and np.all(rank == 0)
+    gain, rank = M.key_nll_scores(flat + np.eye(12))            # the own key's context is the worst
+    assert np.allclose(gain, -1.0) and np.all(rank == 11)
+
+
+class LowestPitchCodec:
+    """One token per 0.256 s frame: the pitch class of the lowest spectral peak above 0.3 of the frame's largest
+    (the root of a root-position chord, the note of a bass). 12 tokens, one level."""
+    sample_rate, frame, n_q, bins = SR, 4096, 1, 12
+
+    def encode(self, x):
+        x = x[:, 0].numpy()
+        frames = x[:, :x.shape[1] // self.frame * self.frame].reshape(len(x), -1, self.frame)
+        mag = np.abs(np.fft.rfft(frames * np.hanning(self.frame), n=4 * self.frame))       # [B, T, F]
+        first = (mag > 0.3 * mag.max(-1, keepdims=True)).argmax(-1)                     # lowest strong bin [B, T]
+        window = np.take_along_axis(mag, first[..., None] + np.arange(32), -1)          # and the 32 above it
+        peak = first + window.argmax(-1)                                                # ... its peak
+        hz = peak.clip(min=1) * self.sample_rate / (4 * self.frame)
+        return torch.from_numpy(np.round(12 * np.log2(hz / 440.0) + 69).astype(np.int64) % 12)[:, None, :]
+
+
+class TokenModel(torch.nn.Module):
+    """Level-0 logits from the context's tokens: `weight` times a one-hot of the context's token (0: ignores it)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+        self.cfg = type("Cfg", (), {"mask_id": LowestPitchCodec.bins})()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, context, target, instrument, context_dropped=None, level=None):
+        return self.weight * torch.nn.functional.one_hot(context[:, 0], LowestPitchCodec.bins).float()
+
+
+def test_key_nll_test_credits_a_model_that_reads_the_key_and_not_one_that_ignores_it(corpus):
+    """On two pieces in all twelve keys: a model that predicts the bass from the context's root scores its own
+    key's context best every time; a model that ignores the context gains exactly 0 nats."""
+    reads = M.key_nll_test(TokenModel(4.0), LowestPitchCodec(), corpus, "bass", 2.0)
+    assert reads["n"] == 24 and reads["chunks"] == 2 and reads["pieces"] == 2
+    assert reads["gain"]["lo"] > 1.0 and reads["own_best"] == 24 and reads["mean_rank"] == 0
+    ignores = M.key_nll_test(TokenModel(0.0), LowestPitchCodec(), corpus, "bass", 2.0)
+    assert ignores["gain"]["mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_key_nll_test_skips_chunks_missing_keys_and_refuses_when_none_is_whole(tmp_path):
+    few = write_corpus(str(tmp_path / "few"), pieces=1, transpositions=range(6))
+    with pytest.raises(ValueError, match="all twelve keys"):
+        M.key_nll_test(TokenModel(4.0), LowestPitchCodec(), few, "bass", 2.0)
