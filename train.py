@@ -445,7 +445,7 @@ def main(argv=None) -> int:
     ok = False
     try:
         if args.ship:
-            print(ship_run(args.out, args.ship))
+            print(ship_run(args.out, args.ship, recipe_values))
             return 0
         if args.plot:
             if not os.path.isfile(os.path.join(args.out, "metrics.jsonl")):

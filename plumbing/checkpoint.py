@@ -57,19 +57,45 @@ class CheckpointError(ValueError):
 
 
 
-def ship_run(out: str, dst: str) -> str:
+STAGE_FLAGS = ("codec_file", "init_from")  # run arguments, not recipe knobs, that a stage's command must name
+
+
+def train_command(a: dict, recipe_values=None) -> str:
+    """The train.py command line of a run from its saved arguments: data, recipe and out, then every knob whose
+    value differs from the recipe's (recipe_values(name) -> knob -> value), the codec file and --init-from."""
+    words = ["python train.py", f"--data {a.get('data')}", f"--recipe {a.get('recipe')}", f"--out {a.get('out')}"]
+    defaults = recipe_values(a["recipe"]) if recipe_values is not None and a.get("recipe") else {}
+    for k, v in defaults.items():
+        if k in a and a[k] != v:
+            words.append(f"--{k.replace('_', '-')} {a[k]}")
+    words += [f"--{k.replace('_', '-')} {a[k]}" for k in STAGE_FLAGS if a.get(k)]
+    return " ".join(words)
+
+
+def training_stages(a: dict, recipe_values=None, limit: int = 10) -> list[str]:
+    """The commands of the runs a run was fine-tuned from (--init-from, followed while the files exist here),
+    first stage first, ending with the run's own."""
+    stages = [train_command(a, recipe_values)]
+    while a.get("init_from") and os.path.isfile(a["init_from"]) and len(stages) < limit:
+        a = load_checkpoint(a["init_from"], "cpu").get("train_args", {})
+        stages.insert(0, train_command(a, recipe_values))
+    return stages
+
+
+def ship_run(out: str, dst: str, recipe_values=None) -> str:
     """Write a finished run's best weights as a checkpoint to ship (checkpoint.shipped), with where they came
-    from; returns a line saying what was written."""
+    from (recipe_values: as train_command's); returns a line saying what was written."""
     src = os.path.join(out, BEST)
     if not os.path.isfile(src):
         raise CheckpointError(f"--ship: no {src}; train first")
     ckpt = load_checkpoint(src, "cpu")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         times = [r["time"] for r in map(json.loads, f) if "time" in r]
-    a = ckpt.get("train_args", {})
+    a = {**ckpt.get("train_args", {}), "out": out}
     commit = source_commit()
+    stages = training_stages(a, recipe_values)
     provenance = {
-        "command": f"python train.py --data {a.get('data')} --recipe {a.get('recipe')} --out {out}",
+        "command": stages[-1], "stages": stages,
         "commit": commit[:7] if commit else "unknown", "data": a.get("data"), "best_step": ckpt.get("best_step"),
         "train_seconds": round(times[-1] - times[0]) if len(times) > 1 else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",

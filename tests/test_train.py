@@ -101,6 +101,11 @@ def test_init_from_adds_to_the_class_counts_and_an_older_checkpoint_keeps_them_u
     tuned = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
     assert sum(tuned["class_counts"].values()) == sum(first["class_counts"].values()) + 2 * 4
     assert all(tuned["class_counts"][k] >= n for k, n in first["class_counts"].items())
+    # the shipped provenance names both stages, first stage first, each with the flags it was given
+    assert train.main(["--out", str(tmp_path / "b"), "--ship", str(tmp_path / "b.pt")]) == 0
+    stages = torch.load(tmp_path / "b.pt", weights_only=True)["provenance"]["stages"]
+    assert len(stages) == 2 and f"--out {tmp_path / 'a'}" in stages[0] and "--init-from" not in stages[0]
+    assert stages[1].endswith(f"--init-from {tmp_path / 'a' / 'ckpt.pt'}")
     # a checkpoint from before the counts were kept: resuming it leaves them unknown (generate.py then warns)
     del first["class_counts"]
     save_checkpoint(str(tmp_path / "a" / "ckpt.pt"), first)
@@ -216,6 +221,8 @@ def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_l
     assert small["step"] == best["step"] and small["class_counts"] == best["class_counts"]
     prov = small["provenance"]
     assert prov["data"] == data_dir and f"--out {tmp_path / 'run'}" in prov["command"] and prov["train_seconds"] >= 0
+    assert "--max-steps 4" in prov["command"] and f"--codec-file {codec_file}" in prov["command"]   # not the recipe's
+    assert "--threads" not in prov["command"] and prov["stages"] == [prov["command"]]          # the recipe's value
     net, _, _ = load_model(str(dst))
     assert all(torch.equal(p.detach(), best["model"][k].to(torch.bfloat16).float())
                for k, p in net.state_dict().items())
