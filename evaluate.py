@@ -89,6 +89,8 @@ def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None
     report = listening.listening_report(net, pairs, frame_rate=tok.frame_rate, seed=args.seed)
     examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
     sampling = decode.Sampling(temperature=args.temperature, fine_temperature=args.fine_temperature,
+                               guidance=args.guidance, scale_audio=args.scale_audio,
+                               scale_instrument=args.scale_instrument,
                                **({"steps": tuple(args.steps)} if args.steps else {}))
 
     def generate(contexts, instruments):
@@ -215,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=decode.Sampling.temperature, help="sampling temperature")
     p.add_argument("--fine-temperature", type=float, default=decode.Sampling.fine_temperature,
                    help="temperature of the finer RVQ levels (0: greedy; default: --temperature)")
+    p.add_argument("--guidance", choices=decode.GUIDANCE_MODES, default=decode.Sampling.guidance,
+                   help="--listening: guidance of the generated stems, as generate.py (sweeps set their own)")
+    p.add_argument("--scale-audio", type=float, default=decode.Sampling.scale_audio, metavar="LAMBDA_A",
+                   help="--listening: guidance scale of the context-mix, as generate.py")
+    p.add_argument("--scale-instrument", type=float, default=decode.Sampling.scale_instrument, metavar="LAMBDA_I",
+                   help="--listening: guidance scale of the instrument, as generate.py")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda[:N], mps")
     p.add_argument("--codec-weights", metavar="PATH",

@@ -149,11 +149,12 @@ def test_listening_run_reports_every_measure_and_draws_the_examples(tiny_setup, 
     corpus = write_corpus(str(tmp_path / "corpus"), pieces=1)
     out = tmp_path / "out"
     assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--audio-n", "3", "--transposition",
-                               corpus, "--plot", "--plot-n", "2")) == 0
+                               corpus, "--plot", "--plot-n", "2", "--guidance", "joint", "--scale-audio", "6")) == 0
     r = json.loads((out / "listening.json").read_text())["listening"]
     assert r["pairs"] == 256 and r["songs"] == 3 and 0 <= r["other_song_fallbacks"] <= 256
     chroma = r["chroma"]
     assert set(evaluate.CHROMA_ROWS) <= set(chroma) and 2 <= chroma["n"] <= 3
+    assert chroma["sampling"]["guidance"] == "joint" and chroma["sampling"]["scale_audio"] == 6.0   # as asked
     for who in evaluate.CHROMA_ROWS:
         for m in ("frame", "key"):
             assert chroma[who][m]["lo"] <= chroma[who][m]["gain"] <= chroma[who][m]["hi"]
