@@ -174,8 +174,11 @@ class StemPairDataset(torch.utils.data.Dataset):
         if not self.tracks:
             raise DatasetError(f"no usable tracks in split {split!r} of {root} ({self.summary}); a track needs "
                                "metadata.yaml and at least 2 stems with audio in stems/SNN.flac|wav")
-        self.segments, self.segment_song = [], []   # (track, start, end) and the index of its track in self.tracks
-        for song, t in enumerate(self.tracks):
+        # (track, start, end), and the song of each: the index of its work (Track.song), so that the renderings
+        # of one piece in several keys count as one song in song-level statistics and other-song controls
+        self.segments, self.segment_song, songs = [], [], {}
+        for t in self.tracks:
+            song = songs.setdefault(t.song, len(songs))
             for a, b in segments(t, self.segment_seconds, self.crop_seconds):
                 self.segments.append((t, a, b))
                 self.segment_song.append(song)

@@ -58,9 +58,9 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
         ds: the dataset whose pairs are drawn (its `segment_pairs`).
         encode: waves FloatTensor [B, S] -> tokens LongTensor [B, Q, T] (the codec).
     Returns:
-        dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]), song (long [N],
-        the index of the pair's track in ds.tracks, for song-level statistics) and context_classes (bool
-        [N, len(INSTRUMENTS)], the classes of the stems summed into each pair's context).
+        dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]), song (long [N], the
+        pair's ds.segment_song: the renderings of one work share it; for song-level statistics) and
+        context_classes (bool [N, len(INSTRUMENTS)], the classes of the stems summed into each pair's context).
     """
     if n_pairs < 1 or per_segment < 1:
         raise DatasetError("a token pool needs n_pairs >= 1 and per_segment >= 1")

@@ -48,6 +48,12 @@ class Track:
     path: str
     split: str
     stems: list[Stem] = field(default_factory=list)
+    work: str = ""  # the piece it renders: renderings of one piece (its keys, its chunks) share it; see work_of
+
+    @property
+    def song(self) -> str:
+        """What song-level statistics group by: the work when metadata names one, else the track itself."""
+        return self.work or self.path
 
     @property
     def seconds(self) -> float:
@@ -101,6 +107,14 @@ def _track_dirs(root: str) -> list[tuple[str, str]]:
     return out
 
 
+def work_of(meta: dict) -> str:
+    """The piece a track renders, from metadata.yaml's `corpus: {piece: ...}` entry (corpus.py writes it on every
+    key and chunk of a work); "" when there is none (a Slakh song, a composed song: each track its own work)."""
+    entry = meta.get("corpus") if isinstance(meta, dict) else None
+    piece = entry.get("piece") if isinstance(entry, dict) else None
+    return f"corpus:{piece}" if piece is not None else ""
+
+
 def _read_track(track_dir: str, split: str, skips: Counter) -> Track | None:
     """Parse one track's metadata.yaml and match it with the stem audio on disk; count what is skipped."""
     meta_path = os.path.join(track_dir, "metadata.yaml")
@@ -116,7 +130,7 @@ def _read_track(track_dir: str, split: str, skips: Counter) -> Track | None:
     except Exception:
         skips["track with malformed metadata.yaml"] += 1
         return None
-    track = Track(os.path.basename(track_dir), track_dir, split)
+    track = Track(os.path.basename(track_dir), track_dir, split, work=work_of(meta))
     stem_dir = os.path.join(track_dir, "stems")  # audio_dir in the metadata is unreliable; disk decides
     for name in sorted(stems_meta):
         info = stems_meta[name] if isinstance(stems_meta[name], dict) else {}

@@ -97,6 +97,25 @@ def test_seeded_items_repeat_and_unseeded_differ(tmp_path):
     assert any(not torch.equal(d[0], draws[0][0]) or d[2] != draws[0][2] for d in draws[1:])
 
 
+def test_renderings_of_one_work_are_one_song(tmp_path):
+    """Song-level statistics group by work: every key of a corpus piece shares a song, a plain track is its own."""
+    from conftest import write_corpus
+    root = str(tmp_path / "ds")
+    write_corpus(root, pieces=2, transpositions=(0, 5, 7), seconds=2.0, sr=8000)
+    make_track(root, "Track00900", BAND, seconds=2.0)
+    make_track(root, "Track00901", BAND, seconds=2.0)
+    ds = StemPairDataset(root, "all", PairDraw(8000, crop_seconds=1.0), verbose=False)
+    by_track = {}
+    for (t, _, _), song in zip(ds.segments, ds.segment_song):
+        by_track.setdefault(t.name, set()).add(song)
+    assert all(len(s) == 1 for s in by_track.values())
+    song = {name: s.pop() for name, s in by_track.items()}
+    assert len(set(song.values())) == 4                      # two pieces, two plain songs
+    for p in range(2):
+        assert len({song[f"Track{p * 12 + t:05d}"] for t in (0, 5, 7)}) == 1
+    assert song["Track00000"] != song["Track00012"] and song["Track00900"] != song["Track00901"]
+
+
 def test_short_song_is_zero_padded(tmp_path):
     root = str(tmp_path / "ds")
     make_track(root, "Track00001", BAND, sr=8000, seconds=1.0, split="train")
