@@ -113,12 +113,15 @@ def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None
     report["notes"] = notes_vs_noise(populations, songs, tok.sample_rate, args.seed,
                                      embedding or fad.load_embedding("logmel"))
     if args.transposition:
-        report["transposition"] = {
-            cls: {**musicality.transposition_test(args.transposition, cls, generate, tok.sample_rate, seconds,
-                                                  args.transposition_split, args.seed, tok),
-                  "tokens": musicality.key_nll_test(net, tok, args.transposition, cls, seconds,
-                                                    args.transposition_split, args.seed)}
-            for cls in args.transposition_classes}
+        report["transposition"] = {}
+        for cls in args.transposition_classes:  # the folder is read once per class, for both tests
+            read = musicality.transposition_examples(args.transposition, cls, tok.sample_rate, seconds,
+                                                     args.transposition_split)
+            report["transposition"][cls] = {
+                **musicality.transposition_test(args.transposition, cls, generate, tok.sample_rate, seconds,
+                                                args.transposition_split, args.seed, tok, examples=read),
+                "tokens": musicality.key_nll_test(net, tok, args.transposition, cls, seconds,
+                                                  args.transposition_split, args.seed, examples=read)}
     if args.plot:
         rows = [{"context": c, "generated": s, "real": t, "label": f"{INSTRUMENTS[k]}, song {song}"}
                 for c, s, t, k, song in list(zip(contexts, stems, reals, instruments, songs))[:args.plot_n]]

@@ -200,7 +200,7 @@ def score_summary(scores: list[float], best: list[bool], pieces: list[str], seed
 
 
 def transposition_test(data_root: str, instrument: str, generate, sample_rate: int, seconds: float,
-                       split: str = "all", seed: int = 0, codec=None) -> dict:
+                       split: str = "all", seed: int = 0, codec=None, examples=None) -> dict:
     """Does a generated part move with its context's key? Transposition scores of generated and real parts.
 
     Args:
@@ -211,12 +211,14 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
         codec: when given (at sample_rate), two references more: the real part through the codec ("round
             trip"), and with its finer levels random ("random finer levels": what level 0 alone keeps of the
             key, the most a model that gets level 0 right but not the rest could score).
+        examples: transposition_examples(data_root, instrument, sample_rate, seconds, split), when the caller
+            has read them already (evaluate.py shares them with key_nll_test); read here when None.
     Returns:
         {"instrument", "n", "pieces", "transpositions", "skipped", "generated": summary, "real": summary,
         ["round trip": summary, "random finer levels": summary,] "examples": [per-track scores]}; each summary
         is score_summary's (piece-bootstrap intervals).
     """
-    examples, skipped = transposition_examples(data_root, instrument, sample_rate, seconds, split)
+    examples, skipped = examples or transposition_examples(data_root, instrument, sample_rate, seconds, split)
     if not examples:
         raise ValueError(f"{data_root} [{split}]: no track with a {instrument} stem to test "
                          f"({dict(skipped) or 'no tracks'})")
@@ -270,7 +272,7 @@ def key_nll_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def key_nll_test(model, codec, data_root: str, instrument: str, seconds: float, split: str = "all",
-                 seed: int = 0) -> dict:
+                 seed: int = 0, examples=None) -> dict:
     """The transposition test in tokens, without sampling: does the model expect the real part in its context's
     key? For every chunk rendered in all twelve keys, the real part's level-0 tokens are scored under each key's
     context; the gain is the mean NLL under the 11 wrong keys' contexts minus under the right one.
@@ -278,9 +280,11 @@ def key_nll_test(model, codec, data_root: str, instrument: str, seconds: float, 
     About 0 for a model that ignores the key; it needs no decoding, so it runs in seconds, and it shows
     what the model knows before sampling decides what is heard. Chunks not found in all twelve keys are
     skipped (counted). Returns {"instrument", "n", "pieces", "chunks", "skipped", "gain": {mean, lo, hi} (piece
-    bootstrap), "own_best", "mean_rank", "chance_rank"}.
+    bootstrap), "own_best", "mean_rank", "chance_rank"}. `examples`: as transposition_test's, read at the
+    codec's rate.
     """
-    examples, skipped = transposition_examples(data_root, instrument, codec.sample_rate, seconds, split)
+    examples, skipped = examples or transposition_examples(data_root, instrument, codec.sample_rate, seconds, split)
+    skipped = Counter(skipped)  # counted on below; the caller's Counter stays as it was
     chunks: dict[str, dict[int, dict]] = {}
     for e in examples:
         chunks.setdefault(e["chunk"], {})[e["transpose"]] = e

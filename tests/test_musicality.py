@@ -1,4 +1,5 @@
 """musicality.py: notes or noise (harmonic share, codec references), the transposition test, the picture."""
+from collections import Counter
 import os
 
 import numpy as np
@@ -224,3 +225,18 @@ def test_key_nll_test_skips_chunks_missing_keys_and_refuses_when_none_is_whole(t
     few = write_corpus(str(tmp_path / "few"), pieces=1, transpositions=range(6))
     with pytest.raises(ValueError, match="all twelve keys"):
         M.key_nll_test(TokenModel(4.0), LowestPitchCodec(), few, "bass", 2.0)
+
+
+def test_both_transposition_tests_use_examples_read_once(corpus):
+    """evaluate.py reads a transposition folder once for both tests: given the examples, each test scores them
+    as it would have read them, uses them rather than the folder, and leaves the caller's skip counts alone."""
+    codec, copy = LowestPitchCodec(), (lambda contexts, inst: [c.copy() for c in contexts])
+    read = M.transposition_examples(corpus, "bass", codec.sample_rate, 2.0)
+    skipped = dict(read[1])
+    assert (M.key_nll_test(TokenModel(4.0), codec, corpus, "bass", 2.0, examples=read)
+            == M.key_nll_test(TokenModel(4.0), codec, corpus, "bass", 2.0))
+    assert (M.transposition_test(corpus, "bass", copy, codec.sample_rate, 2.0, examples=read)
+            == M.transposition_test(corpus, "bass", copy, codec.sample_rate, 2.0))
+    assert dict(read[1]) == skipped
+    with pytest.raises(ValueError, match="no track with a bass stem"):
+        M.transposition_test(corpus, "bass", copy, codec.sample_rate, 2.0, examples=([], Counter()))
