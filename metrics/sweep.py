@@ -46,12 +46,14 @@ class EvaluateError(RuntimeError):
 # Examples and generation
 
 def draw_examples_and_songs(data_root: str, split: str, n: int, seconds: float, sample_rate: int, seed: int):
-    """draw_examples and, for each example, the track (song) its pair was cut from: its folder relative to
-    data_root (e.g. test/Track01877)."""
+    """draw_examples and, for each example, the song its pair was cut from: its track's work when the metadata
+    names one (slakh.Track.work: every key and chunk of a corpus piece is one song, as in data.segment_song),
+    else its track's folder relative to data_root (e.g. test/Track01877)."""
     try:
         ds = data.StemPairDataset(data_root, split, data.PairDraw(sample_rate, seconds), seed=seed, length=n,
                                   verbose=False, target_keys=True)
-        song_of = {os.path.abspath(s.path): os.path.relpath(t.path, data_root) for t in ds.tracks for s in t.stems}
+        song_of = {os.path.abspath(s.path): t.work or os.path.relpath(t.path, data_root)
+                   for t in ds.tracks for s in t.stems}
         items = [ds[i] for i in range(n)]
     except data.DatasetError as e:
         raise EvaluateError(f"--data {data_root} --split {split}: {e}") from None

@@ -332,3 +332,12 @@ def test_protocol_examples_carry_the_song_they_were_cut_from(tiny_setup):
     for (_, _, k), song in zip(examples, songs):                    # the target's class is one its song has
         track = next(x for x in plain.tracks if os.path.relpath(x.path, ds) == song)
         assert k in {s.instrument for s in track.stems}
+
+
+def test_protocol_examples_from_one_work_in_several_keys_share_one_song(tmp_path):
+    """The sweeps' song labels group works as data.segment_song does: every key of a corpus piece is one song."""
+    from conftest import write_corpus
+    from metrics import sweep
+    root = write_corpus(str(tmp_path / "corpus"), pieces=2, transpositions=(0, 4, 9), seconds=2.0, sr=8000)
+    _, songs = sweep.draw_examples_and_songs(root, "all", 12, 1.0, 8000, seed=0)
+    assert set(songs) <= {"corpus:p0", "corpus:p1"} and len(set(songs)) == 2
