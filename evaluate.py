@@ -45,6 +45,7 @@ from metrics import fad, listening, mir, musicality, sweep, transcriber
 from metrics.sweep import (EvaluateError, draw_examples, generate_stems, group_rows, sweep_settings,
                            write_text_atomic)
 from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
+from generate import sampling_from_args
 from plumbing import audio, checkpoint, pool
 from plumbing.cli import USER_ERROR, pick_device, source_commit
 from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
@@ -81,17 +82,15 @@ def pitched_examples(data_root: str, split: str, n: int, seconds: float, sample_
     return out
 
 
-def run_listening(args, net, tok, seconds: float, progress: bool, embedding=None) -> dict:
+def run_listening(args, net, tok, seconds: float, progress: bool, sampling: decode.Sampling,
+                  embedding=None) -> dict:
     """The token-level report on held-out pairs, the paired chroma check and the notes-vs-noise table on
-    generated pitched stems; with args.transposition the transposition test, with args.plot OUT/listening.png."""
+    pitched stems generated with `sampling`; with args.transposition the transposition test, with args.plot
+    OUT/listening.png."""
     pairs = pool.split_pool(tok, args.data, args.split, seconds, max(args.n, 256), args.seed, progress,
                             "tokenising pairs", verbose=False)
     report = listening.listening_report(net, pairs, frame_rate=tok.frame_rate, seed=args.seed)
     examples = pitched_examples(args.data, args.split, args.audio_n, seconds, tok.sample_rate, args.seed)
-    sampling = decode.Sampling(temperature=args.temperature, fine_temperature=args.fine_temperature,
-                               guidance=args.guidance, scale_audio=args.scale_audio,
-                               scale_instrument=args.scale_instrument,
-                               **({"steps": tuple(args.steps)} if args.steps else {}))
 
     def generate(contexts, instruments):
         return generate_stems(net, tok, contexts, instruments, sampling, args.seed, seconds, LISTENING_BATCH,
@@ -217,15 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"decoding steps per level per {decode.STEPS_FRAMES} decoded frames, as generate.py "
                         f"(default: the paper's "
                         f"{' '.join(map(str, decode.Sampling.steps))})")
-    p.add_argument("--temperature", type=float, default=decode.Sampling.temperature, help="sampling temperature")
-    p.add_argument("--fine-temperature", type=float, default=decode.Sampling.fine_temperature,
-                   help="temperature of the finer RVQ levels (0: greedy; default: --temperature)")
-    p.add_argument("--guidance", choices=decode.GUIDANCE_MODES, default=decode.Sampling.guidance,
-                   help="--listening: guidance of the generated stems, as generate.py (sweeps set their own)")
-    p.add_argument("--scale-audio", type=float, default=decode.Sampling.scale_audio, metavar="LAMBDA_A",
-                   help="--listening: guidance scale of the context-mix, as generate.py")
-    p.add_argument("--scale-instrument", type=float, default=decode.Sampling.scale_instrument, metavar="LAMBDA_I",
-                   help="--listening: guidance scale of the instrument, as generate.py")
+    # Defaults: the paper's values with the checkpoint's recommended knobs applied, as generate.py.
+    p.add_argument("--temperature", type=float,
+                   help=f"sampling temperature (default: the checkpoint's recommendation, else {decode.Sampling.temperature:g})")
+    p.add_argument("--fine-temperature", type=float,
+                   help="temperature of the finer RVQ levels, 0 = greedy (default: the checkpoint's "
+                        "recommendation, else --temperature)")
+    p.add_argument("--guidance", choices=decode.GUIDANCE_MODES,
+                   help=f"--listening: guidance of the generated stems, as generate.py; sweeps set their own "
+                        f"(default: the checkpoint's recommendation, else {decode.Sampling.guidance})")
+    p.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
+                   help=f"--listening: guidance scale of the context-mix, as generate.py (default: the "
+                        f"checkpoint's recommendation, else {decode.Sampling.scale_audio})")
+    p.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
+                   help=f"--listening: guidance scale of the instrument, as generate.py (default: the "
+                        f"checkpoint's recommendation, else {decode.Sampling.scale_instrument})")
+    p.add_argument("--paper-sampling", action="store_true",
+                   help="ignore the sampling the checkpoint recommends and start from the paper's values "
+                        "(the flags above still apply)")
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda[:N], mps")
     p.add_argument("--codec-weights", metavar="PATH",
@@ -305,13 +313,17 @@ def run(args) -> dict:
         print(f"checkpoint: {args.checkpoint} ({why}; --checkpoint chooses another)", file=sys.stderr)
     net, tok, ckpt = checkpoint.load_model(args.checkpoint, device, args.codec_weights)
     seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or decode.DEFAULT_WINDOW_SECONDS
-    base = decode.Sampling(temperature=args.temperature, fine_temperature=args.fine_temperature)
-    if args.steps:
-        base = replace(base, steps=tuple(args.steps))
+    recommended = checkpoint.recommended_sampling(ckpt)
+    if recommended and not args.paper_sampling:
+        print(f"sampling: {checkpoint.sampling_text(recommended)}, as the checkpoint recommends, over the paper's "
+              f"values (--paper-sampling ignores it; a flag overrides it)", file=sys.stderr)
+    sampling = sampling_from_args(args, recommended)              # --listening's stems: generate.py's rule
+    base = replace(decode.Sampling(), steps=sampling.steps, temperature=sampling.temperature,
+                   fine_temperature=sampling.fine_temperature)    # the sweeps set guidance and eq. 1 per row
     settings = sweep_settings(args.sweep, base, _floats(args.scales, "--scales"), _floats(args.ws_values, "--ws-values"))
     progress = not args.no_progress
     if args.listening:
-        result = {"listening": run_listening(args, net, tok, seconds, progress, embedding),
+        result = {"listening": run_listening(args, net, tok, seconds, progress, sampling, embedding),
                   "protocol": {"data": os.path.abspath(args.data), "split": args.split, "seconds": seconds,
                                "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint),
                                "step": ckpt.get("step")}, "versions": versions()}

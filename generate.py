@@ -31,7 +31,8 @@ import codec as codec_lib
 import decode
 from metrics import transcriber
 from plumbing import stem_midi
-from plumbing.checkpoint import DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model, trained_classes
+from plumbing.checkpoint import (DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model,
+                                 recommended_sampling, sampling_text, trained_classes)
 from plumbing.cli import USER_ERROR, pick_device
 from decode import DEFAULT_WINDOW_SECONDS, Sampling
 from guidance import GUIDANCE_MODES
@@ -69,6 +70,9 @@ def add_sampling_flags(g) -> None:
     g.add_argument("--fine-temperature", type=float,
                    help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "
                         f"{'--temperature' if d.fine_temperature is None else d.fine_temperature})")
+    g.add_argument("--paper-sampling", action="store_true",
+                   help="ignore the sampling the checkpoint recommends (the shipped model recommends greedy "
+                        "finer levels, chosen on validation data: README) and start from the paper's values")
     g.add_argument("--naive", action="store_true",
                    help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
                         "flags above still override it")
@@ -120,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sampling_from_args(args) -> Sampling:
-    """The paper's best (or, with --naive, naive) setting, with every explicitly given flag applied."""
-    base = Sampling.naive() if args.naive else Sampling()
+def sampling_from_args(args, recommended: dict | None = None) -> Sampling:
+    """The paper's best (or, with --naive, naive) setting, then the checkpoint's recommended knobs (unless
+    --paper-sampling), then every explicitly given flag. evaluate.py uses it too, with fewer flags."""
+    base = Sampling.naive() if getattr(args, "naive", False) else Sampling()
+    if recommended and not args.paper_sampling:
+        base = replace(base, **recommended)
     given = {k: getattr(args, k) for k in ("w_c", "w_s", "w_r", "guidance", "scale_audio", "scale_instrument",
-                                           "temperature", "fine_temperature") if getattr(args, k) is not None}
+                                           "temperature", "fine_temperature") if getattr(args, k, None) is not None}
     if args.steps is not None:
         given["steps"] = tuple(args.steps)
     return replace(base, **given)
@@ -154,7 +161,7 @@ def output_plan(args) -> tuple[list[int], list[str], str | None]:
 
 def run(args) -> list[str]:
     """The CLI's work once arguments are parsed; returns the paths written."""
-    sampling = sampling_from_args(args)
+    sampling_from_args(args)                                                  # bad flag values fail before any work
     instruments, outs, mix_path = output_plan(args)
     x, sr = read_context(args.context)                                        # [C, S] at the file's rate
     subtype = audio.audio_format(args.context)[1]                             # e.g. PCM_24: kept in the outputs
@@ -165,6 +172,11 @@ def run(args) -> list[str]:
         say(f"checkpoint: {args.checkpoint} ({why}; --checkpoint chooses another)")
     net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
     check_trained(instruments, trained_classes(ckpt), args.checkpoint)
+    recommended = recommended_sampling(ckpt)
+    sampling = sampling_from_args(args, recommended)
+    if recommended and not args.paper_sampling:
+        say(f"sampling: {sampling_text(recommended)}, as the checkpoint recommends, over the paper's values "
+            f"(--paper-sampling ignores it; a flag overrides it)")
     if len(sampling.steps) != net.cfg.n_q:
         raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
                             f"token levels: give one per level")

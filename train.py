@@ -34,7 +34,7 @@ from masking import Objective, masked_loss
 from model import PRESETS, ModelConfig, StemGen, autocast, count_parameters
 from plumbing import pool, validation
 from plumbing.checkpoint import (BEST, DEFAULT_CHECKPOINT, class_counts, load_checkpoint, make_checkpoint, save_checkpoint,
-                                 ship_run, training_codec)
+                                 parse_sampling, ship_run, training_codec)
 from plumbing.cli import USER_ERROR, pick_device
 from plumbing.distributed import (finish_distributed, is_main, mean_over_processes, setup_distributed, stop_all,
                                   sum_over_processes, wrap_model)
@@ -407,6 +407,10 @@ def parse_args(argv=None):
     p.add_argument("--ship", metavar="PATH",
                    help="only write OUT/best.pt as a small checkpoint to ship (bf16 weights, no training state, "
                         "with its provenance: recipe, data, steps, commit, machine) to PATH and exit")
+    p.add_argument("--ship-sampling", nargs="+", metavar="KNOB=VALUE",
+                   help="with --ship: sampling the shipped checkpoint recommends, e.g. fine_temperature=0 "
+                        "(generate.py, evaluate.py and the page apply it over the paper's values unless a flag "
+                        "overrides it or --paper-sampling is given); choose it on validation data")
     p.add_argument("--plot", action="store_true", help="only draw OUT/metrics.jsonl to OUT/curves.png and exit")
     return p.parse_args(argv)
 
@@ -445,8 +449,10 @@ def main(argv=None) -> int:
     ok = False
     try:
         if args.ship:
-            print(ship_run(args.out, args.ship, recipe_values))
+            print(ship_run(args.out, args.ship, recipe_values, parse_sampling(args.ship_sampling or [])))
             return 0
+        if args.ship_sampling:
+            raise TrainError("--ship-sampling goes with --ship")
         if args.plot:
             if not os.path.isfile(os.path.join(args.out, "metrics.jsonl")):
                 raise TrainError(f"no metrics file in {args.out}; train first")

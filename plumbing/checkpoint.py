@@ -22,6 +22,7 @@ from plumbing.cli import source_commit
 from codec import Codec, CodecUnavailable
 from plumbing.distributed import is_main
 from plumbing.instruments import INSTRUMENTS
+from decode import Sampling
 from model import ModelConfig, StemGen
 
 BEST = "best.pt"  # beside a run's ckpt.pt: the weights with the lowest validation NLL
@@ -42,18 +43,69 @@ def default_checkpoint() -> tuple[str, str]:
     return SHIPPED_CHECKPOINT, "the shipped model (no run in runs/default/)"
 
 
-def shipped(ckpt: dict, provenance: dict) -> dict:
+class CheckpointError(ValueError):
+    """A checkpoint the user gave cannot be used (missing, unreadable, foreign, mismatched with its codec)."""
+
+
+def shipped(ckpt: dict, provenance: dict, sampling: dict | None = None) -> dict:
     """A checkpoint cut down to what generation needs (weights in bf16, config, codec, class counts, training
-    arguments) plus where it came from: small enough to ship in the repository."""
+    arguments) plus where it came from and, if given, the sampling it recommends: small enough to ship in the
+    repository."""
     keep = ("model_config", "codec_spec", "step", "best_val_nll", "best_step", "class_counts", "train_args")
     out = {k: ckpt[k] for k in keep if k in ckpt}
     out["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     out["provenance"] = dict(provenance)
+    if sampling:
+        out[SAMPLING] = check_sampling(sampling)
     return out
 
 
-class CheckpointError(ValueError):
-    """A checkpoint the user gave cannot be used (missing, unreadable, foreign, mismatched with its codec)."""
+# A checkpoint may carry the sampling knobs its trainer measured to suit it (e.g. greedy finer levels), as
+# {knob: value} over decode.Sampling's fields. generate.py, evaluate.py and the page start from the paper's
+# values with these applied; their flags still override, and --paper-sampling ignores them.
+SAMPLING = "sampling"
+RECOMMENDABLE = ("temperature", "fine_temperature", "guidance", "scale_audio", "scale_instrument",
+                 "w_c", "w_s", "w_r")
+
+
+def check_sampling(sampling: dict) -> dict:
+    """A recommended sampling, checked: only knobs of decode.Sampling that do not depend on the model's levels,
+    with values it accepts."""
+    unknown = set(sampling) - set(RECOMMENDABLE)
+    if unknown:
+        raise CheckpointError(f"unknown sampling knobs {sorted(unknown)}; choose from {list(RECOMMENDABLE)}")
+    try:
+        Sampling(**sampling)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"sampling {sampling}: {e}") from None
+    return dict(sampling)
+
+
+def recommended_sampling(ckpt: dict) -> dict:
+    """The sampling knobs a checkpoint recommends ({} when it recommends none)."""
+    return check_sampling(ckpt.get(SAMPLING) or {})
+
+
+def parse_sampling(words: list[str]) -> dict:
+    """KNOB=VALUE words (train.py --ship-sampling) as a checked sampling dict; values are numbers but guidance."""
+    out = {}
+    for w in words:
+        knob, eq, value = w.partition("=")
+        knob = knob.strip().replace("-", "_")
+        if not eq or not value.strip():
+            raise CheckpointError(f"--ship-sampling {w!r}: give KNOB=VALUE, e.g. fine_temperature=0")
+        if knob == "guidance":
+            out[knob] = value.strip()
+            continue
+        try:
+            out[knob] = float(value)
+        except ValueError:
+            raise CheckpointError(f"--ship-sampling {w!r}: {value!r} is not a number") from None
+    return check_sampling(out)
+
+
+def sampling_text(sampling: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sampling.items())
 
 
 
@@ -82,9 +134,10 @@ def training_stages(a: dict, recipe_values=None, limit: int = 10) -> list[str]:
     return stages
 
 
-def ship_run(out: str, dst: str, recipe_values=None) -> str:
+def ship_run(out: str, dst: str, recipe_values=None, sampling: dict | None = None) -> str:
     """Write a finished run's best weights as a checkpoint to ship (checkpoint.shipped), with where they came
-    from (recipe_values: as train_command's); returns a line saying what was written."""
+    from (recipe_values: as train_command's) and the sampling it recommends, if any; returns a line saying what
+    was written."""
     src = os.path.join(out, BEST)
     if not os.path.isfile(src):
         raise CheckpointError(f"--ship: no {src}; train first")
@@ -100,9 +153,10 @@ def ship_run(out: str, dst: str, recipe_values=None) -> str:
         "train_seconds": round(times[-1] - times[0]) if len(times) > 1 else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "written": time.strftime("%Y-%m-%d"), "train_args": a}
-    small = shipped(ckpt, provenance)
+    small = shipped(ckpt, provenance, sampling)
     save_checkpoint(dst, small)
-    return f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MB): {provenance}"
+    recommends = f"; recommends {sampling_text(small[SAMPLING])}" if SAMPLING in small else ""
+    return f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MB){recommends}: {provenance}"
 
 def config_dict(cfg: ModelConfig) -> dict:
     """The model config as the plain dict a checkpoint stores."""

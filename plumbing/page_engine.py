@@ -26,7 +26,8 @@ import torch
 import decode
 from decode import Sampling
 from plumbing import adding, audio, stem_midi
-from plumbing.checkpoint import CheckpointError, checkpoint_window_seconds, load_model, trained_classes
+from plumbing.checkpoint import (CheckpointError, checkpoint_window_seconds, load_model, recommended_sampling,
+                                 trained_classes)
 from plumbing.cli import pick_device
 from plumbing.instruments import INSTRUMENTS, instrument_id
 from plumbing.page_files import Store, content_type, safe_name, spectrogram_png
@@ -114,7 +115,9 @@ class Engine:
         self.window, self.overlap = decode.window_frames(self.tok.frame_rate, self.net.cfg.max_len, window_seconds)
         d = Sampling()
         steps = tuple(d.steps[:self.net.cfg.n_q]) + (d.steps[-1],) * max(0, self.net.cfg.n_q - len(d.steps))
-        self.defaults = replace(d, steps=steps)   # the paper's settings, one step count per level of this model
+        # the paper's settings, one step count per level of this model, with the checkpoint's recommended knobs
+        self.recommended = recommended_sampling(ckpt)
+        self.defaults = replace(d, steps=steps, **self.recommended)
         self.max_seconds, self.max_bytes, self.max_queue = max_seconds, int(max_mb * 2 ** 20), max_queue
         self.store = Store()
         self.contexts: dict[str, Context] = {}
@@ -138,6 +141,7 @@ class Engine:
             "trained_known": self.trained is not None,
             "defaults": {"seed": None, "scale_audio": d.scale_audio, "scale_instrument": d.scale_instrument,
                          "steps": list(d.steps), "temperature": d.temperature},
+            "recommended": dict(self.recommended),   # the checkpoint's own sampling knobs, in the defaults
             "levels": self.net.cfg.n_q, "max_seconds": self.max_seconds, "max_mb": self.max_bytes / 2 ** 20,
             "max_queue": self.max_queue, "device": str(self.device),
         }

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import torch
 import pytest
 import soundfile as sf
 
@@ -282,3 +283,19 @@ def test_ctrl_c_stops_the_command_and_leaves_no_file_or_process(tiny_app_checkpo
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_page_starts_from_the_checkpoints_recommended_sampling_and_reports_it(tiny_app_checkpoint, tmp_path):
+    from plumbing.checkpoint import save_checkpoint
+    ckpt = torch.load(tiny_app_checkpoint, weights_only=True)
+    ckpt["sampling"] = {"temperature": 0.7, "fine_temperature": 0.0}
+    path = str(tmp_path / "tuned.pt")
+    save_checkpoint(path, ckpt)
+    engine = page_engine.Engine(path, device="cpu")
+    try:
+        info = engine.info()
+        assert info["recommended"] == ckpt["sampling"] and info["defaults"]["temperature"] == 0.7
+        s = engine.sampling_from({"scale_audio": "2"})
+        assert (s.temperature, s.fine_temperature, s.scale_audio) == (0.7, 0.0, 2.0)   # the page's option wins
+    finally:
+        engine.close()

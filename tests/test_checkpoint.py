@@ -84,3 +84,21 @@ def test_a_shipped_checkpoint_keeps_the_model_in_bf16_and_drops_the_training_sta
     m2 = StemGen.from_checkpoint(small)
     for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
         assert b.dtype == a.dtype and torch.equal(b, a.to(torch.bfloat16).to(a.dtype)), k
+
+
+def test_a_shipped_checkpoint_carries_the_sampling_it_recommends_checked():
+    """shipped(..., sampling) stores the recommended knobs; only decode.Sampling's level-free knobs with values it
+    accepts pass, and train.py --ship-sampling's KNOB=VALUE words parse to the same dict."""
+    from plumbing import checkpoint
+    full = {"model_config": asdict(CFG), "model": StemGen(CFG).state_dict()}
+    small = checkpoint.shipped(full, {}, {"fine_temperature": 0.0, "guidance": "joint"})
+    assert checkpoint.recommended_sampling(small) == {"fine_temperature": 0.0, "guidance": "joint"}
+    assert checkpoint.recommended_sampling(checkpoint.shipped(full, {})) == {}          # none recommended
+    assert checkpoint.parse_sampling(["fine-temperature=0", "guidance=joint"]) == small["sampling"]
+    for bad, words in [({"steps": (1, 1)}, "unknown sampling knobs"), ({"temperature": 0.0}, "temperature"),
+                       ({"guidance": "loud"}, "guidance")]:
+        with pytest.raises(checkpoint.CheckpointError, match=words):
+            checkpoint.shipped(full, {}, bad)
+    for words in (["fine_temperature"], ["temperature=warm"]):
+        with pytest.raises(checkpoint.CheckpointError, match="--ship-sampling"):
+            checkpoint.parse_sampling(words)

@@ -353,6 +353,42 @@ def test_naive_setting_and_flag_overrides():
     assert s.guidance == "none" and s.w_s == 0.2 and s.steps == (4, 4)
 
 
+def test_the_checkpoints_recommended_sampling_sits_between_the_papers_values_and_the_flags():
+    args = generate.build_parser().parse_args(["--context", "x", "--instrument", "piano", "--scale-audio", "2"])
+    recommended = {"fine_temperature": 0.0, "scale_audio": 6.0, "temperature": 0.8}
+    s = generate.sampling_from_args(args, recommended)
+    assert (s.fine_temperature, s.temperature, s.scale_audio) == (0.0, 0.8, 2.0)          # the flag wins
+    assert s.scale_instrument == decode.Sampling().scale_instrument                       # the paper's
+    args.paper_sampling = True
+    assert generate.sampling_from_args(args, recommended) == replace(decode.Sampling(), scale_audio=2.0)
+    import evaluate                                            # evaluate.py's flags must not mask it with defaults
+    eargs = evaluate.build_parser().parse_args(["--data", "d", "--out", "o"])
+    assert generate.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), **recommended)
+
+
+@pytest.mark.slow
+def test_generate_applies_and_names_the_checkpoints_recommended_sampling(random_ckpt, tmp_path, monkeypatch, capsys):
+    ckpt = torch.load(random_ckpt, weights_only=True)
+    ckpt["sampling"] = {"fine_temperature": 0.0}
+    path = tmp_path / "tuned.pt"
+    save_checkpoint(str(path), ckpt)
+    seen = []
+    real = decode.generate_tokens
+    monkeypatch.setattr(decode, "generate_tokens", lambda net, c, i, sampling, **kw: (
+        seen.append(sampling), real(net, c, i, sampling, **kw))[1])
+    ctx = tmp_path / "ctx.wav"
+    write_context(ctx, seconds=0.6, sr=SR, channels=1)
+    base = ["--context", str(ctx), "--instrument", "bass", "--checkpoint", str(path), "--seed", "0",
+            "--steps", "3", "2", "--device", "cpu", "--force", "--out", str(tmp_path / "s.wav")]
+    rc, err = run_cli(base, capsys)
+    assert rc == 0, err
+    assert seen[-1].fine_temperature == 0.0 and "fine_temperature=0.0, as the checkpoint recommends" in err
+    for extra, expected in [(["--fine-temperature", "0.5"], 0.5), (["--paper-sampling"], None)]:
+        rc, err = run_cli(base + extra, capsys)
+        assert rc == 0 and seen[-1].fine_temperature == expected, err
+    assert "as the checkpoint recommends" not in err                   # --paper-sampling: nothing applied
+
+
 @pytest.mark.slow
 def test_command_line_error_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "generate.py"), "--context",

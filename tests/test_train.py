@@ -227,3 +227,9 @@ def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_l
     assert all(torch.equal(p.detach(), best["model"][k].to(torch.bfloat16).float())
                for k, p in net.state_dict().items())
     assert train.main(["--out", str(tmp_path / "nothing"), "--ship", str(dst)]) == 2
+    # --ship-sampling: the recommended sampling travels in the shipped file; a bad one or one without --ship stops
+    tuned = tmp_path / "ship" / "tuned.pt"
+    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tuned), "--ship-sampling", "fine_temperature=0"]) == 0
+    assert torch.load(tuned, weights_only=True)["sampling"] == {"fine_temperature": 0.0}
+    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tuned), "--ship-sampling", "loudness=3"]) == 2
+    assert train.main(["--out", str(tmp_path / "run"), "--ship-sampling", "fine_temperature=0"]) == 2
