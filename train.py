@@ -107,6 +107,13 @@ RECIPES = {
 }
 
 
+# The sampling each recipe's checkpoints recommend (checkpoint.SAMPLING; generate.py, evaluate.py and the page
+# apply it over the paper's values). Not a training knob: chosen by the listening report on the recipe's own
+# validation split (README "Sampling per checkpoint"). Greedy finer levels, as SoundStorm decodes them, raised
+# the harmonic share of generated stems there for both CPU recipes; the paper recipe keeps the paper's values.
+RECIPE_SAMPLING = {"demo": {"fine_temperature": 0.0}, "music": {"fine_temperature": 0.0}}
+
+
 def recipe_values(name: str) -> dict:
     """One recipe as flat knob -> value (the objective's knobs included)."""
     r = RECIPES[name]
@@ -279,7 +286,7 @@ class Run:
 
     def save(self, path: str, args) -> None:
         save_checkpoint(path, make_checkpoint(self.learner.model, self.codec, self.learner.opt, self.learner.sched,
-                                              asdict(self.state), args))
+                                              asdict(self.state), args, RECIPE_SAMPLING.get(args.recipe)))
 
 
 def set_up(args, resume: dict | None) -> Run:
@@ -410,7 +417,8 @@ def parse_args(argv=None):
     p.add_argument("--ship-sampling", nargs="+", metavar="KNOB=VALUE",
                    help="with --ship: sampling the shipped checkpoint recommends, e.g. fine_temperature=0 "
                         "(generate.py, evaluate.py and the page apply it over the paper's values unless a flag "
-                        "overrides it or --paper-sampling is given); choose it on validation data")
+                        "overrides it or --paper-sampling is given); choose it on validation data (default: "
+                        "what the run's checkpoints recommend, their recipe's; none: the paper's values)")
     p.add_argument("--plot", action="store_true", help="only draw OUT/metrics.jsonl to OUT/curves.png and exit")
     return p.parse_args(argv)
 
@@ -449,7 +457,8 @@ def main(argv=None) -> int:
     ok = False
     try:
         if args.ship:
-            print(ship_run(args.out, args.ship, recipe_values, parse_sampling(args.ship_sampling or [])))
+            print(ship_run(args.out, args.ship, recipe_values, parse_sampling(args.ship_sampling)
+                           if args.ship_sampling else None))
             return 0
         if args.ship_sampling:
             raise TrainError("--ship-sampling goes with --ship")

@@ -47,19 +47,6 @@ class CheckpointError(ValueError):
     """A checkpoint the user gave cannot be used (missing, unreadable, foreign, mismatched with its codec)."""
 
 
-def shipped(ckpt: dict, provenance: dict, sampling: dict | None = None) -> dict:
-    """A checkpoint cut down to what generation needs (weights in bf16, config, codec, class counts, training
-    arguments) plus where it came from and, if given, the sampling it recommends: small enough to ship in the
-    repository."""
-    keep = ("model_config", "codec_spec", "step", "best_val_nll", "best_step", "class_counts", "train_args")
-    out = {k: ckpt[k] for k in keep if k in ckpt}
-    out["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    out["provenance"] = dict(provenance)
-    if sampling:
-        out[SAMPLING] = check_sampling(sampling)
-    return out
-
-
 # A checkpoint may carry the sampling knobs its trainer measured to suit it (e.g. greedy finer levels), as
 # {knob: value} over decode.Sampling's fields. generate.py, evaluate.py and the page start from the paper's
 # values with these applied; their flags still override, and --paper-sampling ignores them.
@@ -87,7 +74,10 @@ def recommended_sampling(ckpt: dict) -> dict:
 
 
 def parse_sampling(words: list[str]) -> dict:
-    """KNOB=VALUE words (train.py --ship-sampling) as a checked sampling dict; values are numbers but guidance."""
+    """KNOB=VALUE words (train.py --ship-sampling) as a checked sampling dict; values are numbers but guidance.
+    The one word "none" is the empty recommendation (the paper's values)."""
+    if [w.lower() for w in words] == ["none"]:
+        return {}
     out = {}
     for w in words:
         knob, eq, value = w.partition("=")
@@ -107,6 +97,20 @@ def parse_sampling(words: list[str]) -> dict:
 def sampling_text(sampling: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sampling.items())
 
+
+def shipped(ckpt: dict, provenance: dict, sampling: dict | None = None) -> dict:
+    """A checkpoint cut down to what generation needs (weights in bf16, config, codec, class counts, training
+    arguments, the sampling it recommends) plus where it came from: small enough to ship in the repository.
+    `sampling`, if given, replaces the recommendation the checkpoint carries ({}: none)."""
+    keep = ("model_config", "codec_spec", "step", "best_val_nll", "best_step", "class_counts", "train_args",
+            SAMPLING)
+    out = {k: ckpt[k] for k in keep if k in ckpt}
+    out["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    out["provenance"] = dict(provenance)
+    if sampling is not None:
+        out.pop(SAMPLING, None)
+        out.update({SAMPLING: check_sampling(sampling)} if sampling else {})
+    return out
 
 
 STAGE_FLAGS = ("codec_file", "init_from")  # run arguments, not recipe knobs, that a stage's command must name
@@ -136,8 +140,8 @@ def training_stages(a: dict, recipe_values=None, limit: int = 10) -> list[str]:
 
 def ship_run(out: str, dst: str, recipe_values=None, sampling: dict | None = None) -> str:
     """Write a finished run's best weights as a checkpoint to ship (checkpoint.shipped), with where they came
-    from (recipe_values: as train_command's) and the sampling it recommends, if any; returns a line saying what
-    was written."""
+    from (recipe_values: as train_command's) and `sampling` as its recommendation (None: the one the weights
+    carry); returns a line saying what was written."""
     src = os.path.join(out, BEST)
     if not os.path.isfile(src):
         raise CheckpointError(f"--ship: no {src}; train first")
@@ -163,13 +167,14 @@ def config_dict(cfg: ModelConfig) -> dict:
     return asdict(cfg)
 
 
-def make_checkpoint(model: StemGen, codec, opt, sched, state: dict, args) -> dict:
+def make_checkpoint(model: StemGen, codec, opt, sched, state: dict, args, sampling: dict | None = None) -> dict:
     """Everything a resumed run needs; `model` is the plain StemGen (not a DDP or compiled wrapper).
 
     `state` holds the loop's counters (train.RunState as a dict); `args` the resolved training knobs,
-    of which the plain values are kept (train_args), so that a resumed run uses the same data and recipe.
+    of which the plain values are kept (train_args), so that a resumed run uses the same data and recipe;
+    `sampling` the knobs the checkpoint recommends (SAMPLING), if any.
     """
-    return {
+    return {**({SAMPLING: check_sampling(sampling)} if sampling else {}),
         "model_config": config_dict(model.cfg), "codec_spec": codec.spec(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": state["step"],
         "best_val_nll": state["best"], "best_step": state["best_step"], "nonfinite_steps": state["nonfinite"],

@@ -209,6 +209,23 @@ def test_plot_draws_the_curves_of_a_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_recipes_checkpoints_carry_its_recommended_sampling_and_ship_keeps_it(tiny_data, tmp_path):
+    """The music recipe's runs write train.RECIPE_SAMPLING["music"] into every checkpoint; --ship keeps it, and
+    --ship-sampling none ships the paper's values."""
+    from plumbing.checkpoint import check_sampling
+    assert all(name in train.RECIPES and check_sampling(s) == s for name, s in train.RECIPE_SAMPLING.items())
+    data_dir, codec_file = tiny_data
+    assert train.main(argv(data_dir, codec_file, tmp_path / "run", "--recipe", "music", "--max-steps", "2",
+                           "--pool-pairs", "0", "--micro-batch", "4")) == 0
+    for name in ("ckpt.pt", "best.pt"):
+        assert torch.load(tmp_path / "run" / name, weights_only=True)["sampling"] == train.RECIPE_SAMPLING["music"]
+    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tmp_path / "a.pt")]) == 0
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["sampling"] == train.RECIPE_SAMPLING["music"]
+    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tmp_path / "b.pt"), "--ship-sampling", "none"]) == 0
+    assert "sampling" not in torch.load(tmp_path / "b.pt", weights_only=True)
+
+
+@pytest.mark.slow
 def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_loads_them(tiny_data, tmp_path):
     from plumbing.checkpoint import load_model
     data_dir, codec_file = tiny_data
@@ -228,6 +245,7 @@ def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_l
                for k, p in net.state_dict().items())
     assert train.main(["--out", str(tmp_path / "nothing"), "--ship", str(dst)]) == 2
     # --ship-sampling: the recommended sampling travels in the shipped file; a bad one or one without --ship stops
+    assert "sampling" not in small                                       # the paper recipe recommends nothing
     tuned = tmp_path / "ship" / "tuned.pt"
     assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tuned), "--ship-sampling", "fine_temperature=0"]) == 0
     assert torch.load(tuned, weights_only=True)["sampling"] == {"fine_temperature": 0.0}
