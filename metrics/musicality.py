@@ -23,7 +23,6 @@ from collections import Counter
 
 import numpy as np
 import torch
-import yaml
 
 import data
 from metrics import listening
@@ -126,15 +125,13 @@ def transposition_score(stem_chroma_mean: np.ndarray, context_chroma_mean: np.nd
 
 
 def corpus_entry(track: slakh.Track) -> tuple[str, int, str]:
-    """(piece, transpose, chunk) from a track's metadata.yaml `corpus:` entry; ValueError saying what is missing.
+    """(piece, transpose, chunk) from a track's metadata.yaml `corpus:` entry (slakh.Track.corpus); ValueError
+    saying what is missing.
 
     The chunk names one stretch of music whatever its key: the entry's source file and start (corpus.py writes
     both), else the piece."""
-    path = os.path.join(track.path, "metadata.yaml")
-    with open(path) as f:
-        meta = yaml.safe_load(f)
-    entry = meta.get("corpus") if isinstance(meta, dict) else None
-    if not isinstance(entry, dict) or "piece" not in entry or "transpose" not in entry:
+    path, entry = os.path.join(track.path, "metadata.yaml"), track.corpus
+    if "piece" not in entry or "transpose" not in entry:
         raise ValueError(f"{path} has no `corpus: {{piece: ..., transpose: ...}}` entry; the transposition test "
                          "needs a folder of transposed renderings of pieces (e.g. made by corpus.py)")
     transpose = entry["transpose"]

@@ -48,7 +48,12 @@ class Track:
     path: str
     split: str
     stems: list[Stem] = field(default_factory=list)
-    work: str = ""  # the piece it renders: renderings of one piece (its keys, its chunks) share it; see work_of
+    corpus: dict = field(default_factory=dict)  # metadata.yaml's `corpus:` entry (corpus.py's renderings), if any
+
+    @property
+    def work(self) -> str:
+        """The piece it renders: renderings of one piece (its keys, its chunks) share it; see work_of."""
+        return work_of({"corpus": self.corpus})
 
     @property
     def song(self) -> str:
@@ -130,7 +135,8 @@ def _read_track(track_dir: str, split: str, skips: Counter) -> Track | None:
     except Exception:
         skips["track with malformed metadata.yaml"] += 1
         return None
-    track = Track(os.path.basename(track_dir), track_dir, split, work=work_of(meta))
+    entry = meta.get("corpus")
+    track = Track(os.path.basename(track_dir), track_dir, split, corpus=entry if isinstance(entry, dict) else {})
     stem_dir = os.path.join(track_dir, "stems")  # audio_dir in the metadata is unreliable; disk decides
     for name in sorted(stems_meta):
         info = stems_meta[name] if isinstance(stems_meta[name], dict) else {}
