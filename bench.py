@@ -29,7 +29,7 @@ import decode
 from plumbing import pool
 from metrics import roundtrip
 from plumbing.checkpoint import open_codec
-from plumbing.cli import USER_ERROR, pick_device
+from plumbing.cli import USER_ERROR, DefaultsHelp, pick_device
 from codec import ENCODEC_32KHZ_CONFIG, CodecUnavailable, EncodecCodec
 from data import CROP_SECONDS, PairDraw, StemPairDataset
 from guidance import BRANCHES
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("train", "generate"):
-        s = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        s = sub.add_parser(name, formatter_class=DefaultsHelp)
         common_arguments(s)
         s.add_argument("--preset", default="paper", choices=sorted(PRESETS))
         s.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_data_parser(sub) -> None:
-    d = sub.add_parser("data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    d = sub.add_parser("data", formatter_class=DefaultsHelp,
                        help="training items/s of a Slakh-layout folder, and its activity maps' build and load times")
     common_arguments(d, device=False)
     d.add_argument("--data", required=True, help="Slakh-layout dataset folder (read only)")
@@ -375,7 +375,7 @@ def add_data_parser(sub) -> None:
 
 
 def add_codec_parser(sub) -> None:
-    c = sub.add_parser("codec", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    c = sub.add_parser("codec", formatter_class=DefaultsHelp,
                        help="round-trip quality of a codec on held-out audio (spectral convergence, chroma)")
     common_arguments(c)
     c.add_argument("--codec", required=True, help="fitted spectral codec file, or encodec_32khz")

@@ -45,9 +45,9 @@ from metrics import fad, listening, mir, musicality, sweep, transcriber
 from metrics.sweep import (EvaluateError, draw_examples, generate_stems, group_rows, sweep_settings,
                            write_text_atomic)
 from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
-from generate import sampling_from_args
+from generate import add_sampling_flags, sampling_from_args
 from plumbing import audio, checkpoint, pool
-from plumbing.cli import USER_ERROR, pick_device, source_commit
+from plumbing.cli import USER_ERROR, DefaultsHelp, pick_device, source_commit
 from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="FAD and MIRDD of a StemGen checkpoint with the paper's protocol (Sec. 3.2) and ablations "
                     "(Tab. 1-3). Writes JSON and a Markdown table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelp)
     p.add_argument("--checkpoint", help="model checkpoint (default: runs/default/best.pt, else "
                                         f"{checkpoint.DEFAULT_CHECKPOINT}, else the shipped model)")
     p.add_argument("--data", required=True, help="Slakh-layout dataset folder (e.g. made by synth.py)")
@@ -212,28 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vggish-weights", default=None, help="local VGGish state dict (torchvggish names)")
     p.add_argument("--kl-smoothing", type=float, default=1.0,
                    help="pseudo-count added to every bin of each descriptor's support before MIRDD's KL")
-    p.add_argument("--steps", type=int, nargs="+", metavar="N",
-                   help=f"decoding steps per level per {decode.STEPS_FRAMES} decoded frames, as generate.py "
-                        f"(default: the paper's "
-                        f"{' '.join(map(str, decode.Sampling.steps))})")
-    # Defaults: the paper's values with the checkpoint's recommended knobs applied, as generate.py.
-    p.add_argument("--temperature", type=float,
-                   help=f"sampling temperature (default: the checkpoint's recommendation, else {decode.Sampling.temperature:g})")
-    p.add_argument("--fine-temperature", type=float,
-                   help="temperature of the finer RVQ levels, 0 = greedy (default: the checkpoint's "
-                        "recommendation, else --temperature)")
-    p.add_argument("--guidance", choices=decode.GUIDANCE_MODES,
-                   help=f"--listening: guidance of the generated stems, as generate.py; sweeps set their own "
-                        f"(default: the checkpoint's recommendation, else {decode.Sampling.guidance})")
-    p.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
-                   help=f"--listening: guidance scale of the context-mix, as generate.py (default: the "
-                        f"checkpoint's recommendation, else {decode.Sampling.scale_audio})")
-    p.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
-                   help=f"--listening: guidance scale of the instrument, as generate.py (default: the "
-                        f"checkpoint's recommendation, else {decode.Sampling.scale_instrument})")
-    p.add_argument("--paper-sampling", action="store_true",
-                   help="ignore the sampling the checkpoint recommends and start from the paper's values "
-                        "(the flags above still apply)")
+    add_sampling_flags(p.add_argument_group(
+        "sampling of --listening's stems, as generate.py (defaults: the paper's best setting, with the knobs "
+        "the checkpoint recommends applied over it); the sweeps take --steps and the temperatures from here "
+        "and set guidance and eq. 1 per row"), naive_and_seed=False)
     p.add_argument("--seed", type=int, default=0, help="seed for the examples and for sampling")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda[:N], mps")
     p.add_argument("--codec-weights", metavar="PATH",

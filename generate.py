@@ -48,8 +48,9 @@ def steps_text(steps) -> str:
     return " ".join(map(str, steps))
 
 
-def add_sampling_flags(g) -> None:
-    """The decoding flags (Sec. 2.1.1-2.1.2), each defaulting to `Sampling`'s value."""
+def add_sampling_flags(g, naive_and_seed: bool = True) -> None:
+    """The decoding flags (Sec. 2.1.1-2.1.2); each unset one takes the checkpoint's recommended value, else
+    `Sampling`'s (the value the help shows). evaluate.py adds them without --naive and --seed."""
     d = Sampling()
     g.add_argument("--steps", type=int, nargs="+", metavar="N",
                    help=f"decoding steps per level, coarsest first, for {decode.STEPS_FRAMES} new frames (20 s at "
@@ -73,6 +74,8 @@ def add_sampling_flags(g) -> None:
     g.add_argument("--paper-sampling", action="store_true",
                    help="ignore the sampling the checkpoint recommends (the shipped model recommends greedy "
                         "finer levels, chosen on validation data: README) and start from the paper's values")
+    if not naive_and_seed:
+        return
     g.add_argument("--naive", action="store_true",
                    help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
                         "flags above still override it")
@@ -106,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "transcriber.py, at the context's tempo when one is detected (else 120 BPM), with the "
                         "instrument class's first GM program")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    add_sampling_flags(p.add_argument_group("sampling (defaults: the paper's best setting)"))
+    add_sampling_flags(p.add_argument_group("sampling (defaults: the paper's best setting, with the knobs the "
+                                            "checkpoint recommends applied over it)"))
     w = p.add_argument_group("long contexts")
     w.add_argument("--window", type=float, metavar="SECONDS",
                    help="window length for long contexts (default: the checkpoint's training crop, "
@@ -126,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sampling_from_args(args, recommended: dict | None = None) -> Sampling:
     """The paper's best (or, with --naive, naive) setting, then the checkpoint's recommended knobs (unless
-    --paper-sampling), then every explicitly given flag. evaluate.py uses it too, with fewer flags."""
+    --paper-sampling), then every explicitly given flag. evaluate.py uses it too (it has no --naive)."""
     base = Sampling.naive() if getattr(args, "naive", False) else Sampling()
     if recommended and not args.paper_sampling:
         base = replace(base, **recommended)

@@ -10,7 +10,7 @@ import sys
 import time
 
 from codec import CodecUnavailable
-from plumbing.cli import USER_ERROR
+from plumbing.cli import USER_ERROR, DefaultsHelp
 from plumbing.spectral import WEIGHTINGS, SpectralConfig, fit_spectral
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit the offline spectral codec on a Slakh-layout dataset",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelp)
     f.add_argument("--data", required=True, help="dataset folder (TrackNNNNN/stems/SNN.flac|wav; train/ split "
                    "used when present)")
     f.add_argument("--out", required=True, help="file to write the fitted codec to (.pt)")

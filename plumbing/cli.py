@@ -1,10 +1,11 @@
-"""What every command shares: the exit status of a user's mistake and the `--device` resolver.
+"""What every command shares: the exit status of a user's mistake, the `--device` resolver and `--help`'s defaults.
 
 Every script (train, generate, evaluate, bench, spectral) returns USER_ERROR when it stops on a problem the user
 can fix (a missing file, a codec not fitted, a bad option value) and resolves its `--device` with `pick_device`.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 
@@ -45,3 +46,13 @@ def source_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out or None
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that appends each flag's default, except None and False: such flags say in words what happens
+    when they are not given (a checkpoint's value, the paper's, off)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)

@@ -25,3 +25,13 @@ def test_a_device_not_here_is_refused_with_its_name(monkeypatch, name, words):
 
 def test_a_named_device_is_taken_as_given():
     assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_help_shows_real_defaults_and_leaves_unset_ones_to_the_words():
+    """evaluate.py --help: a flag's default is appended when it has one; None and False (a checkpoint's value,
+    the paper's, off) are not printed, so no help line reads "(default: None)"."""
+    import evaluate
+    text = " ".join(evaluate.build_parser().format_help().split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "--seed SEED seed for the examples and for sampling (default: 0)" in text
+    assert "--w-s W_S eq. 1 causal-bias weight (default: 0.1)" in text       # the sampling flags, as generate.py

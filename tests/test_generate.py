@@ -364,6 +364,8 @@ def test_the_checkpoints_recommended_sampling_sits_between_the_papers_values_and
     import evaluate                                            # evaluate.py's flags must not mask it with defaults
     eargs = evaluate.build_parser().parse_args(["--data", "d", "--out", "o"])
     assert generate.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), **recommended)
+    eargs = evaluate.build_parser().parse_args(["--data", "d", "--out", "o", "--w-s", "0.3", "--paper-sampling"])
+    assert generate.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), w_s=0.3)
 
 
 @pytest.mark.slow
