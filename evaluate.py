@@ -45,9 +45,9 @@ from metrics import fad, listening, mir, musicality, sweep, transcriber
 from metrics.sweep import (EvaluateError, draw_examples, generate_stems, group_rows, sweep_settings,
                            write_text_atomic)
 from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
-from generate import add_sampling_flags, sampling_from_args
 from plumbing import audio, checkpoint, pool
 from plumbing.cli import USER_ERROR, DefaultsHelp, pick_device, source_commit
+from plumbing.sampling_flags import add_sampling_flags, recommendation_line, sampling_from_args
 from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 
@@ -296,9 +296,8 @@ def run(args) -> dict:
     net, tok, ckpt = checkpoint.load_model(args.checkpoint, device, args.codec_weights)
     seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or decode.DEFAULT_WINDOW_SECONDS
     recommended = checkpoint.recommended_sampling(ckpt)
-    if recommended and not args.paper_sampling:
-        print(f"sampling: {checkpoint.sampling_text(recommended)}, as the checkpoint recommends, over the paper's "
-              f"values (--paper-sampling ignores it; a flag overrides it)", file=sys.stderr)
+    if recommendation_line(recommended, args):
+        print(recommendation_line(recommended, args), file=sys.stderr)
     sampling = sampling_from_args(args, recommended)              # --listening's stems: generate.py's rule
     base = replace(decode.Sampling(), steps=sampling.steps, temperature=sampling.temperature,
                    fine_temperature=sampling.fine_temperature)    # the sweeps set guidance and eq. 1 per row

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -32,56 +31,18 @@ import decode
 from metrics import transcriber
 from plumbing import stem_midi
 from plumbing.checkpoint import (DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model,
-                                 recommended_sampling, sampling_text, trained_classes)
+                                 recommended_sampling, trained_classes)
 from plumbing.cli import USER_ERROR, pick_device
-from decode import DEFAULT_WINDOW_SECONDS, Sampling
-from guidance import GUIDANCE_MODES
+from decode import DEFAULT_WINDOW_SECONDS
 from plumbing.instruments import INSTRUMENTS
 from plumbing.adding import (GenerateError, check_outputs, check_trained, default_mix_path, default_out_paths,
                              generate_stems, instrument_ids, midi_paths, read_context, write_outputs)
+from plumbing.sampling_flags import add_sampling_flags, recommendation_line, sampling_from_args
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Command line (reading the context, generating stems in turn and writing them: plumbing/adding.py)
-
-def steps_text(steps) -> str:
-    return " ".join(map(str, steps))
-
-
-def add_sampling_flags(g, naive_and_seed: bool = True) -> None:
-    """The decoding flags (Sec. 2.1.1-2.1.2); each unset one takes the checkpoint's recommended value, else
-    `Sampling`'s (the value the help shows). evaluate.py adds them without --naive and --seed."""
-    d = Sampling()
-    g.add_argument("--steps", type=int, nargs="+", metavar="N",
-                   help=f"decoding steps per level, coarsest first, for {decode.STEPS_FRAMES} new frames (20 s at "
-                        f"the codecs' 50 Hz, as in the paper); a window that decodes fewer frames takes "
-                        f"proportionally fewer, rounded up, at least 1: with the defaults a 5 s window takes "
-                        f"{steps_text(decode.steps_for(d.steps, 250))}, and "
-                        f"{steps_text(decode.steps_for(d.steps, 125))} past a 2.5 s prompt (default: {steps_text(d.steps)})")
-    g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
-    g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
-    g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
-    g.add_argument("--guidance", choices=GUIDANCE_MODES,
-                   help=f"classifier-free guidance: multi = eq. 3, joint = eq. 2 (default: {d.guidance})")
-    g.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
-                   help=f"guidance scale of the context (lambda_a; lambda of eq. 2) (default: {d.scale_audio})")
-    g.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
-                   help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
-    g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
-    g.add_argument("--fine-temperature", type=float,
-                   help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "
-                        f"{'--temperature' if d.fine_temperature is None else d.fine_temperature})")
-    g.add_argument("--paper-sampling", action="store_true",
-                   help="ignore the sampling the checkpoint recommends (the shipped model recommends greedy "
-                        "finer levels, chosen on validation data: README) and start from the paper's values")
-    if not naive_and_seed:
-        return
-    g.add_argument("--naive", action="store_true",
-                   help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
-                        "flags above still override it")
-    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same audio "
-                                            "(default: a fresh seed, printed)")
-
+# Command line (reading the context, generating stems in turn and writing them: plumbing/adding.py; the sampling
+# flags: plumbing/sampling_flags.py)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -128,19 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sampling_from_args(args, recommended: dict | None = None) -> Sampling:
-    """The paper's best (or, with --naive, naive) setting, then the checkpoint's recommended knobs (unless
-    --paper-sampling), then every explicitly given flag. evaluate.py uses it too (it has no --naive)."""
-    base = Sampling.naive() if getattr(args, "naive", False) else Sampling()
-    if recommended and not args.paper_sampling:
-        base = replace(base, **recommended)
-    given = {k: getattr(args, k) for k in ("w_c", "w_s", "w_r", "guidance", "scale_audio", "scale_instrument",
-                                           "temperature", "fine_temperature") if getattr(args, k, None) is not None}
-    if args.steps is not None:
-        given["steps"] = tuple(args.steps)
-    return replace(base, **given)
-
-
 def output_plan(args) -> tuple[list[int], list[str], str | None]:
     """Instrument ids, stem paths and mix path (None: no mix) from the flags, checked before any work."""
     try:
@@ -178,9 +126,8 @@ def run(args) -> list[str]:
     check_trained(instruments, trained_classes(ckpt), args.checkpoint)
     recommended = recommended_sampling(ckpt)
     sampling = sampling_from_args(args, recommended)
-    if recommended and not args.paper_sampling:
-        say(f"sampling: {sampling_text(recommended)}, as the checkpoint recommends, over the paper's values "
-            f"(--paper-sampling ignores it; a flag overrides it)")
+    if recommendation_line(recommended, args):
+        say(recommendation_line(recommended, args))
     if len(sampling.steps) != net.cfg.n_q:
         raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
                             f"token levels: give one per level")

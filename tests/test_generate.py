@@ -12,6 +12,7 @@ import torch
 
 import decode
 import generate
+from plumbing import sampling_flags
 from plumbing import adding
 import model as model_lib
 from plumbing import spectral
@@ -349,23 +350,23 @@ def test_naive_setting_and_flag_overrides():
     assert naive.guidance == "none" and naive.w_s == 0.0 and naive.w_r == 1.0
     args = generate.build_parser().parse_args(["--context", "x", "--instrument", "piano", "--naive",
                                                "--w-s", "0.2", "--steps", "4", "4"])
-    s = generate.sampling_from_args(args)
+    s = sampling_flags.sampling_from_args(args)
     assert s.guidance == "none" and s.w_s == 0.2 and s.steps == (4, 4)
 
 
 def test_the_checkpoints_recommended_sampling_sits_between_the_papers_values_and_the_flags():
     args = generate.build_parser().parse_args(["--context", "x", "--instrument", "piano", "--scale-audio", "2"])
     recommended = {"fine_temperature": 0.0, "scale_audio": 6.0, "temperature": 0.8}
-    s = generate.sampling_from_args(args, recommended)
+    s = sampling_flags.sampling_from_args(args, recommended)
     assert (s.fine_temperature, s.temperature, s.scale_audio) == (0.0, 0.8, 2.0)          # the flag wins
     assert s.scale_instrument == decode.Sampling().scale_instrument                       # the paper's
     args.paper_sampling = True
-    assert generate.sampling_from_args(args, recommended) == replace(decode.Sampling(), scale_audio=2.0)
+    assert sampling_flags.sampling_from_args(args, recommended) == replace(decode.Sampling(), scale_audio=2.0)
     import evaluate                                            # evaluate.py's flags must not mask it with defaults
     eargs = evaluate.build_parser().parse_args(["--data", "d", "--out", "o"])
-    assert generate.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), **recommended)
+    assert sampling_flags.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), **recommended)
     eargs = evaluate.build_parser().parse_args(["--data", "d", "--out", "o", "--w-s", "0.3", "--paper-sampling"])
-    assert generate.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), w_s=0.3)
+    assert sampling_flags.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), w_s=0.3)
 
 
 @pytest.mark.slow
