@@ -1,8 +1,9 @@
 """Checkpoints: saving (atomic) and loading them, and the model and codec rebuilt from one; the codec a user names.
 
 A checkpoint is a plain dict of tensors and primitives (model weights, model config, codec spec, step,
-optimizer, scheduler and RNG state, the training arguments), loadable with torch.load(weights_only=True). It is
-written to a temporary file beside its path and renamed into place, so a crash never leaves a broken one.
+optimizer, scheduler and RNG state, the training arguments, the sampling it recommends), loadable with
+torch.load(weights_only=True). It is written to a temporary file beside its path and renamed into place, so a
+crash never leaves a broken one.
 """
 from __future__ import annotations
 
@@ -174,7 +175,7 @@ def make_checkpoint(model: StemGen, codec, opt, sched, state: dict, args, sampli
     of which the plain values are kept (train_args), so that a resumed run uses the same data and recipe;
     `sampling` the knobs the checkpoint recommends (SAMPLING), if any.
     """
-    return {**({SAMPLING: check_sampling(sampling)} if sampling else {}),
+    ckpt = {
         "model_config": config_dict(model.cfg), "codec_spec": codec.spec(), "model": model.state_dict(),
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": state["step"],
         "best_val_nll": state["best"], "best_step": state["best_step"], "nonfinite_steps": state["nonfinite"],
@@ -184,6 +185,9 @@ def make_checkpoint(model: StemGen, codec, opt, sched, state: dict, args, sampli
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "train_args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
     }
+    if sampling:
+        ckpt[SAMPLING] = check_sampling(sampling)
+    return ckpt
 
 
 def save_checkpoint(path: str, ckpt: dict) -> None:
