@@ -296,8 +296,9 @@ def run(args) -> dict:
     net, tok, ckpt = checkpoint.load_model(args.checkpoint, device, args.codec_weights)
     seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or decode.DEFAULT_WINDOW_SECONDS
     recommended = checkpoint.recommended_sampling(ckpt)
-    if recommendation_line(recommended, args):
-        print(recommendation_line(recommended, args), file=sys.stderr)
+    line = recommendation_line(recommended, args)
+    if line:
+        print(line, file=sys.stderr)
     sampling = sampling_from_args(args, recommended)              # --listening's stems: generate.py's rule
     base = replace(decode.Sampling(), steps=sampling.steps, temperature=sampling.temperature,
                    fine_temperature=sampling.fine_temperature)    # the sweeps set guidance and eq. 1 per row

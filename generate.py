@@ -126,8 +126,9 @@ def run(args) -> list[str]:
     check_trained(instruments, trained_classes(ckpt), args.checkpoint)
     recommended = recommended_sampling(ckpt)
     sampling = sampling_from_args(args, recommended)
-    if recommendation_line(recommended, args):
-        say(recommendation_line(recommended, args))
+    line = recommendation_line(recommended, args)
+    if line:
+        say(line)
     if len(sampling.steps) != net.cfg.n_q:
         raise GenerateError(f"--steps gives {len(sampling.steps)} values but the model has {net.cfg.n_q} "
                             f"token levels: give one per level")

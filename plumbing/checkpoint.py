@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 
@@ -52,8 +52,7 @@ class CheckpointError(ValueError):
 # {knob: value} over decode.Sampling's fields. generate.py, evaluate.py and the page start from the paper's
 # values with these applied; their flags still override, and --paper-sampling ignores them.
 SAMPLING = "sampling"
-RECOMMENDABLE = ("temperature", "fine_temperature", "guidance", "scale_audio", "scale_instrument",
-                 "w_c", "w_s", "w_r")
+RECOMMENDABLE = tuple(f.name for f in fields(Sampling) if f.name not in ("steps", "scale_steps"))  # level-free
 
 
 def check_sampling(sampling: dict) -> dict:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import decode
 from decode import Sampling
 from guidance import GUIDANCE_MODES
-from plumbing.checkpoint import sampling_text
+from plumbing.checkpoint import RECOMMENDABLE, sampling_text
 
 
 def steps_text(steps) -> str:
@@ -56,8 +56,7 @@ def sampling_from_args(args, recommended: dict | None = None) -> Sampling:
     base = Sampling.naive() if getattr(args, "naive", False) else Sampling()
     if recommended and not args.paper_sampling:
         base = replace(base, **recommended)
-    given = {k: getattr(args, k) for k in ("w_c", "w_s", "w_r", "guidance", "scale_audio", "scale_instrument",
-                                           "temperature", "fine_temperature") if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in RECOMMENDABLE if getattr(args, k, None) is not None}
     if args.steps is not None:
         given["steps"] = tuple(args.steps)
     return replace(base, **given)
