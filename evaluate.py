@@ -122,15 +122,24 @@ def run_listening(args, net, tok, seconds: float, progress: bool, sampling: deco
                 "tokens": musicality.key_nll_test(net, tok, args.transposition, cls, seconds,
                                                   args.transposition_split, args.seed, examples=read)}
     if args.plot:
+        os.makedirs(args.out, exist_ok=True)
+        for cls, result in report.get("transposition", {}).items():
+            whos = ("context", "real", "round trip", "generated")
+            result["plot"] = musicality.plot_transposition(os.path.join(args.out, transposition_plot_file(cls)),
+                                                           result["examples"], whos, args.plot_n)
         rows = [{"context": c, "generated": s, "real": t, "label": f"{INSTRUMENTS[k]}, song {song}"}
                 for c, s, t, k, song in list(zip(contexts, stems, reals, instruments, songs))[:args.plot_n]]
-        os.makedirs(args.out, exist_ok=True)
         report["plot"] = musicality.plot_examples(os.path.join(args.out, PLOT_FILE), rows, tok.sample_rate)
     return report
 
 
 REFERENCE = "real stems"
 PLOT_FILE = "listening.png"
+
+
+def transposition_plot_file(cls: str) -> str:
+    """--plot's transposition picture for one class: transposition-<class>.png."""
+    return f"transposition-{cls}.png"
 
 
 def notes_vs_noise(populations: dict, songs: list, sample_rate: int, seed: int, embedding) -> dict:
@@ -242,8 +251,9 @@ def add_listening_flags(p: argparse.ArgumentParser) -> None:
                    help="--transposition: the split of DIR to use (all, train, validation or test)")
     p.add_argument("--plot", action="store_true",
                    help=f"--listening: draw CQT spectrograms of context, generated and real stem for a few examples "
-                        f"to OUT/{PLOT_FILE}")
-    p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples")
+                        f"to OUT/{PLOT_FILE}; with --transposition also each class's chroma in every key, rolled "
+                        f"back into the written key, to OUT/{transposition_plot_file('CLASS')}")
+    p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples (and transposed chunks)")
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -275,6 +285,8 @@ def check_run(args) -> tuple[str, str]:
     if args.plot and args.plot_n < 1:
         raise EvaluateError("--plot-n must be at least 1")
     plot_path = [os.path.join(args.out, PLOT_FILE)] if args.listening and args.plot else []
+    if plot_path and args.transposition:
+        plot_path += [os.path.join(args.out, transposition_plot_file(c)) for c in args.transposition_classes]
     for path in [json_path, md_path] + plot_path:
         if os.path.exists(path) and not args.force:
             raise EvaluateError(f"output exists: {path} (pass --force to overwrite, or choose another --out)")

@@ -14,7 +14,10 @@ out sounds like notes. This module measures that, each number beside what bounds
   its context's at the right shift minus the mean over the 11 wrong shifts: about 0 for a part that ignores
   the context (exactly 0 averaged over all 12 transpositions of a piece), and the real part is the ceiling.
   Whether the right shift correlates best is counted beside it (chance: 1 context in 12).
-- `plot_examples`: constant-Q spectrograms of a context, the generated stem and the real stem side by side.
+- `plot_examples`: constant-Q spectrograms of a context, the generated stem and the real stem side by side;
+  `plot_transposition`: the transposition test as a picture, each part's chroma in every key rolled back into
+  the written key (`back_in_key`): straight columns for a part that follows the key, diagonals for one that
+  does not.
 """
 from __future__ import annotations
 
@@ -212,8 +215,9 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
             has read them already (evaluate.py shares them with key_nll_test); read here when None.
     Returns:
         {"instrument", "n", "pieces", "transpositions", "skipped", "generated": summary, "real": summary,
-        ["round trip": summary, "random finer levels": summary,] "examples": [per-track scores]}; each summary
-        is score_summary's (piece-bootstrap intervals).
+        ["round trip": summary, "random finer levels": summary,] "examples": [per track: its piece, chunk and
+        transposition, each part's score and time-averaged chroma, the context's chroma]}; each summary is
+        score_summary's (piece-bootstrap intervals). plot_transposition draws the examples.
     """
     examples, skipped = examples or transposition_examples(data_root, instrument, sample_rate, seconds, split)
     if not examples:
@@ -230,9 +234,12 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
             parts["round trip"] = round_trip(codec, e["real"])
             parts["random finer levels"] = round_trip_random_fine(codec, e["real"], g)
         ctx = mean_chroma(e["context"], sample_rate)
-        row = {"track": e["track"], "piece": e["piece"], "transpose": e["transpose"]}
+        row = {"track": e["track"], "piece": e["piece"], "transpose": e["transpose"], "chunk": e.get("chunk"),
+               "context_chroma": [round(float(v), 5) for v in ctx]}
         for who, wave in parts.items():
-            row[who], row[f"{who}_right_shift_best"] = transposition_score(mean_chroma(wave, sample_rate), ctx)
+            stem = mean_chroma(wave, sample_rate)
+            row[who], row[f"{who}_right_shift_best"] = transposition_score(stem, ctx)
+            row[f"{who}_chroma"] = [round(float(v), 5) for v in stem]
         rows.append(row)
     pieces = [r["piece"] for r in rows]
     whos = ["generated", "real"] + (["round trip", "random finer levels"] if codec is not None else [])
@@ -241,6 +248,24 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
             **{who: score_summary([r[who] for r in rows], [r[f"{who}_right_shift_best"] for r in rows], pieces, seed)
                for who in whos},
             "examples": rows}
+
+
+def back_in_key(rows: list[dict], who: str, chunk: str) -> tuple[list[int], np.ndarray]:
+    """One chunk's renderings in several keys, each `who` chroma ("context", "real", "generated", ...) rolled back
+    by its transposition into the chunk's written key: (transpositions, [K, 12] rows scaled to a peak of 1).
+
+    A part that follows its context's key keeps its pitch classes in the written key whatever the transposition:
+    the rows line up. A part that ignores the key keeps its pitch classes where they are, so rolled back they
+    move one semitone per key: the rows form diagonals. `rows` are transposition_test's "examples".
+    """
+    mine = sorted((r for r in rows if r.get("chunk") == chunk), key=lambda r: r["transpose"])
+    if not mine:
+        raise ValueError(f"no example of chunk {chunk!r}")
+    if f"{who}_chroma" not in mine[0]:
+        raise ValueError(f"the examples carry no {who!r} chroma (have: "
+                         f"{', '.join(k[:-7] for k in mine[0] if k.endswith('_chroma'))})")
+    out = np.stack([np.roll(np.asarray(r[f"{who}_chroma"], dtype=np.float64), -int(r["transpose"])) for r in mine])
+    return [int(r["transpose"]) for r in mine], out / np.maximum(out.max(axis=1, keepdims=True), 1e-12)
 
 
 def key_nll_matrix(model, contexts: torch.Tensor, targets: torch.Tensor, instrument: int,
@@ -351,3 +376,39 @@ def plot_examples(path: str, rows: list[dict], sample_rate: int) -> str:
     plt.close(fig)
     return path
 
+
+PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+
+def plot_transposition(path: str, rows: list[dict], whos: tuple[str, ...] = ("context", "real", "generated"),
+                       chunks: int = 3) -> str:
+    """A PNG of the transposition test: for each of the first `chunks` chunks heard in the most keys (by name,
+    so the same chunks for every model), one panel per part in `whos`: its chroma in each key, rolled back into
+    the written key (back_in_key). Columns that run straight down: the part follows the key; diagonals: it
+    ignores it. Each panel's title gives its mean transposition score over that chunk. Returns path."""
+    keys = Counter(r.get("chunk") for r in rows if r.get("chunk") is not None)
+    if not keys:
+        raise ValueError("plot_transposition needs transposition_test's examples (with their chunks)")
+    chosen = sorted(keys, key=lambda c: (-keys[c], c))[:chunks]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(chosen), len(whos), figsize=(2.9 * len(whos), 2.9 * len(chosen)), squeeze=False)
+    for i, chunk in enumerate(chosen):
+        for j, who in enumerate(whos):
+            transposes, grid = back_in_key(rows, who, chunk)
+            ax = axes[i, j]
+            ax.imshow(grid, origin="lower", aspect="auto", cmap="magma", vmin=0.0, vmax=1.0,
+                      extent=(-0.5, 11.5, -0.5, len(transposes) - 0.5))
+            ax.set_xticks(range(12), PITCH_CLASSES, fontsize=6)
+            ax.set_yticks(range(len(transposes)), [str(t) for t in transposes], fontsize=6)
+            scores = [r[who] for r in rows if r.get("chunk") == chunk and who in r]
+            title = who if not scores else f"{who}: score {np.mean(scores):.2f}"
+            piece = next(r["piece"] for r in rows if r.get("chunk") == chunk)
+            ax.set_title(f"{piece}\n{title}" if j == 0 else title, fontsize=8)
+            ax.set_xlabel("pitch class, written key", fontsize=7)
+            ax.set_ylabel("transposed by (semitones)" if j == 0 else "", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -96,6 +96,10 @@ def listening_markdown(report: dict) -> str:
         lines += transposition_markdown(r)
     if report.get("plot"):
         lines += ["", f"Spectrograms of a few examples: {report['plot']}"]
+    for cls, r in report.get("transposition", {}).items():
+        if r.get("plot"):
+            lines += ["", f"Transposition test, {cls}, as a picture (each part's chroma in every key rolled back into "
+                          f"the written key: straight columns follow the key, diagonals ignore it): {r['plot']}"]
     return "\n".join(lines) + "\n"
 
 

@@ -174,12 +174,17 @@ def test_listening_run_reports_every_measure_and_draws_the_examples(tiny_setup, 
                  "Transposition test, Bass: 12 contexts from 1 piece ", "| real part (ceiling) |",
                  "In tokens (no sampling): the real part's level-0 NLL is", "listening.png"):
         assert text in md, text
-    png = (out / "listening.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    # a second run refuses to overwrite the picture too
+    assert "transposition-bass.png" in md and bass["plot"].endswith("transposition-bass.png")
+    for picture in ("listening.png", "transposition-bass.png"):
+        png = (out / picture).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # a second run refuses to overwrite either picture
     os.remove(out / "listening.json")
     os.remove(out / "listening.md")
     assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--plot")) == USER_ERROR
+    os.remove(out / "listening.png")
+    assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--plot", "--transposition",
+                               corpus)) == USER_ERROR
 
 
 def test_listening_flags_are_checked_before_any_work(tiny_setup, tmp_path, capsys):

@@ -82,6 +82,47 @@ def test_a_model_that_ignores_its_context_scores_about_zero_over_the_12_transpos
     assert r["generated"]["mean"] < r["real"]["mean"] - 0.2
 
 
+def _lined_up(grid):
+    """Mean correlation between two keys' rolled-back chroma (1: every row the same; -1/11 for one chroma rolled
+    through all 12 keys, since its 12 rolled correlations sum to 0)."""
+    c = np.corrcoef(grid)
+    return float(c[~np.eye(len(grid), dtype=bool)].mean())
+
+
+def test_back_in_key_lines_up_a_part_that_follows_and_turns_one_that_ignores_into_diagonals(corpus):
+    """Rolled back into the written key, a copied context and the real bass give the same chroma in every key;
+    a fixed chord keeps its pitch classes, so rolled back by k its chroma is its chroma rolled by -k."""
+    fixed = chord([60, 64, 67], 2.0, SR, np.random.default_rng(5))
+    follows = M.transposition_test(corpus, "bass", lambda contexts, inst: [c.copy() for c in contexts], SR, 2.0)
+    ignores = M.transposition_test(corpus, "bass", lambda contexts, inst: [fixed for _ in contexts], SR, 2.0)
+    chunks = sorted({r["chunk"] for r in follows["examples"]})
+    assert len(chunks) == 2                                       # two pieces, one stretch of each
+    for chunk in chunks:
+        keys, copied = M.back_in_key(follows["examples"], "generated", chunk)
+        assert keys == list(range(12)) and copied.shape == (12, 12) and np.allclose(copied.max(axis=1), 1.0)
+        _, context = M.back_in_key(follows["examples"], "context", chunk)
+        _, real = M.back_in_key(follows["examples"], "real", chunk)
+        _, constant = M.back_in_key(ignores["examples"], "generated", chunk)
+        assert np.allclose(copied, context)
+        assert _lined_up(copied) > 0.6 and _lined_up(real) > 0.6          # -1/11 for a part that ignores the key
+        assert all(np.allclose(constant[k], np.roll(constant[0], -k)) for k in keys)
+        assert _lined_up(constant) == pytest.approx(-1 / 11)
+    with pytest.raises(ValueError, match="no 'round trip' chroma"):
+        M.back_in_key(follows["examples"], "round trip", chunks[0])
+    with pytest.raises(ValueError, match="no example of chunk"):
+        M.back_in_key(follows["examples"], "generated", "nowhere@0")
+
+
+def test_plot_transposition_draws_the_chunks_heard_in_most_keys_and_refuses_rows_without_chunks(corpus, tmp_path):
+    r = M.transposition_test(corpus, "bass", lambda contexts, inst: [c.copy() for c in contexts], SR, 2.0)
+    path = M.plot_transposition(str(tmp_path / "t.png"), r["examples"], chunks=1)
+    png = open(path, "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    with pytest.raises(ValueError, match="examples"):
+        M.plot_transposition(str(tmp_path / "none.png"), [{"piece": "p0", "transpose": 0}])
+    assert not os.path.exists(tmp_path / "none.png")
+
+
 def test_transposition_test_refuses_a_folder_without_corpus_entries_or_without_the_class(corpus, tmp_path):
     copy = str(tmp_path / "plain")
     write_corpus(copy, pieces=1, transpositions=[0, 1])
