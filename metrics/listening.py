@@ -198,11 +198,27 @@ def format_report(report: dict) -> str:
 # ------------------------------------------------------------------------------------ audio level
 
 
-def chroma(wave: np.ndarray, sample_rate: int, hop: int = 2048) -> np.ndarray:
-    """12 x frames chroma of a mono wave (librosa's STFT chroma)."""
+CHROMA_GATE_DB = -60.0  # chroma frames this far below the clip's loudest are silence (see chroma)
+
+
+def chroma(wave: np.ndarray, sample_rate: int, hop: int = 2048, gate_db: float | None = CHROMA_GATE_DB) -> np.ndarray:
+    """12 x frames chroma of a mono wave (librosa's STFT chroma, each frame scaled to a peak of 1), with the frames
+    more than `gate_db` below the clip's loudest frame (RMS) set to 0, as digital silence already is.
+
+    Why the gate: librosa scales every frame to a peak of 1, however quiet. A codec that decodes a rest to a
+    faint fixed spectrum (the spectral codec leaves one far below -60 dB) then gives every rest full weight and
+    the same pitch classes in every key: decoded bass lines looked as if they ignored the key when only their
+    inaudible rests did (README, "Transposition picture"). None: no gate.
+    """
     import librosa
-    return librosa.feature.chroma_stft(y=np.asarray(wave, dtype=np.float32), sr=sample_rate, hop_length=hop,
-                                       n_fft=4 * hop)
+    y = np.asarray(wave, dtype=np.float32)
+    c = librosa.feature.chroma_stft(y=y, sr=sample_rate, hop_length=hop, n_fft=4 * hop)
+    if gate_db is None:
+        return c
+    rms = librosa.feature.rms(y=y, frame_length=4 * hop, hop_length=hop)[0]
+    n = min(c.shape[1], len(rms))
+    c[:, :n] *= rms[:n] >= rms.max() * 10.0 ** (gate_db / 20.0)
+    return c
 
 
 def chroma_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

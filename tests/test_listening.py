@@ -136,3 +136,21 @@ def test_chroma_check_prefers_the_context_a_stem_was_made_for():
     r = listening.chroma_check(stems, contexts, list(range(8)), sr)
     assert r["frame"]["lo"] > 0.2 and r["frame"]["own"] > 0.9
     assert r["key"]["own"] > r["key"]["other"]
+
+
+def test_chroma_treats_frames_far_below_the_clips_loudest_as_silence():
+    """A note, then a faint fixed tone 100 dB down (what a codec may leave in a rest): librosa alone scales the
+    faint frames to full weight, so the time-averaged chroma holds the faint tone's pitch class; the gate
+    zeroes them, as digital silence is, and keeps the note's frames as they were."""
+    sr = 16000
+    t = np.arange(2 * sr) / sr
+    x = np.sin(2 * np.pi * 220.0 * t).astype(np.float32)               # A3 for the first second
+    x[sr:] = 1e-5 * np.sin(2 * np.pi * 311.13 * t[sr:])                # then E-flat 4, 100 dB down
+    gated, plain = listening.chroma(x, sr), listening.chroma(x, sr, gate_db=None)
+    assert gated.shape == plain.shape
+    assert plain.mean(1).argmax() in (3, 9) and plain.mean(1)[3] > 0.3          # E-flat counts as much as A
+    assert gated.mean(1).argmax() == 9 and gated.mean(1)[3] < 0.05
+    loud = gated.max(0) > 0
+    assert 0.3 < loud.mean() < 0.7 and np.allclose(gated[:, loud], plain[:, loud])
+    quiet = listening.chroma(0.001 * x[:sr], sr)                         # the gate is relative: a quiet clip
+    assert np.allclose(quiet, listening.chroma(x[:sr], sr), atol=1e-4)  # keeps all its frames

@@ -281,3 +281,29 @@ def test_both_transposition_tests_use_examples_read_once(corpus):
     assert dict(read[1]) == skipped
     with pytest.raises(ValueError, match="no track with a bass stem"):
         M.transposition_test(corpus, "bass", copy, codec.sample_rate, 2.0, examples=([], Counter()))
+
+
+def test_a_part_whose_rests_hold_a_faint_fixed_tone_scores_as_if_they_were_silent(corpus, monkeypatch):
+    """The copied context's first second, then a steady E-flat 90 dB down (a codec's decoded rest) instead of
+    silence: with the chroma gate it scores exactly as with silence and its chroma moves with every key; without
+    the gate its faint rests, each scaled to full weight, hold the same pitch class in every key and pull it
+    towards a part that ignores the key."""
+    import functools
+    from metrics import listening
+    t = np.arange(2 * SR) / SR
+    faint = (0.1 * 10 ** (-90 / 20) * np.sin(2 * np.pi * 311.13 * t)).astype(np.float32)
+
+    def part(rest):
+        return lambda contexts, instruments: [np.concatenate([c[:SR], rest[:len(c) - SR]]) for c in contexts]
+
+    def run():
+        r = M.transposition_test(corpus, "bass", part(faint), SR, 2.0)
+        chunks = sorted({x["chunk"] for x in r["examples"]})
+        return r["generated"]["mean"], min(_lined_up(M.back_in_key(r["examples"], "generated", c)[1]) for c in chunks)
+
+    silent = M.transposition_test(corpus, "bass", part(np.zeros_like(faint)), SR, 2.0)["generated"]["mean"]
+    gated, gated_lined = run()
+    monkeypatch.setattr(listening, "chroma", functools.partial(listening.chroma, gate_db=None))
+    plain, plain_lined = run()
+    assert gated == pytest.approx(silent, abs=1e-3) and gated > 0.3 and gated_lined > 0.8
+    assert plain < gated - 0.08 and plain_lined < gated_lined - 0.2, (plain, plain_lined)
