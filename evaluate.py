@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", default="logmel", choices=["logmel", "vggish"],
                    help="FAD embedding: logmel is offline and NOT comparable with published FAD")
     p.add_argument("--vggish-weights", default=None, help="local VGGish state dict (torchvggish names)")
+    p.add_argument("--chroma-gate", type=_gate, default=listening.CHROMA_GATE_DB, metavar="DB",
+                   help="chroma measures (alignment, key and chord agreement, transposition test): frames more than "
+                        "DB below a clip's loudest count as silence; off: every frame counts (the measure before "
+                        "the gate)")
     p.add_argument("--kl-smoothing", type=float, default=1.0,
                    help="pseudo-count added to every bin of each descriptor's support before MIRDD's KL")
     add_sampling_flags(p.add_argument_group(
@@ -254,6 +258,24 @@ def add_listening_flags(p: argparse.ArgumentParser) -> None:
                         f"to OUT/{PLOT_FILE}; with --transposition also each class's chroma in every key, rolled "
                         f"back into the written key, to OUT/{transposition_plot_file('CLASS')}")
     p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples (and transposed chunks)")
+
+
+def _gate(text: str) -> float:
+    """--chroma-gate: a level in dB at or below 0, or off (-inf: no gate)."""
+    if text.strip().lower() == "off":
+        return -np.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a level in dB at or below 0 (e.g. -60), or off") from None
+    if not value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the gate is a level below the clip's loudest frame, at or below 0 dB")
+    return value
+
+
+def gate_record(gate_db: float) -> float | str:
+    """--chroma-gate as written to the JSON outputs ("off" for no gate: JSON has no infinity)."""
+    return "off" if gate_db == -np.inf else gate_db
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -297,6 +319,15 @@ def check_run(args) -> tuple[str, str]:
 
 def run(args) -> dict:
     json_path, md_path = check_run(args)
+    gate, listening.CHROMA_GATE_DB = listening.CHROMA_GATE_DB, args.chroma_gate  # this run's chroma measures
+    try:
+        return measure(args, json_path, md_path)
+    finally:
+        listening.CHROMA_GATE_DB = gate
+
+
+def measure(args, json_path: str, md_path: str) -> dict:
+    """run's work once its flags are checked: the listening report or the protocol, written to both files."""
     embedding = fad.load_embedding(args.embedding, args.vggish_weights, "cpu", framing=args.fad_framing)
     device = pick_device(args.device)
     if isinstance(embedding, fad.VGGishEmbedding):
@@ -319,7 +350,7 @@ def run(args) -> dict:
     if args.listening:
         result = {"listening": run_listening(args, net, tok, seconds, progress, sampling, embedding),
                   "protocol": {"data": os.path.abspath(args.data), "split": args.split, "seconds": seconds,
-                               "seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint),
+                               "seed": args.seed, "chroma_gate_db": gate_record(args.chroma_gate), "checkpoint": os.path.abspath(args.checkpoint),
                                "step": ckpt.get("step")}, "versions": versions()}
         markdown = listening_markdown(result["listening"])
     else:
@@ -344,7 +375,7 @@ def run_protocol(args, settings: list, net, tok, ckpt: dict, seconds: float, emb
                 "codec": type(tok).__name__, "codec_sample_rate": tok.sample_rate,
                 "instruments": [INSTRUMENTS[int(i)] for _, _, i in examples], "songs": songs}
     identity = {"sweep": args.sweep, **protocol, "embedding": fad.embedding_record(embedding),
-                "kl_smoothing": args.kl_smoothing, "n_boot": args.n_boot}
+                "kl_smoothing": args.kl_smoothing, "n_boot": args.n_boot, "chroma_gate_db": gate_record(args.chroma_gate)}
     partial = sweep.partial_path(output_paths(args.out, args.sweep)[0])
     done = sweep.resumed_rows(partial, identity) if args.resume and os.path.exists(partial) else []
     if args.resume and not os.path.exists(partial):
@@ -362,6 +393,7 @@ def run_protocol(args, settings: list, net, tok, ckpt: dict, seconds: float, emb
         "sweep": args.sweep,
         "protocol": protocol,
         "embedding": fad.embedding_record(embedding),
+        "chroma_gate_db": gate_record(args.chroma_gate),
         "mirdd": {"analysis_sample_rate": mir.ANALYSIS_SR, "kl": "KL(real || generated) per descriptor, mean",
                   "kl_smoothing": args.kl_smoothing, "descriptors": list(mir.DESCRIPTORS),
                   "note": "note descriptors from basic-pitch's learned transcriber (ONNX), the others from librosa "

@@ -150,7 +150,9 @@ def test_listening_run_reports_every_measure_and_draws_the_examples(tiny_setup, 
     out = tmp_path / "out"
     assert evaluate.main(_args(ds, ckpt, out, "--listening", "--split", "all", "--audio-n", "3", "--transposition",
                                corpus, "--plot", "--plot-n", "2", "--guidance", "joint", "--scale-audio", "6")) == 0
-    r = json.loads((out / "listening.json").read_text())["listening"]
+    written = json.loads((out / "listening.json").read_text())
+    assert written["protocol"]["chroma_gate_db"] == -60.0            # the default gate, on record
+    r = written["listening"]
     assert r["pairs"] == 256 and r["songs"] == 3 and 0 <= r["other_song_fallbacks"] <= 256
     chroma = r["chroma"]
     assert set(evaluate.CHROMA_ROWS) <= set(chroma) and 2 <= chroma["n"] <= 3
@@ -346,3 +348,16 @@ def test_protocol_examples_from_one_work_in_several_keys_share_one_song(tmp_path
     root = write_corpus(str(tmp_path / "corpus"), pieces=2, transpositions=(0, 4, 9), seconds=2.0, sr=8000)
     _, songs = sweep.draw_examples_and_songs(root, "all", 12, 1.0, 8000, seed=0)
     assert set(songs) <= {"corpus:p0", "corpus:p1"} and len(set(songs)) == 2
+
+
+def test_chroma_gate_flag_takes_a_level_or_off_and_leaves_the_default_as_it_was(capsys):
+    from metrics import listening
+    parse = evaluate.build_parser().parse_args
+    assert parse(["--data", "d", "--out", "o", "--listening"]).chroma_gate == listening.CHROMA_GATE_DB == -60.0
+    assert parse(["--data", "d", "--out", "o", "--listening", "--chroma-gate", "-40"]).chroma_gate == -40.0
+    assert parse(["--data", "d", "--out", "o", "--listening", "--chroma-gate", "off"]).chroma_gate == -np.inf
+    assert evaluate.gate_record(-np.inf) == "off" and evaluate.gate_record(-40.0) == -40.0
+    for bad in ("6", "loud"):
+        with pytest.raises(SystemExit):
+            parse(["--data", "d", "--out", "o", "--listening", "--chroma-gate", bad])
+        assert "--chroma-gate" in capsys.readouterr().err
