@@ -144,28 +144,47 @@ def corpus_entry(track: slakh.Track) -> tuple[str, int, str]:
     return str(entry["piece"]), transpose, chunk
 
 
-def first_sounding_start(part: np.ndarray, context: np.ndarray, sample_rate: int, seconds: float,
-                         hop_seconds: float = 1.0, silence_db: float = data.DEFAULT_SILENCE_DB) -> float | None:
-    """The first start (a multiple of hop_seconds) of a `seconds` window where the part and the context are
-    both above silence_db (RMS, dBFS); None when there is none (a song shorter than the window: start 0 only)."""
+def sounding_frames(part: np.ndarray, context: np.ndarray, sample_rate: int, seconds: float,
+                    hop_seconds: float = 1.0, silence_db: float = data.DEFAULT_SILENCE_DB,
+                    frame_seconds: float = 0.1) -> dict[float, int]:
+    """For each start (a multiple of hop_seconds) of a `seconds` window where the part and the context both pass
+    the crop rule (RMS over the window at least silence_db, dBFS): how many `frame_seconds` frames of the part
+    sound in it (RMS at least silence_db). Empty when no window passes (a song shorter than the window: start 0
+    only)."""
     n, hop = int(round(seconds * sample_rate)), max(1, int(round(hop_seconds * sample_rate)))
-    for start in range(0, max(len(part) - n, 0) + 1, hop):
-        if min(data.rms_db(part[start:start + n]), data.rms_db(context[start:start + n])) >= silence_db:
-            return start / sample_rate
-    return None
+    f = max(1, int(round(frame_seconds * sample_rate)))
+    frames = part[:len(part) // f * f].astype(np.float64).reshape(-1, f)
+    sounding = 20.0 * np.log10(np.sqrt(np.mean(frames ** 2, axis=1)) + 1e-30) >= silence_db
+    return {start / sample_rate: int(sounding[start // f:(start + n) // f].sum())
+            for start in range(0, max(len(part) - n, 0) + 1, hop)
+            if min(data.rms_db(part[start:start + n]), data.rms_db(context[start:start + n])) >= silence_db}
+
+
+def sounding_start(heard: list[dict[float, int]]) -> float | None:
+    """The one start for renderings of the same music (sounding_frames of each): among the starts that pass in
+    every rendering, the one where the part sounds longest in all of them together, the earliest of equals;
+    None when no start passes in all.
+
+    The first window that passes is not enough: a voice that enters late (a mass's bass after the upper voices'
+    imitative entries) passes the rule in the window where it plays its first second, and the test then hears
+    a second of it in five. One start for every key keeps the renderings of a chunk the same music.
+    """
+    common = set.intersection(*(set(h) for h in heard)) if heard else set()
+    return min(common, key=lambda start: (-sum(h[start] for h in heard), start)) if common else None
 
 
 def transposition_examples(data_root: str, instrument: str, sample_rate: int, seconds: float, split: str = "all",
                            search_seconds: float = 60.0) -> tuple[list[dict], Counter]:
     """Each track with a stem of the class: its first stem of that class (the real part) and the sum of all its
-    other stems (the context), cropped to the first window where both sound; and a Counter of skipped tracks.
+    other stems (the context), cropped to the window where the part sounds longest (sounding_start, one start
+    for every key of a chunk); and a Counter of skipped tracks.
 
-    Each example: {"track", "piece", "transpose", "chunk", "context" [S], "real" [S]} at sample_rate.
+    Each example: {"track", "piece", "transpose", "chunk", "start" (seconds), "context" [S], "real" [S]} at
+    sample_rate.
     """
     k = instrument_id(instrument)
     tracks, _ = slakh.scan_tracks(data_root, split)
-    examples, skipped = [], Counter()
-    n = int(round(seconds * sample_rate))
+    read, skipped = [], Counter()
     for track in tracks:
         part = next((s for s in track.stems if s.instrument == k), None)
         if part is None:
@@ -177,14 +196,26 @@ def transposition_examples(data_root: str, instrument: str, sample_rate: int, se
                                     int(round(span * sample_rate))) for s in track.stems}
         real = waves.pop(part.name)
         context = np.sum(list(waves.values()), axis=0)
-        start = first_sounding_start(real, context, sample_rate, seconds)
-        if start is None:
-            skipped["part and context never sound together"] += 1
-            continue
+        read.append({"track": track.name, "piece": piece, "transpose": transpose, "chunk": chunk, "real": real,
+                     "context": context, "heard": sounding_frames(real, context, sample_rate, seconds)})
+    by_chunk: dict[str, list[dict]] = {}
+    for r in read:
+        by_chunk.setdefault(r["chunk"], []).append(r)
+    starts = {chunk: sounding_start([r["heard"] for r in rs]) for chunk, rs in by_chunk.items()}
+    n = int(round(seconds * sample_rate))
+    examples = []
+    for r in read:
+        start = starts[r["chunk"]]
+        if start is None:   # no window common to every key: this rendering's own, or none
+            own = sounding_start([r["heard"]])
+            if own is None:
+                skipped["part and context never sound together"] += 1
+                continue
+            start = own
         a = int(round(start * sample_rate))
-        examples.append({"track": track.name, "piece": piece, "transpose": transpose, "chunk": chunk,
-                         "context": fit_length(context[a:a + n], n).astype(np.float32),
-                         "real": fit_length(real[a:a + n], n).astype(np.float32)})
+        examples.append({"track": r["track"], "piece": r["piece"], "transpose": r["transpose"], "chunk": r["chunk"],
+                         "start": start, "context": fit_length(r["context"][a:a + n], n).astype(np.float32),
+                         "real": fit_length(r["real"][a:a + n], n).astype(np.float32)})
     return examples, skipped
 
 
@@ -317,6 +348,9 @@ def key_nll_test(model, codec, data_root: str, instrument: str, seconds: float, 
             skipped["chunk not in all twelve keys"] += len(by_key)
             continue
         rows = [by_key[t] for t in range(N_SHIFTS)]
+        if len({r.get("start") for r in rows}) > 1:
+            skipped["chunk cropped at different starts in different keys"] += len(rows)
+            continue
         encode = lambda key: codec.encode(torch.from_numpy(np.stack([r[key] for r in rows]))[:, None, :])
         gain, rank = key_nll_scores(key_nll_matrix(model, encode("context"), encode("real"), k))
         gains += gain.tolist()

@@ -136,13 +136,21 @@ def test_transposition_test_refuses_a_folder_without_corpus_entries_or_without_t
         M.transposition_test(corpus, "organ", lambda c, k: c, SR, 1.0)
 
 
-def test_first_sounding_start_skips_a_silent_intro():
-    """The first 1 s step whose 2 s window passes the crop rule (RMS over the window above silence_db)."""
+def test_the_window_is_where_the_part_sounds_longest_and_the_same_in_every_key():
+    """The crop rule (RMS over the window) passes from the window where a late part plays its first second; the
+    window chosen is the one where it sounds longest, the earliest of equals, and one start serves all keys."""
     part = np.concatenate([np.zeros(3 * SR), np.ones(3 * SR)]).astype(np.float32) * 0.1
     context = np.full(6 * SR, 0.1, np.float32)
-    assert M.first_sounding_start(part, context, SR, 2.0) == 2.0
-    assert M.first_sounding_start(context, part, SR, 2.0) == 2.0
-    assert M.first_sounding_start(np.zeros(6 * SR, np.float32), context, SR, 2.0) is None
+    heard = M.sounding_frames(part, context, SR, 2.0)
+    assert sorted(heard) == [2.0, 3.0, 4.0] and heard[2.0] == 10 and heard[3.0] == heard[4.0] == 20
+    assert M.sounding_start([heard]) == 3.0                            # not 2.0, the first that passes
+    assert M.sounding_start([M.sounding_frames(context, part, SR, 2.0)]) == 2.0   # the context must pass the rule
+    assert M.sounding_frames(np.zeros(6 * SR, np.float32), context, SR, 2.0) == {}
+    assert M.sounding_start([{}]) is None and M.sounding_start([]) is None
+    early = M.sounding_frames(context, context, SR, 2.0)               # sounds throughout: the earliest start
+    assert M.sounding_start([early]) == 0.0
+    assert M.sounding_start([heard, early]) == 3.0                     # one start for both renderings
+    assert M.sounding_start([{0.0: 20}, {1.0: 20}]) is None            # no start passes in both
 
 
 def test_random_fine_tokens_keep_level_0_and_draw_the_rest_uniformly():
@@ -266,6 +274,18 @@ def test_key_nll_test_skips_chunks_missing_keys_and_refuses_when_none_is_whole(t
     few = write_corpus(str(tmp_path / "few"), pieces=1, transpositions=range(6))
     with pytest.raises(ValueError, match="all twelve keys"):
         M.key_nll_test(TokenModel(4.0), LowestPitchCodec(), few, "bass", 2.0)
+
+
+def test_key_nll_test_skips_a_chunk_whose_keys_were_cropped_at_different_starts(corpus):
+    """The token test compares one chunk's renderings as the same music in twelve keys: a chunk whose renderings
+    start at different times is skipped and counted, and the other chunk is scored as before."""
+    codec = LowestPitchCodec()
+    examples, skipped = M.transposition_examples(corpus, "bass", codec.sample_rate, 2.0)
+    assert {e["start"] for e in examples} == {0.0}
+    first = sorted({e["chunk"] for e in examples})[0]
+    moved = [dict(e, start=1.0) if e["chunk"] == first and e["transpose"] == 5 else e for e in examples]
+    r = M.key_nll_test(TokenModel(4.0), codec, corpus, "bass", 2.0, examples=(moved, skipped))
+    assert r["chunks"] == 1 and r["n"] == 12 and r["skipped"]["chunk cropped at different starts in different keys"] == 12
 
 
 def test_both_transposition_tests_use_examples_read_once(corpus):
