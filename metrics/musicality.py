@@ -276,9 +276,35 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
     whos = ["generated", "real"] + (["round trip", "random finer levels"] if codec is not None else [])
     return {"instrument": INSTRUMENTS[instrument_id(instrument)], "n": len(rows), "pieces": len(set(pieces)),
             "transpositions": len({(r["piece"], r["transpose"]) for r in rows}), "skipped": dict(skipped),
-            **{who: score_summary([r[who] for r in rows], [r[f"{who}_right_shift_best"] for r in rows], pieces, seed)
+            **{who: {**score_summary([r[who] for r in rows], [r[f"{who}_right_shift_best"] for r in rows], pieces,
+                                     seed), "consistency": key_consistency(rows, who, seed)}
                for who in whos},
             "examples": rows}
+
+
+def key_consistency(rows: list[dict], who: str, seed: int = 0) -> dict | None:
+    """Does the part move with the key, whatever it plays? For each chunk heard in two keys or more, the mean
+    Pearson correlation between two keys' chroma of `who` rolled back into the written key (back_in_key);
+    the mean over chunks with a piece-bootstrap interval, {"mean", "lo", "hi", "chunks"}; None without such a
+    chunk. 1: the part moves exactly with the key (the real part, nearly); -1/11: it keeps one chroma whatever
+    the key (its 12 rolled copies' correlations sum to 0); about 0: what it plays has nothing to do with the
+    key. Unlike the score, it does not ask the part's chroma to resemble the context's, only to move with it.
+    """
+    values, pieces = [], []
+    for chunk in sorted({r["chunk"] for r in rows if r.get("chunk") is not None}):
+        _, grid = back_in_key(rows, who, chunk)
+        if len(grid) < 2:
+            continue
+        z = grid - grid.mean(axis=1, keepdims=True)
+        norm = np.sqrt((z ** 2).sum(axis=1))
+        z = np.where(norm[:, None] > 1e-12, z / np.maximum(norm[:, None], 1e-12), 0.0)  # a flat chroma: 0
+        corr = z @ z.T
+        values.append(float(corr[~np.eye(len(grid), dtype=bool)].mean()))
+        pieces.append(next(r["piece"] for r in rows if r.get("chunk") == chunk))
+    if not values:
+        return None
+    mean, lo, hi = listening.song_bootstrap(np.asarray(values), np.asarray(pieces), seed=seed)
+    return {"mean": mean, "lo": lo, "hi": hi, "chunks": len(values)}
 
 
 def back_in_key(rows: list[dict], who: str, chunk: str) -> tuple[list[int], np.ndarray]:

@@ -124,15 +124,20 @@ def transposition_markdown(r: dict) -> list[str]:
                  f"piece{'s' if r['pieces'] != 1 else ''} "
                  f"({r['transpositions']} piece-transpositions); score = chroma correlation with the context at the "
                  "right shift minus the mean over the 11 wrong ones (0: ignores the key; 95 % piece-bootstrap "
-                 "interval):", "", "| part | score | right shift best |", "| --- | --- | --- |"]
+                 "interval); moves with the key = mean correlation between two keys' chroma of the part rolled back "
+                 "into the written key, per chunk (1: moves exactly with the key; -1/11: one chroma in every key; "
+                 "0: unrelated to the key):", "", "| part | score | right shift best | moves with the key |",
+             "| --- | --- | --- | --- |"]
     for who, label in (("generated", "generated"), ("real", "real part (ceiling)"),
                        ("round trip", "real part, codec round trip"),
                        ("random finer levels", "real part, round trip with random finer levels")):
         if who not in r:
             continue
         x = r[who]
+        c = x.get("consistency")
+        moves = "-" if not c else f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] ({c['chunks']} chunk{'s' if c['chunks'] != 1 else ''})"
         lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
-                     f"{x['n']} |")
+                     f"{x['n']} | {moves} |")
     if "tokens" in r:
         t = r["tokens"]
         lines.append(f"\nIn tokens (no sampling): the real part's level-0 NLL is {t['gain']['mean']:.3f} nats "

@@ -170,10 +170,11 @@ def test_listening_run_reports_every_measure_and_draws_the_examples(tiny_setup, 
     bass = r["transposition"]["bass"]
     assert bass["n"] == 12 and bass["pieces"] == 1 and bass["instrument"] == "Bass"
     assert bass["real"]["mean"] > 0.3 and 0 <= bass["generated"]["right_shift_best"] <= 12
+    assert bass["real"]["consistency"]["mean"] > 0.6 and bass["generated"]["consistency"]["chunks"] == 1
     assert bass["tokens"]["n"] == 12 and bass["tokens"]["chunks"] == 1 and 0 <= bass["tokens"]["own_best"] <= 12
     md = (out / "listening.md").read_text()
     for text in ("| real stems, codec round trip | key |", "| real stems, round trip with random finer levels |",
-                 "Transposition test, Bass: 12 contexts from 1 piece ", "| real part (ceiling) |",
+                 "Transposition test, Bass: 12 contexts from 1 piece ", "| real part (ceiling) |", "(1 chunk) |",
                  "In tokens (no sampling): the real part's level-0 NLL is", "listening.png"):
         assert text in md, text
     assert "transposition-bass.png" in md and bass["plot"].endswith("transposition-bass.png")

@@ -83,8 +83,7 @@ def test_a_model_that_ignores_its_context_scores_about_zero_over_the_12_transpos
 
 
 def _lined_up(grid):
-    """Mean correlation between two keys' rolled-back chroma (1: every row the same; -1/11 for one chroma rolled
-    through all 12 keys, since its 12 rolled correlations sum to 0)."""
+    """Mean correlation between two keys' rolled-back chroma (as key_consistency, for one chunk's grid)."""
     c = np.corrcoef(grid)
     return float(c[~np.eye(len(grid), dtype=bool)].mean())
 
@@ -107,6 +106,10 @@ def test_back_in_key_lines_up_a_part_that_follows_and_turns_one_that_ignores_int
         assert _lined_up(copied) > 0.6 and _lined_up(real) > 0.6          # -1/11 for a part that ignores the key
         assert all(np.allclose(constant[k], np.roll(constant[0], -k)) for k in keys)
         assert _lined_up(constant) == pytest.approx(-1 / 11)
+    copied, fixed = follows["generated"]["consistency"], ignores["generated"]["consistency"]
+    assert copied["chunks"] == fixed["chunks"] == 2 and copied["lo"] > 0.6
+    assert follows["real"]["consistency"]["lo"] > 0.6
+    assert fixed["mean"] == pytest.approx(-1 / 11) and fixed["hi"] < 0
     with pytest.raises(ValueError, match="no 'round trip' chroma"):
         M.back_in_key(follows["examples"], "round trip", chunks[0])
     with pytest.raises(ValueError, match="no example of chunk"):
