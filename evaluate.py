@@ -269,7 +269,8 @@ def _gate(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a level in dB at or below 0 (e.g. -60), or off") from None
     if not value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the gate is a level below the clip's loudest frame, at or below 0 dB")
+        raise argparse.ArgumentTypeError(f"{text!r}: the gate is a level below the clip's loudest frame, at or "
+                                         "below 0 dB")
     return value
 
 
@@ -350,8 +351,9 @@ def measure(args, json_path: str, md_path: str) -> dict:
     if args.listening:
         result = {"listening": run_listening(args, net, tok, seconds, progress, sampling, embedding),
                   "protocol": {"data": os.path.abspath(args.data), "split": args.split, "seconds": seconds,
-                               "seed": args.seed, "chroma_gate_db": gate_record(args.chroma_gate), "checkpoint": os.path.abspath(args.checkpoint),
-                               "step": ckpt.get("step")}, "versions": versions()}
+                               "seed": args.seed, "chroma_gate_db": gate_record(args.chroma_gate),
+                               "checkpoint": os.path.abspath(args.checkpoint), "step": ckpt.get("step")},
+                  "versions": versions()}
         markdown = listening_markdown(result["listening"])
     else:
         result = run_protocol(args, settings, net, tok, ckpt, seconds, embedding, progress)
@@ -375,7 +377,8 @@ def run_protocol(args, settings: list, net, tok, ckpt: dict, seconds: float, emb
                 "codec": type(tok).__name__, "codec_sample_rate": tok.sample_rate,
                 "instruments": [INSTRUMENTS[int(i)] for _, _, i in examples], "songs": songs}
     identity = {"sweep": args.sweep, **protocol, "embedding": fad.embedding_record(embedding),
-                "kl_smoothing": args.kl_smoothing, "n_boot": args.n_boot, "chroma_gate_db": gate_record(args.chroma_gate)}
+                "kl_smoothing": args.kl_smoothing, "n_boot": args.n_boot,
+                "chroma_gate_db": gate_record(args.chroma_gate)}
     partial = sweep.partial_path(output_paths(args.out, args.sweep)[0])
     done = sweep.resumed_rows(partial, identity) if args.resume and os.path.exists(partial) else []
     if args.resume and not os.path.exists(partial):

@@ -201,12 +201,13 @@ def format_report(report: dict) -> str:
 CHROMA_GATE_DB = -60.0  # dB: chroma frames this far below the clip's loudest are silence (see chroma)
 
 
-def chroma(wave: np.ndarray, sample_rate: int, hop: int = 2048, gate_db: float | None = None) -> np.ndarray:
+def chroma(wave: np.ndarray, sample_rate: int, hop: int = 2048,
+           gate_db: float | None = None) -> np.ndarray:
     """12 x frames chroma of a mono wave (librosa's STFT chroma, each frame scaled to a peak of 1), with the frames
     more than `gate_db` below the clip's loudest frame (RMS) set to 0, as digital silence already is.
 
     Why the gate: librosa scales every frame to a peak of 1, however quiet. A codec that decodes a rest to a
-    faint fixed spectrum (the spectral codec leaves one far below -60 dB) then gives every rest full weight and
+    faint fixed spectrum (the spectral codec leaves one about 140 dB down) then gives every rest full weight and
     the same pitch classes in every key: decoded bass lines looked as if they ignored the key when only their
     inaudible rests did (README, "Transposition picture"). gate_db None: CHROMA_GATE_DB (evaluate.py
     --chroma-gate sets it); -inf: no gate, every frame counts (the measure before the gate).
