@@ -135,7 +135,8 @@ def transposition_markdown(r: dict) -> list[str]:
             continue
         x = r[who]
         c = x.get("consistency")
-        moves = "-" if not c else f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] ({c['chunks']} chunk{'s' if c['chunks'] != 1 else ''})"
+        moves = "-" if not c else (f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] "
+                                   f"({c['chunks']} chunk{'s' if c['chunks'] != 1 else ''})")
         lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
                      f"{x['n']} | {moves} |")
     if "tokens" in r:
