@@ -41,7 +41,7 @@ import torch
 import codec as codec_lib
 import data
 import decode
-from metrics import fad, listening, mir, musicality, sweep, transcriber
+from metrics import fad, listening, mir, musicality, pictures, sweep, transcriber
 from metrics.sweep import (EvaluateError, draw_examples, generate_stems, group_rows, sweep_settings,
                            write_text_atomic)
 from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
@@ -125,11 +125,11 @@ def run_listening(args, net, tok, seconds: float, progress: bool, sampling: deco
         os.makedirs(args.out, exist_ok=True)
         for cls, result in report.get("transposition", {}).items():
             whos = ("context", "real", "round trip", "generated")
-            result["plot"] = musicality.plot_transposition(os.path.join(args.out, transposition_plot_file(cls)),
+            result["plot"] = pictures.plot_transposition(os.path.join(args.out, transposition_plot_file(cls)),
                                                            result["examples"], whos, args.plot_n)
         rows = [{"context": c, "generated": s, "real": t, "label": f"{INSTRUMENTS[k]}, song {song}"}
                 for c, s, t, k, song in list(zip(contexts, stems, reals, instruments, songs))[:args.plot_n]]
-        report["plot"] = musicality.plot_examples(os.path.join(args.out, PLOT_FILE), rows, tok.sample_rate)
+        report["plot"] = pictures.plot_examples(os.path.join(args.out, PLOT_FILE), rows, tok.sample_rate)
     return report
 
 

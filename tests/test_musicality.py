@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from metrics import musicality as M
+from metrics import pictures
 from conftest import chord, random_triads, write_corpus
 
 SR = 16000
@@ -118,11 +119,11 @@ def test_back_in_key_lines_up_a_part_that_follows_and_turns_one_that_ignores_int
 
 def test_plot_transposition_draws_the_chunks_heard_in_most_keys_and_refuses_rows_without_chunks(corpus, tmp_path):
     r = M.transposition_test(corpus, "bass", lambda contexts, inst: [c.copy() for c in contexts], SR, 2.0)
-    path = M.plot_transposition(str(tmp_path / "t.png"), r["examples"], chunks=1)
+    path = pictures.plot_transposition(str(tmp_path / "t.png"), r["examples"], chunks=1)
     png = open(path, "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     with pytest.raises(ValueError, match="examples"):
-        M.plot_transposition(str(tmp_path / "none.png"), [{"piece": "p0", "transpose": 0}])
+        pictures.plot_transposition(str(tmp_path / "none.png"), [{"piece": "p0", "transpose": 0}])
     assert not os.path.exists(tmp_path / "none.png")
 
 
@@ -184,13 +185,13 @@ def test_plot_examples_writes_a_png_and_refuses_no_examples(tmp_path):
     rng = np.random.default_rng(4)
     rows = [{"context": random_triads(0.5, 4, SR, rng), "generated": random_triads(0.5, 4, SR, rng),
              "real": random_triads(0.5, 4, SR, rng), "label": f"piano {i}"} for i in range(2)]
-    path = M.plot_examples(str(tmp_path / "ex.png"), rows, SR)
+    path = pictures.plot_examples(str(tmp_path / "ex.png"), rows, SR)
     png = open(path, "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     with pytest.raises(ValueError, match="at least one example"):
-        M.plot_examples(str(tmp_path / "none.png"), [], SR)
+        pictures.plot_examples(str(tmp_path / "none.png"), [], SR)
     with pytest.raises(ValueError, match="no real"):
-        M.plot_examples(str(tmp_path / "bad.png"), [{"context": rows[0]["context"], "generated": rows[0]["real"]}], SR)
+        pictures.plot_examples(str(tmp_path / "bad.png"), [{"context": rows[0]["context"], "generated": rows[0]["real"]}], SR)
     assert not os.path.exists(tmp_path / "none.png")
 
 
