@@ -4,11 +4,11 @@ instruments, generate, then listen, look and download (audio in the context's fo
     python app.py                                   # http://127.0.0.1:7860, the shipped checkpoints/stemgen-music.pt
     python app.py --checkpoint runs/default/ckpt.pt --port 8000
 
-The page is one HTML file with plain JavaScript (static/app.html), served by the standard library's http.server:
+The page is one HTML file with plain JavaScript (page/app.html), served by the standard library's http.server:
 nothing to install beyond the project's requirements. This file is the HTTP side and the command; what runs
-the generations is plumbing/page_engine.py (one at a time, by a single worker thread, the rest queued; past
+the generations is page/engine.py (one at a time, by a single worker thread, the rest queued; past
 MAX_QUEUE waiting, a request is refused with a busy message), and the files the page fetches are
-plumbing/page_files.py's.
+page/files.py's.
 
 Uploads and outputs live in one temporary folder, removed when the server stops (Ctrl-C or SIGTERM): a
 generation in progress is stopped at its next decoding step first. A bad upload (empty, not audio, corrupt,
@@ -28,16 +28,16 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import codec as codec_lib
-from metrics import transcriber
-from plumbing.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
-from plumbing.cli import USER_ERROR
-from plumbing.page_engine import MAX_MB, MAX_SECONDS, BusyError, Engine, UserError
+from notes import transcriber
+from training.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
+from cli.common import USER_ERROR
+from page.engine import MAX_MB, MAX_SECONDS, BusyError, Engine, UserError
 
 DEFAULT_APP_CHECKPOINT = SHIPPED_CHECKPOINT  # the model shipped in the repository (README "The shipped model")
 DEFAULT_PORT = 7860
 SHIPPED_MISSING = (" (the shipped checkpoint is missing from this copy: train one with `python train.py` and pass "
                    "--checkpoint runs/default/best.pt)")
-STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "app.html")
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "app.html")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,12 +6,12 @@
     python bench.py data --data slakh/ --workers 4                        # training items/s, activity map build/load
     python bench.py codec --codec FILE|encodec_32khz --data DIR           # round-trip quality (roundtrip.py)
 
-`generate` also compares decoding steps per window as given ("before") with steps scaled to the frames each
-window decodes ("after", decode.steps_for) for one window and a 3-minute context (--context-seconds):
-forward passes, seconds per second of audio and the speed-up, in one run.
+`generate` also times a 3-minute context (--context-seconds) in overlapping windows, each taking steps in
+proportion to the frames it adds (decode.steps_for): forward passes and seconds per second of audio.
 
 Random weights are used for timing (it does not depend on them); every figure is printed with the device,
-dtype and settings it was measured with. Timing, peaks and model FLOPs utilisation (MFU) are counted in perf.py.
+dtype and settings it was measured with. Timing, peaks and model FLOPs utilisation (MFU) are counted in
+metrics/speed.py.
 """
 from __future__ import annotations
 
@@ -26,18 +26,17 @@ from dataclasses import replace
 import torch
 
 import decode
-from plumbing import pool
+from training import pool
 from metrics import roundtrip
-from plumbing.checkpoint import open_codec
-from plumbing.cli import USER_ERROR, DefaultsHelp, pick_device
-from codec import ENCODEC_32KHZ_CONFIG, CodecUnavailable, EncodecCodec
+from cli.common import USER_ERROR, DefaultsHelp, pick_device
+from codec import ENCODEC_32KHZ_CONFIG, CodecUnavailable, EncodecCodec, SpectralCodec, open_codec
 from data import CROP_SECONDS, PairDraw, StemPairDataset
 from guidance import BRANCHES
-from plumbing.instruments import NULL_INSTRUMENT
+from audio.instruments import NULL_INSTRUMENT
 from masking import Objective, masked_loss
 from model import PRESETS, StemGen, autocast, count_parameters
-from plumbing.perf import device_name, forward_flops, peak_tflops, sync, timed_once, train_flops_per_step
-from plumbing.spectral import SpectralCodec, SpectralConfig
+from metrics.speed import device_name, forward_flops, peak_tflops, sync, timed_once, train_flops_per_step
+from spectral.dsp import SpectralConfig
 
 FRAME_RATE = SpectralConfig.frame_rate  # token frames per second; Encodec 32 kHz's strides give the same 50 Hz
 
@@ -182,33 +181,23 @@ def seconds_per_pass(fwd, ctx, sampling, window: int, overlap: int, measured: in
     return (time.perf_counter() - t) / counter.passes
 
 
-def steps_before_after(fwd, cfg, sampling, window_seconds: float, context_seconds: float, measured: int,
-                       rounds: int, device) -> dict:
-    """Steps per window as given ("before": scale_steps off) against steps scaled to the frames each window
-    decodes ("after"), for one window and for a context of context_seconds with half-window overlaps.
-
-    Lists are [before, after]: forward passes, and decoding seconds per second of audio = passes x seconds per
-    pass (every pass has the window's shape), the least of `rounds` alternating measurements of the first
-    `measured` windows; speed-up = before / after.
-    """
+def long_context(fwd, cfg, sampling, window_seconds: float, context_seconds: float, measured: int,
+                 rounds: int, device) -> dict:
+    """Forward passes and decoding seconds per second of audio (passes x seconds per pass; every pass has the
+    window's shape, the least of `rounds` measurements of the first `measured` windows), for one window and for a
+    context of context_seconds in half-window overlaps."""
     window, overlap = decode.window_frames(FRAME_RATE, cfg.max_len, window_seconds)
     g = torch.Generator(device=device).manual_seed(1)
     out = {"window_frames": window, "overlap_frames": overlap}
     for name, seconds in [("window", window / FRAME_RATE), ("context", context_seconds)]:
         ctx = torch.randint(0, cfg.bins, (1, cfg.n_q, math.ceil(seconds * FRAME_RATE)), device=device, generator=g)
         plan = decode.plan_windows(ctx.shape[-1], window, overlap)
-        variants = [replace(sampling, scale_steps=False), sampling]              # before, after
-        per_pass = [math.inf, math.inf]
-        for _ in range(rounds):                    # alternating, so that a busy spell of the machine hits both
-            for i, v in enumerate(variants):
-                per_pass[i] = min(per_pass[i], seconds_per_pass(fwd, ctx, v, window, overlap, measured, device))
-        passes = [plan_passes(plan, v) for v in variants]
-        s_per_s = [n * t / seconds for n, t in zip(passes, per_pass)]
+        per_pass = min(seconds_per_pass(fwd, ctx, sampling, window, overlap, measured, device) for _ in range(rounds))
+        passes = plan_passes(plan, sampling)
         if name == "context":
             out.update(context_seconds=seconds, context_windows=len(plan),
                        context_measured_windows=min(measured or len(plan), len(plan)))
-        out.update({f"{name}_passes": passes, f"{name}_s_per_audio_s": [round(x, 4) for x in s_per_s],
-                    f"{name}_speedup": round(s_per_s[0] / s_per_s[1], 2)})
+        out.update({f"{name}_passes": passes, f"{name}_s_per_audio_s": round(passes * per_pass / seconds, 4)})
     return out
 
 
@@ -261,8 +250,8 @@ def bench_generate(args):
     out.update(total_s=round(total, 3), real_time_factor=round(total / args.seconds, 3))
     del tokens
     if args.context_seconds > 0:
-        out.update(steps_before_after(fwd, cfg, sampling, args.seconds, args.context_seconds,
-                                      args.measured_windows, args.rounds, device))
+        out.update(long_context(fwd, cfg, sampling, args.seconds, args.context_seconds,
+                                args.measured_windows, args.rounds, device))
     return out
 
 
@@ -346,13 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, nargs="+", default=list(decode.Sampling.steps),
                    help=f"decoding steps per level per {decode.STEPS_FRAMES} decoded frames (decode.steps_for)")
     g.add_argument("--context-seconds", type=float, default=180.0,
-                   help="long context for the before/after comparison of step scaling, in windows of --seconds "
-                        "with half-window overlaps (0: skip the comparison)")
+                   help="a long context to time, in windows of --seconds with half-window overlaps (0: skip it)")
     g.add_argument("--measured-windows", type=int, default=4,
                    help="windows of the long context actually decoded; its time is its forward passes x the "
                         "measured time per pass (0: decode them all)")
     g.add_argument("--rounds", type=int, default=3,
-                   help="alternating before/after measurements; the least time per pass of each is kept")
+                   help="measurements of the time per pass; the least is kept")
     g.add_argument("--guidance", default=decode.Sampling.guidance, choices=list(decode.GUIDANCE_MODES))
     add_data_parser(sub)
     add_codec_parser(sub)

@@ -3,9 +3,9 @@
 Both channels of StemGen (context mix and target stem) are sequences of residual-vector-quantized tokens
 `[B, Q, T]` at 50 Hz. The paper uses the public MusicGen Encodec (32 kHz, 4 levels x 2048 bins, Sec. 3):
 `encodec_32khz`, transformers' `EncodecModel` from `facebook/encodec_32khz` (hub or a local copy). It needs
-a download, so an offline codec with the same interface is offered too: `spectral` (spectral.py), fitted on
-the user's own data. checkpoint.py builds either from a name (`open_codec`) or from the spec a checkpoint
-stores (`load_codec`); `python bench.py codec` measures a codec's round-trip quality (roundtrip.py).
+a download, so an offline codec with the same interface is offered too: `spectral` (below; its signal processing
+in spectral/dsp.py), fitted on the user's own data (`python -m spectral.fit`). This file builds either from a name
+(`open_codec`) or from the spec a checkpoint stores (`load_codec`); `python bench.py codec` measures a codec's round-trip quality (roundtrip.py).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plumbing.audio import check_finite, resample, to_mono
+from audio.files import atomic_write, check_finite, resample, to_mono
+from spectral.dsp import FIT_HINT, SpectralConfig, compressed_magnitude, griffin_lim, rvq_decode, rvq_encode
 
 ENCODEC_HUB_ID = "facebook/encodec_32khz"
 
@@ -172,7 +173,7 @@ class Codec:
 # ----------------------------------------------------------------------------------------------------------
 
 def encodec_help(problem: str) -> str:
-    """The message of every CodecUnavailable for encodec_32khz: the problem, then how to fix it (checkpoint.py's
+    """The message of every CodecUnavailable for encodec_32khz: the problem, then how to fix it (open_encodec's
     factories add the offline alternative, the spectral codec)."""
     return (f"{problem}\nThe paper's codec ({ENCODEC_HUB_ID}) is needed. On a machine with internet run\n"
             f"    huggingface-cli download {ENCODEC_HUB_ID} --local-dir DIR\n"
@@ -276,3 +277,154 @@ def load_encodec(weights: str | None = None, device="cpu") -> EncodecCodec:
         raise CodecUnavailable(encodec_help(f"Cannot load {ENCODEC_HUB_ID} {where}: "
                                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"))
     return EncodecCodec(model, source=os.path.abspath(weights) if weights else ENCODEC_HUB_ID).to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The offline spectral codec (ours; its signal processing is spectral/dsp.py, its fitting spectral/fit.py)
+# ----------------------------------------------------------------------------------------------------------
+
+class SpectralCodec(Codec):
+    """Offline RVQ codec: |STFT|^power frames at 50 Hz -> PCA -> residual k-means; Griffin-Lim to decode."""
+
+    name = "spectral"
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor, codebooks: torch.Tensor,
+                 weight: torch.Tensor | None = None,
+                 sample_rate: int = SpectralConfig.sample_rate, frame_rate: int = SpectralConfig.frame_rate,
+                 n_fft: int = SpectralConfig.n_fft, power: float = SpectralConfig.power,
+                 griffin_lim_iters: int = SpectralConfig.griffin_lim_iters, seed: int = SpectralConfig.seed,
+                 source: str | None = None):
+        if sample_rate % frame_rate:
+            raise ValueError(f"frame_rate {frame_rate} must divide sample_rate {sample_rate}")
+        self.sample_rate, self.frame_rate = int(sample_rate), int(frame_rate)
+        self.hop = self.sample_rate // self.frame_rate
+        self.n_fft, self.power = int(n_fft), float(power)
+        self.griffin_lim_iters, self.seed, self.source = int(griffin_lim_iters), int(seed), source
+        self.mean = mean.float()            # [F] mean compressed-magnitude frame
+        self.weight = (torch.ones_like(self.mean) if weight is None else weight.float())  # [F] bin_weights
+        self.basis = basis.float()          # [D, F] orthonormal PCA directions
+        self.codebooks = codebooks.float()  # [Q, K, D] residual k-means codewords
+        self.n_q, self.bins = int(codebooks.shape[0]), int(codebooks.shape[1])
+        if (self.mean.shape[0] != self.n_fft // 2 + 1 or self.weight.shape != self.mean.shape
+                or self.basis.shape != (codebooks.shape[2], self.mean.shape[0])):
+            raise ValueError("inconsistent spectral codec arrays (mean / basis / codebooks shapes do not match)")
+
+    @property
+    def device(self) -> torch.device:
+        return self.codebooks.device
+
+    def to(self, device) -> "SpectralCodec":
+        arrays = (self.mean, self.weight, self.basis, self.codebooks)
+        self.mean, self.weight, self.basis, self.codebooks = (t.to(device) for t in arrays)
+        return self
+
+    def codewords(self) -> torch.Tensor:
+        return self.codebooks                   # [n_q, bins, dim], in PCA coordinates of the compressed magnitude
+
+    def spec(self) -> dict:
+        return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
+                "n_fft": self.n_fft, "power": self.power, "griffin_lim_iters": self.griffin_lim_iters,
+                "seed": self.seed, "source": self.source or "", "mean": self.mean.cpu(), "weight": self.weight.cpu(),
+                "basis": self.basis.cpu(), "codebooks": self.codebooks.cpu()}
+
+    def project(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, 1, T * hop] -> PCA coordinates of the weighted compressed magnitude frames [B, T, D]."""
+        feats = compressed_magnitude(wav[:, 0], self.n_fft, self.hop, self.power)  # [B, T, F]
+        return ((feats - self.mean) * self.weight) @ self.basis.T
+
+    def _encode(self, wav):
+        z = self.project(wav)  # [B, T, D]
+        B, T, D = z.shape
+        return rvq_encode(z.reshape(B * T, D), self.codebooks).reshape(B, T, self.n_q).transpose(1, 2)
+
+    def _decode(self, tokens):
+        B, Q, T = tokens.shape
+        z = rvq_decode(tokens.transpose(1, 2).reshape(B * T, Q), self.codebooks).reshape(B, T, -1)
+        feats = (z @ self.basis / self.weight + self.mean).clamp_min(0)  # [B, T, F]
+        mag = feats.pow(1 / self.power)
+        mag = torch.cat([mag, mag[:, -1:]], 1)                           # [B, T + 1, F]: stft's frame count
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        return griffin_lim(mag, self.n_fft, self.hop, self.griffin_lim_iters, generator)[:, None]
+
+
+def save_spectral(codec: SpectralCodec, path: str, overwrite: bool = False) -> None:
+    """Write a fitted spectral codec (its spec dict) atomically; refuse to overwrite unless asked."""
+    atomic_write(path, lambda tmp: torch.save(codec.spec(), tmp), ".pt", overwrite)
+
+
+def load_spectral_file(path: str) -> dict:
+    """Read the spec dict of a fitted spectral codec file."""
+    if not os.path.isfile(path):
+        raise CodecUnavailable(f"spectral codec file not found: {path}\nFit one with `{FIT_HINT}`.")
+    try:
+        spec = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CodecUnavailable(f"cannot read spectral codec file {path}: {e}") from None
+    if not isinstance(spec, dict) or spec.get("name") != "spectral":
+        raise CodecUnavailable(f"{path} is not a spectral codec file (made by `{FIT_HINT}`)")
+    spec["source"] = spec.get("source") or path
+    return spec
+
+
+def spectral_from_spec(spec: dict, device="cpu", weights: str | None = None) -> SpectralCodec:
+    """Rebuild a spectral codec from its `spec()` (a checkpoint's), or from its file when the spec holds no arrays.
+
+    `weights` names that file and takes precedence over the spec's own `source`.
+    """
+    if "codebooks" not in spec:
+        src = weights or spec.get("source")
+        if not src:
+            raise CodecUnavailable("this spectral codec spec holds no arrays and no file; pass --codec-weights")
+        spec = load_spectral_file(src)
+    return SpectralCodec(spec["mean"], spec["basis"], spec["codebooks"], spec.get("weight"), spec["sample_rate"],
+                         spec["frame_rate"],
+                         spec["n_fft"], spec["power"], spec["griffin_lim_iters"], spec["seed"],
+                         spec.get("source") or None).to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A codec from a name or from a checkpoint's spec: the one place that knows every codec
+# ----------------------------------------------------------------------------------------------------------
+
+OFFLINE_CODEC_HINT = f"Or use the offline codec instead: --codec spectral (fit it first with `{FIT_HINT}`)."
+
+
+def open_encodec(weights: str | None = None, device="cpu") -> Codec:
+    """codec.load_encodec, its CodecUnavailable message ending with the offline alternative."""
+    try:
+        return load_encodec(weights, device)
+    except CodecUnavailable as e:
+        raise CodecUnavailable(f"{e} {OFFLINE_CODEC_HINT}") from None
+
+
+def load_codec(spec: dict, device="cpu", weights: str | None = None) -> Codec:
+    """Rebuild a codec from `Codec.spec()` (as stored in checkpoints).
+
+    `weights` overrides where the codec's parameters come from: the Encodec folder for encodec_32khz,
+    a fitted file for a spectral spec that does not embed its arrays.
+    """
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if name == "encodec_32khz":
+        w = weights or spec.get("weights")
+        codec = open_encodec(None if w in (None, "", ENCODEC_HUB_ID) else w, device)
+    elif name == "spectral":
+        codec = spectral_from_spec(spec, device, weights)
+    else:
+        raise ValueError(f"unknown codec spec {name!r}: expected 'encodec_32khz' or 'spectral'")
+    for key in ("sample_rate", "frame_rate", "n_q", "bins"):
+        if key in spec and spec[key] != getattr(codec, key):
+            raise CodecUnavailable(f"codec mismatch: the spec says {key}={spec[key]} but the loaded "
+                                   f"{codec.name} codec has {getattr(codec, key)}; pass the weights it was made with")
+    return codec
+
+
+def open_codec(name: str, weights: str | None = None, device="cpu") -> Codec:
+    """The codec a user names on a command line: `--codec encodec_32khz|spectral --codec-weights PATH`."""
+    if name == "encodec_32khz":
+        return open_encodec(weights, device)
+    if name == "spectral":
+        if not weights:
+            raise CodecUnavailable(f"--codec spectral needs the fitted file: --codec-weights FILE "
+                                   f"(make it with `{FIT_HINT}`)")
+        return spectral_from_spec(load_spectral_file(weights), device)
+    raise ValueError(f"unknown codec {name!r}: choose encodec_32khz or spectral")

@@ -1,12 +1,13 @@
 """Slakh-layout stem datasets and (context-mix, target-stem) training pairs (Sec. 2 and Sec. 3).
 
-Tracks are read from the Slakh layout by plumbing/slakh.py (splits, skipped stems and tracks counted in a
-one-line summary, `StemPairDataset.summary`).
+One import away: the Slakh layout on disk (TrackNNNNN/metadata.yaml, stems/SNN.flac, splits; what is skipped
+and why) is audio/slakh.py, and Sec. 3's instrument table (Slakh's 17 classes plus the null entry, a stem's
+class from its MIDI program) is audio/instruments.py.
 
 Pairs (Sec. 2, Sec. 3): songs are cut into 1-minute segments; an item is a random 20 s crop of a segment
 in which a random non-empty subset of the sounding stems is summed into the context-mix and one other
 sounding stem is the target; crops whose context or target is below `silence_db` are redrawn. Which stems
-may sound in a crop is read from per-second activity maps made once at scan time (activity.py, cached), so
+may sound in a crop is read from per-second activity maps made once at scan time (audio/activity.py, cached), so
 an item decodes the crops of its chosen stems only.
 """
 from __future__ import annotations
@@ -20,9 +21,9 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from plumbing.activity import activity_maps, crop_may_sound, file_stamp
-from plumbing.audio import AudioError, fit_length, read_audio, resample, to_mono
-from plumbing.slakh import DatasetError, Stem, Track, scan_tracks, summarize
+from audio.activity import activity_maps, crop_may_sound, file_stamp
+from audio.files import AudioError, fit_length, read_audio, resample, to_mono
+from audio.slakh import DatasetError, Stem, Track, scan_tracks, summarize
 
 CROP_SECONDS = 20.0  # the paper's training crop (Sec. 3); generation's window defaults to it (decode.py)
 DEFAULT_SILENCE_DB = -50.0  # RMS over the whole crop, dBFS; digital silence and faint noise fall below

@@ -19,17 +19,17 @@ the codec decodes the whole sequence once, so there is no audio seam to crossfad
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
-from data import CROP_SECONDS
 from guidance import GUIDANCE_MODES, combine_branches, guidance_branches
 from model import autocast
 
-DEFAULT_WINDOW_SECONDS = CROP_SECONDS  # the paper's training crop (Sec. 3): the window when a checkpoint does not say
+DEFAULT_WINDOW_SECONDS = 20.0  # the paper's training crop (Sec. 3; data.CROP_SECONDS, a test checks they agree): the
+#                                window when a checkpoint does not say
 STEPS_FRAMES = 1000  # Sampling.steps are per this many decoded frames: the paper's 20 s targets at Encodec's 50 Hz
 
 OnStep = Callable[[int], object]  # progress callback, called with 1 after every decoding step (tqdm.update)
@@ -49,8 +49,6 @@ class Sampling:
     temperature: float = 1.0      # softmax temperature of the sampled candidates (the paper gives none)
     fine_temperature: float | None = None  # levels 1.. (finer RVQ levels): None = `temperature`; 0 = greedy,
     #                               the most likely token, as SoundStorm decodes its finer levels (NOTES.md)
-    scale_steps: bool = True      # False: every call runs `steps` as given, however few frames it decodes (the
-    #                               behaviour before steps were per STEPS_FRAMES frames; bench.py compares them)
 
     def __post_init__(self):
         if self.guidance not in GUIDANCE_MODES:
@@ -72,8 +70,8 @@ class Sampling:
         return self.temperature if level == 0 or self.fine_temperature is None else self.fine_temperature
 
     def level_steps(self, n_frames: int) -> tuple[int, ...]:
-        """Steps per level for a call that decodes n_frames target frames (steps_for, unless scale_steps is off)."""
-        return steps_for(self.steps, n_frames) if self.scale_steps else tuple(self.steps)
+        """Steps per level for a call that decodes n_frames target frames (steps_for)."""
+        return steps_for(self.steps, n_frames)
 
 
 def steps_for(steps_per_1000: tuple[int, ...], n_frames: int) -> tuple[int, ...]:
@@ -294,3 +292,103 @@ def generate_stem(model, tok, context: np.ndarray, instrument: int, sampling: Sa
     """
     return generate_stem_batch(model, tok, np.asarray(context)[None], instrument, sampling, window, overlap,
                                generator, on_step)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sampling a run uses: the paper's values, then the checkpoint's recommendation, then the flags given.
+# A checkpoint may carry the knobs its recipe chose on validation data (`sampling` in the file, train.Recipe),
+# as {knob: value} over Sampling's level-free fields; generate.py, evaluate.py and the page resolve them here.
+
+RECOMMENDABLE = tuple(f.name for f in fields(Sampling) if f.name != "steps")  # steps depend on the model's levels
+
+
+def check_sampling(sampling: dict) -> dict:
+    """A recommended sampling, checked: only level-free knobs of Sampling, with values it accepts (ValueError)."""
+    unknown = set(sampling) - set(RECOMMENDABLE)
+    if unknown:
+        raise ValueError(f"unknown sampling knobs {sorted(unknown)}; choose from {list(RECOMMENDABLE)}")
+    try:
+        Sampling(**sampling)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sampling {sampling}: {e}") from None
+    return dict(sampling)
+
+
+def parse_sampling(words: list[str]) -> dict:
+    """KNOB=VALUE words (`python -m training.ship --sampling`) as a checked sampling dict; values are numbers but
+    guidance. The one word "none" is the empty recommendation (the paper's values)."""
+    if [w.lower() for w in words] == ["none"]:
+        return {}
+    out = {}
+    for w in words:
+        knob, eq, value = w.partition("=")
+        knob = knob.strip().replace("-", "_")
+        if not eq or not value.strip():
+            raise ValueError(f"{w!r}: give KNOB=VALUE, e.g. fine_temperature=0")
+        if knob == "guidance":
+            out[knob] = value.strip()
+            continue
+        try:
+            out[knob] = float(value)
+        except ValueError:
+            raise ValueError(f"{w!r}: {value!r} is not a number") from None
+    return check_sampling(out)
+
+
+def sampling_text(sampling: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sampling.items())
+
+
+def steps_text(steps) -> str:
+    return " ".join(map(str, steps))
+
+
+def add_sampling_flags(g, naive_and_seed: bool = True) -> None:
+    """The decoding flags (Sec. 2.1.1-2.1.2); each unset one takes the checkpoint's recommended value, else
+    `Sampling`'s (the value the help shows). evaluate.py adds them without --naive and --seed."""
+    d = Sampling()
+    g.add_argument("--steps", type=int, nargs="+", metavar="N",
+                   help=f"decoding steps per level, coarsest first, for {STEPS_FRAMES} new frames (20 s at "
+                        f"the codecs' 50 Hz, as in the paper); a window that decodes fewer frames takes "
+                        f"proportionally fewer, rounded up, at least 1: with the defaults a 5 s window takes "
+                        f"{steps_text(steps_for(d.steps, 250))}, and "
+                        f"{steps_text(steps_for(d.steps, 125))} past a 2.5 s prompt (default: {steps_text(d.steps)})")
+    g.add_argument("--w-c", type=float, help=f"eq. 1 confidence weight (default: {d.w_c})")
+    g.add_argument("--w-s", type=float, help=f"eq. 1 causal-bias weight (default: {d.w_s})")
+    g.add_argument("--w-r", type=float, help=f"eq. 1 random weight (default: {d.w_r})")
+    g.add_argument("--guidance", choices=GUIDANCE_MODES,
+                   help=f"classifier-free guidance: multi = eq. 3, joint = eq. 2 (default: {d.guidance})")
+    g.add_argument("--scale-audio", type=float, metavar="LAMBDA_A",
+                   help=f"guidance scale of the context (lambda_a; lambda of eq. 2) (default: {d.scale_audio})")
+    g.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
+                   help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
+    g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
+    g.add_argument("--fine-temperature", type=float,
+                   help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "
+                        f"{'--temperature' if d.fine_temperature is None else d.fine_temperature})")
+    g.add_argument("--paper-sampling", action="store_true",
+                   help="ignore the sampling the checkpoint recommends (the shipped model recommends greedy "
+                        "finer levels, chosen on validation data: README) and start from the paper's values")
+    if not naive_and_seed:
+        return
+    g.add_argument("--naive", action="store_true",
+                   help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
+                        "flags above still override it")
+    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same audio "
+                                            "(default: a fresh seed, printed)")
+
+
+def resolve_sampling(args, recommended: dict | None = None) -> tuple[Sampling, str | None]:
+    """The one place a run's sampling is decided: the paper's best (or, with --naive, naive) setting, then the
+    checkpoint's recommended knobs (unless --paper-sampling), then every flag given (evaluate.py has no --naive).
+    Returns it and the line a command prints when a recommendation was applied (None when none was)."""
+    base = Sampling.naive() if getattr(args, "naive", False) else Sampling()
+    applied = bool(recommended) and not args.paper_sampling
+    if applied:
+        base = replace(base, **recommended)
+    given = {k: getattr(args, k) for k in RECOMMENDABLE if getattr(args, k, None) is not None}
+    if args.steps is not None:
+        given["steps"] = tuple(args.steps)
+    line = (f"sampling: {sampling_text(recommended)}, as the checkpoint recommends, over the paper's values "
+            f"(--paper-sampling ignores it; a flag overrides it)") if applied else None
+    return replace(base, **given), line

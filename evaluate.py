@@ -21,7 +21,7 @@ FAD (Sec. 3.1, [20], fad.py) is the Frechet distance between Gaussians fitted to
 populations. The paper used VGGish; we run VGGish in torch from a local weights file when given one
 (`--vggish-weights`, no download), and otherwise an offline log-mel statistics embedding whose scores are
 labelled, in every output, as not comparable with published FAD. MIRDD (mir.py) takes its note descriptors
-from a learned transcriber (transcriber.py: basic-pitch's model, run with onnxruntime) and the others from librosa analysers
+from a learned transcriber (notes/transcriber.py: basic-pitch's model, run with onnxruntime) and the others from librosa analysers
 (mir.py's docstring says how they differ from the paper's learned models), so it is not comparable either.
 """
 from __future__ import annotations
@@ -41,19 +41,15 @@ import torch
 import codec as codec_lib
 import data
 import decode
-from metrics import fad, listening, mir, musicality, pictures, sweep, transcriber
-from metrics.sweep import (EvaluateError, draw_examples, generate_stems, group_rows, sweep_settings,
+from metrics import fad, listening, mir, musicality, pictures, sweep
+from notes import transcriber
+from metrics.sweep import (EvaluateError, generate_stems, group_rows, sweep_settings,
                            write_text_atomic)
 from metrics.tables import CHROMA_ROWS, listening_markdown, markdown_table
-from plumbing import audio, checkpoint, pool
-from plumbing.cli import USER_ERROR, DefaultsHelp, pick_device, source_commit
-from plumbing.sampling_flags import add_sampling_flags, recommendation_line, sampling_from_args
-from plumbing.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
-
-
-# The protocol's and sweeps' machinery lives in metrics/sweep.py; its names stay reachable from here.
-__all__ = ["EvaluateError", "draw_examples", "generate_stems", "group_rows", "sweep_settings", "build_parser", "run",
-           "main"]
+from audio import files as audio_files
+from training import checkpoint, pool
+from cli.common import USER_ERROR, DefaultsHelp, pick_device, source_commit
+from audio.instruments import INSTRUMENTS, UNPITCHED, class_matrix, instrument_id
 
 LISTENING_BATCH = 16  # the listening report's equal-length pitched examples, decoded together
 
@@ -188,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelp)
     p.add_argument("--checkpoint", help="model checkpoint (default: runs/default/best.pt, else "
                                         f"{checkpoint.DEFAULT_CHECKPOINT}, else the shipped model)")
-    p.add_argument("--data", required=True, help="Slakh-layout dataset folder (e.g. made by synth.py)")
+    p.add_argument("--data", required=True, help="Slakh-layout dataset folder (e.g. made by python -m songs.synth)")
     p.add_argument("--split", default="test", help="held-out split the examples come from")
     p.add_argument("--n", type=int, default=400, help="number of examples (paper: 400)")
     p.add_argument("--seconds", type=float, default=None,
@@ -221,11 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vggish-weights", default=None, help="local VGGish state dict (torchvggish names)")
     p.add_argument("--chroma-gate", type=_gate, default=listening.CHROMA_GATE_DB, metavar="DB",
                    help="chroma measures (alignment, key and chord agreement, transposition test): frames more than "
-                        "DB below a clip's loudest count as silence; off: every frame counts (the measure before "
-                        "the gate)")
+                        "DB below a clip's loudest count as silence")
     p.add_argument("--kl-smoothing", type=float, default=1.0,
                    help="pseudo-count added to every bin of each descriptor's support before MIRDD's KL")
-    add_sampling_flags(p.add_argument_group(
+    decode.add_sampling_flags(p.add_argument_group(
         "sampling of --listening's stems, as generate.py (defaults: the paper's best setting, with the knobs "
         "the checkpoint recommends applied over it); the sweeps take --steps and the temperatures from here "
         "and set guidance and eq. 1 per row"), naive_and_seed=False)
@@ -261,22 +256,15 @@ def add_listening_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _gate(text: str) -> float:
-    """--chroma-gate: a level in dB at or below 0, or off (-inf: no gate)."""
-    if text.strip().lower() == "off":
-        return -np.inf
+    """--chroma-gate: a level in dB at or below 0."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a level in dB at or below 0 (e.g. -60), or off") from None
-    if not value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a level in dB at or below 0 (e.g. -60)") from None
+    if not -np.inf < value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the gate is a level below the clip's loudest frame, at or "
                                          "below 0 dB")
     return value
-
-
-def gate_record(gate_db: float) -> float | str:
-    """--chroma-gate as written to the JSON outputs ("off" for no gate: JSON has no infinity)."""
-    return "off" if gate_db == -np.inf else gate_db
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -340,10 +328,9 @@ def measure(args, json_path: str, md_path: str) -> dict:
     net, tok, ckpt = checkpoint.load_model(args.checkpoint, device, args.codec_weights)
     seconds = args.seconds or checkpoint.checkpoint_window_seconds(ckpt) or decode.DEFAULT_WINDOW_SECONDS
     recommended = checkpoint.recommended_sampling(ckpt)
-    line = recommendation_line(recommended, args)
+    sampling, line = decode.resolve_sampling(args, recommended)  # --listening's stems: generate.py's rule
     if line:
         print(line, file=sys.stderr)
-    sampling = sampling_from_args(args, recommended)              # --listening's stems: generate.py's rule
     base = replace(decode.Sampling(), steps=sampling.steps, temperature=sampling.temperature,
                    fine_temperature=sampling.fine_temperature)    # the sweeps set guidance and eq. 1 per row
     settings = sweep_settings(args.sweep, base, _floats(args.scales, "--scales"), _floats(args.ws_values, "--ws-values"))
@@ -351,7 +338,7 @@ def measure(args, json_path: str, md_path: str) -> dict:
     if args.listening:
         result = {"listening": run_listening(args, net, tok, seconds, progress, sampling, embedding),
                   "protocol": {"data": os.path.abspath(args.data), "split": args.split, "seconds": seconds,
-                               "seed": args.seed, "chroma_gate_db": gate_record(args.chroma_gate),
+                               "seed": args.seed, "chroma_gate_db": args.chroma_gate,
                                "checkpoint": os.path.abspath(args.checkpoint), "step": ckpt.get("step")},
                   "versions": versions()}
         markdown = listening_markdown(result["listening"])
@@ -378,7 +365,7 @@ def run_protocol(args, settings: list, net, tok, ckpt: dict, seconds: float, emb
                 "instruments": [INSTRUMENTS[int(i)] for _, _, i in examples], "songs": songs}
     identity = {"sweep": args.sweep, **protocol, "embedding": fad.embedding_record(embedding),
                 "kl_smoothing": args.kl_smoothing, "n_boot": args.n_boot,
-                "chroma_gate_db": gate_record(args.chroma_gate)}
+                "chroma_gate_db": args.chroma_gate}
     partial = sweep.partial_path(output_paths(args.out, args.sweep)[0])
     done = sweep.resumed_rows(partial, identity) if args.resume and os.path.exists(partial) else []
     if args.resume and not os.path.exists(partial):
@@ -396,7 +383,7 @@ def run_protocol(args, settings: list, net, tok, ckpt: dict, seconds: float, emb
         "sweep": args.sweep,
         "protocol": protocol,
         "embedding": fad.embedding_record(embedding),
-        "chroma_gate_db": gate_record(args.chroma_gate),
+        "chroma_gate_db": args.chroma_gate,
         "mirdd": {"analysis_sample_rate": mir.ANALYSIS_SR, "kl": "KL(real || generated) per descriptor, mean",
                   "kl_smoothing": args.kl_smoothing, "descriptors": list(mir.DESCRIPTORS),
                   "note": "note descriptors from basic-pitch's learned transcriber (ONNX), the others from librosa "
@@ -415,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except (EvaluateError, audio.AudioError, codec_lib.CodecUnavailable,
+    except (EvaluateError, audio_files.AudioError, codec_lib.CodecUnavailable,
             data.DatasetError, transcriber.TranscriberUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR

@@ -13,36 +13,165 @@ Contexts longer than the model's training window go through overlapping windows 
 with the previous window is given to the decoder as already-decoded target tokens, so the stem continues,
 and the codec decodes the whole stitched sequence once, so there is no audio seam to crossfade. Each window's
 decoding steps scale with the frames it adds (--steps are per 1000 new frames), so a long context costs about
-what its new audio costs. The outputs
-are written in the context's file type and sample format (a 24-bit wav gives 24-bit wavs, a flac gives flacs).
+what its new audio costs. The outputs are written in the context's file type and sample format (a 24-bit wav
+gives 24-bit wavs, a flac gives flacs), atomically, and never over an existing file without --force.
+
+The page (app.py, page/engine.py) adds parts with this file's functions: read_context, check_trained,
+generate_stems, the output names and write_outputs.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 import numpy as np
+import soundfile as sf
 import torch
+from tqdm import tqdm
 
-from plumbing import audio
 import codec as codec_lib
 import decode
-from metrics import transcriber
-from plumbing import stem_midi
-from plumbing.checkpoint import (DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model,
+from audio import files as audio_files
+from audio.instruments import INSTRUMENTS, instrument_id
+from cli.common import USER_ERROR, pick_device
+from decode import DEFAULT_WINDOW_SECONDS, add_sampling_flags, resolve_sampling
+from notes import transcriber     # its model loads on first use; notes.midi (librosa, pretty_midi) only with --midi
+from training.checkpoint import (DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model,
                                  recommended_sampling, trained_classes)
-from plumbing.cli import USER_ERROR, pick_device
-from decode import DEFAULT_WINDOW_SECONDS
-from plumbing.instruments import INSTRUMENTS
-from plumbing.adding import (GenerateError, check_outputs, check_trained, default_mix_path, default_out_paths,
-                             generate_stems, instrument_ids, midi_paths, read_context, write_outputs)
-from plumbing.sampling_flags import add_sampling_flags, recommendation_line, sampling_from_args
+
+SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
+
+
+class GenerateError(RuntimeError):
+    """A problem the user can fix (bad flag, missing checkpoint, unusable context); one line, no traceback."""
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Command line (reading the context, generating stems in turn and writing them: plumbing/adding.py; the sampling
-# flags: plumbing/sampling_flags.py)
+# Reading the context, the stems in turn, the outputs
+
+def read_context(path: str) -> tuple[np.ndarray, int]:
+    """Read a context file as [C, S] float32 at its own rate; reject empty, non-finite or silent audio."""
+    x, sr = audio_files.read_audio(path)
+    audio_files.check_finite(x, f"context {path}")
+    peak = float(np.abs(x).max())
+    if peak < SILENCE_PEAK:
+        raise GenerateError(f"context {path} is silent (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS): "
+                            f"give a recording with some music in it")
+    return x, sr
+
+
+def instrument_ids(names: list[str]) -> list[int]:
+    """Map user spellings to INSTRUMENTS ids (ValueError listing the valid names otherwise)."""
+    return [instrument_id(n) for n in names]
+
+
+def check_trained(instruments: list[int], trained: dict[str, int] | None, checkpoint: str) -> None:
+    """Refuse a class the checkpoint never trained on: its embedding is still at its random start."""
+    if trained is None:
+        print(f"note: {checkpoint} does not record which classes it trained on (an older checkpoint)",
+              file=sys.stderr)
+        return
+    untrained = [INSTRUMENTS[i] for i in instruments if INSTRUMENTS[i] not in trained]
+    if untrained:
+        raise GenerateError(f"{checkpoint} never trained on {', '.join(untrained)}; it trained on: " +
+                            ", ".join(f"{name.lower()} ({n})" for name, n in trained.items()))
+
+
+def instrument_slug(iid: int) -> str:
+    """File-name form of an instrument class: "Strings (continued)" -> "strings-continued"."""
+    name = INSTRUMENTS[iid].lower()
+    return "-".join("".join(c if c.isalnum() else " " for c in name).split())
+
+
+def generate_stems(net, tok, context: np.ndarray, instruments: list[int], sampling: decode.Sampling, window: int,
+                   overlap: int, generator: torch.Generator | None = None, progress: bool = False,
+                   on_step: decode.OnStep | None = None) -> list[np.ndarray]:
+    """Stems one after another, each added to the context before the next (the paper's Sec. 1 workflow).
+
+    Args:
+        context: float [S] mono audio at tok.sample_rate.
+        instruments: instrument ids (INSTRUMENTS), generated in this order.
+        window, overlap: in codec frames (decode.window_frames).
+        on_step: also called with 1 after every decoding step (the page's progress), as the bar is.
+    Returns:
+        one float32 [S] array per instrument, at tok.sample_rate, sample-aligned with the context.
+    """
+    n_frames = math.ceil(context.shape[-1] * tok.frame_rate / tok.sample_rate)
+    n_steps = decode.planned_steps(sampling, decode.plan_windows(n_frames, window, overlap)) * len(instruments)
+    mix, stems = np.asarray(context, dtype=np.float32), []
+    with tqdm(total=n_steps, desc="decoding", unit="step", disable=not progress) as bar:
+        step = bar.update if on_step is None else (lambda n: (bar.update(n), on_step(n)))
+        for iid in instruments:
+            stems.append(decode.generate_stem(net, tok, mix, iid, sampling, window, overlap, generator, step))
+            mix = mix + stems[-1]
+    return stems
+
+
+def output_extension(context_path: str) -> str:
+    """The context's own file type for the outputs (mix.flac -> .flac), or .wav where soundfile cannot write it."""
+    ext = os.path.splitext(context_path)[1]
+    return ext if ext.lstrip(".").upper() in sf.available_formats() else ".wav"
+
+
+def default_out_paths(context_path: str, instruments: list[int]) -> list[str]:
+    """Stem paths next to the context: mix.wav + piano -> mix.piano.wav (a repeated class gets .2, .3...)."""
+    base, ext = os.path.splitext(context_path)[0], output_extension(context_path)
+    slugs = [instrument_slug(i) for i in instruments]
+    paths = []
+    for k, s in enumerate(slugs):
+        repeat = slugs[:k].count(s)
+        paths.append(f"{base}.{s}{'.' + str(repeat + 1) if repeat else ''}{ext}")
+    return paths
+
+
+def default_mix_path(context_path: str, instruments: list[int]) -> str:
+    """The new mix next to the context: mix.wav + bass, drums -> mix.with-bass-drums.wav."""
+    base, ext = os.path.splitext(context_path)[0], output_extension(context_path)
+    return f"{base}.with-{'-'.join(instrument_slug(i) for i in instruments)}{ext}"
+
+
+def check_outputs(paths: list[str], context_path: str, force: bool) -> None:
+    """Fail before any work if outputs collide, would replace the context, exist (without --force), or
+    have a file type soundfile cannot write."""
+    formats = sf.available_formats()
+    seen = set()
+    for p in paths:
+        ap = os.path.abspath(p)
+        if ap in seen:
+            raise GenerateError(f"two outputs would both be written to {p}: give distinct --out/--mix paths")
+        seen.add(ap)
+        if ap == os.path.abspath(context_path):
+            raise GenerateError(f"output {p} is the context file itself: choose another --out/--mix path")
+        ext = os.path.splitext(p)[1].lstrip(".").upper()
+        if ext not in formats:
+            raise GenerateError(f"cannot write {p}: unknown audio file type {ext or '(none)'!r} "
+                                f"(use .wav or .flac)")
+        if os.path.exists(p) and not force:
+            raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
+
+
+def midi_paths(stem_paths: list[str]) -> list[str]:
+    """The MIDI file beside each stem: mix.bass.wav -> mix.bass.mid."""
+    return [os.path.splitext(p)[0] + ".mid" for p in stem_paths]
+
+
+def write_outputs(outputs: list[tuple[str, np.ndarray]], sample_rate: int, subtype: str, force: bool, say) -> None:
+    """Write every (path, [S] or [C, S] audio) atomically, at the end, in the context's sample format."""
+    peak = max(float(np.abs(y).max()) for _, y in outputs)
+    if peak > 1.0:  # integer wav/flac would clip: scale every output alike, so stems still sum to the mix
+        gain = 0.99 / peak
+        outputs = [(p, y * gain) for p, y in outputs]
+        print(f"note: every output scaled by {20 * np.log10(gain):.1f} dB so that none clips "
+              f"(peak was {peak:.2f})", file=sys.stderr)
+    for path, y in outputs:
+        audio_files.write_audio(path, y.astype(np.float32), sample_rate, overwrite=force, subtype=subtype)
+        say(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -67,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CONTEXT.with-INSTRUMENTS.EXT); always written with several --instrument")
     p.add_argument("--midi", action="store_true",
                    help="also write each stem's notes as a MIDI file beside it (STEM.mid), transcribed with "
-                        "transcriber.py, at the context's tempo when one is detected (else 120 BPM), with the "
+                        "notes/transcriber.py, at the context's tempo when one is detected (else 120 BPM), with the "
                         "instrument class's first GM program")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     add_sampling_flags(p.add_argument_group("sampling (defaults: the paper's best setting, with the knobs the "
@@ -113,10 +242,10 @@ def output_plan(args) -> tuple[list[int], list[str], str | None]:
 
 def run(args) -> list[str]:
     """The CLI's work once arguments are parsed; returns the paths written."""
-    sampling_from_args(args)                                                  # bad flag values fail before any work
+    resolve_sampling(args)                                                    # bad flag values fail before any work
     instruments, outs, mix_path = output_plan(args)
     x, sr = read_context(args.context)                                        # [C, S] at the file's rate
-    subtype = audio.audio_format(args.context)[1]                             # e.g. PCM_24: kept in the outputs
+    subtype = audio_files.audio_format(args.context)[1]                       # e.g. PCM_24: kept in the outputs
     device = pick_device(args.device)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if args.checkpoint is None:
@@ -125,8 +254,7 @@ def run(args) -> list[str]:
     net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
     check_trained(instruments, trained_classes(ckpt), args.checkpoint)
     recommended = recommended_sampling(ckpt)
-    sampling = sampling_from_args(args, recommended)
-    line = recommendation_line(recommended, args)
+    sampling, line = resolve_sampling(args, recommended)
     if line:
         say(line)
     if len(sampling.steps) != net.cfg.n_q:
@@ -141,9 +269,9 @@ def run(args) -> list[str]:
     say(f"seed {seed}; {', '.join(INSTRUMENTS[i] for i in instruments)} for {args.context} "
         f"({x.shape[1] / sr:.1f} s, {sr} Hz, {x.shape[0]} ch) on {device}")
     generator = torch.Generator(device=device).manual_seed(seed)
-    context = audio.resample(audio.to_mono(x), sr, tok.sample_rate)           # [S'] at the codec rate
+    context = audio_files.resample(audio_files.to_mono(x), sr, tok.sample_rate)           # [S'] at the codec rate
     stems = generate_stems(net, tok, context, instruments, sampling, window, overlap, generator, not args.quiet)
-    stems = [audio.fit_length(audio.resample(s, tok.sample_rate, sr), x.shape[1]) for s in stems]  # [S] each
+    stems = [audio_files.fit_length(audio_files.resample(s, tok.sample_rate, sr), x.shape[1]) for s in stems]  # [S] each
 
     outputs = list(zip(outs, stems))
     if mix_path:
@@ -151,21 +279,28 @@ def run(args) -> list[str]:
     write_outputs(outputs, sr, subtype, args.force, say)
     written = [p for p, _ in outputs]
     if args.midi:
-        tempo = stem_midi.detect_tempo(x, sr)
-        say(f"MIDI at the context's tempo, {tempo:.1f} BPM" if tempo else
-            f"no steady tempo in the context: MIDI at {stem_midi.DEFAULT_TEMPO:g} BPM")
-        for path, stem, iid in zip(midi_paths(outs), stems, instruments):
-            stem_midi.write_midi(path, stem_midi.instrument_midi(stem, sr, iid, tempo), overwrite=args.force)
-            say(f"wrote {path}")
-            written.append(path)
+        written += write_midi(midi_paths(outs), stems, instruments, x, sr, args.force, say)
     return written
+
+
+def write_midi(paths: list[str], stems: list[np.ndarray], instruments: list[int], context: np.ndarray, sr: int,
+               force: bool, say) -> list[str]:
+    """Each stem's notes as MIDI (notes/midi.py), at the context's tempo when it has a steady one."""
+    from notes import midi   # librosa and pretty_midi load only for --midi
+    tempo = midi.detect_tempo(context, sr)
+    say(f"MIDI at the context's tempo, {tempo:.1f} BPM" if tempo else
+        f"no steady tempo in the context: MIDI at {midi.DEFAULT_TEMPO:g} BPM")
+    for path, stem, iid in zip(paths, stems, instruments):
+        midi.write_midi(path, midi.instrument_midi(stem, sr, iid, tempo), overwrite=force)
+        say(f"wrote {path}")
+    return list(paths)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (GenerateError, audio.AudioError, codec_lib.CodecUnavailable, transcriber.TranscriberUnavailable,
+    except (GenerateError, audio_files.AudioError, codec_lib.CodecUnavailable, transcriber.TranscriberUnavailable,
             ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR

@@ -15,14 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plumbing.instruments import N_INSTRUMENTS
 
 
 @dataclass
 class ModelConfig:
     n_q: int = 4              # RVQ levels of the codec (Encodec 32 kHz: 4)
     bins: int = 2048          # tokens per level (Encodec 32 kHz: 2048); the target tables add MASK = bins
-    n_instruments: int = N_INSTRUMENTS  # 17 Slakh classes + the null entry (Sec. 3, "18 entries")
+    n_instruments: int = 18  # 17 Slakh classes + the null entry (Sec. 3, "18 entries"; audio.instruments, tested)
     dim: int = 1024           # transformer width = 2 x channel width (the two channels are concatenated)
     n_heads: int = 16
     n_layers: int = 20

@@ -209,15 +209,12 @@ def chroma(wave: np.ndarray, sample_rate: int, hop: int = 2048,
     Why the gate: librosa scales every frame to a peak of 1, however quiet. A codec that decodes a rest to a
     faint fixed spectrum (the spectral codec leaves one about 140 dB down) then gives every rest full weight and
     the same pitch classes in every key: decoded bass lines looked as if they ignored the key when only their
-    inaudible rests did (README, "Transposition picture"). gate_db None: CHROMA_GATE_DB (evaluate.py
-    --chroma-gate sets it); -inf: no gate, every frame counts (the measure before the gate).
+    inaudible rests did (docs/log.md). gate_db None: CHROMA_GATE_DB (evaluate.py --chroma-gate sets it).
     """
     import librosa
     y = np.asarray(wave, dtype=np.float32)
     c = librosa.feature.chroma_stft(y=y, sr=sample_rate, hop_length=hop, n_fft=4 * hop)
     gate_db = CHROMA_GATE_DB if gate_db is None else float(gate_db)
-    if gate_db == -np.inf:
-        return c
     rms = librosa.feature.rms(y=y, frame_length=4 * hop, hop_length=hop)[0]
     n = min(c.shape[1], len(rms))
     c[:, :n] *= rms[:n] >= rms.max() * 10.0 ** (gate_db / 20.0)

@@ -11,7 +11,7 @@ beat and downbeat tracking [25], key and chord estimation [26] and structure ext
 come from a learned model; the other analysers are librosa signal processing, cruder than the paper's, so
 our MIRDD values are NOT comparable with the published ones:
 - notes (note pitches, note pitch classes, pitch range, unique pitch classes): basic-pitch's ICASSP 2022
-  model, run offline (transcriber.py). It names the 88 piano keys, MIDI 21-108. Whether it is the model the
+  model, run offline (notes/transcriber.py). It names the 88 piano keys, MIDI 21-108. Whether it is the model the
   paper cites as [24] we do not claim.
 - percussive notes: onsets of the HPSS percussive part in three frequency bands (low / mid / high, standing in
   for kick / snare / cymbals); simultaneous hits in different bands count separately, which is our
@@ -42,7 +42,7 @@ import librosa
 import numpy as np
 from tqdm import tqdm
 
-from metrics.transcriber import NOTE_HIGH, NOTE_LOW, SAMPLE_RATE, transcribe_batch
+from notes.transcriber import NOTE_HIGH, NOTE_LOW, SAMPLE_RATE, transcribe_batch
 
 ANALYSIS_SR = SAMPLE_RATE  # every analyser works at this rate: the transcriber's, 22050 Hz (librosa's default too)
 HOP = 512  # analysis hop of the librosa analysers, about 23 ms at ANALYSIS_SR

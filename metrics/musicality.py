@@ -28,13 +28,13 @@ import torch
 
 import data
 from metrics import listening
-from plumbing.audio import fit_length, resample
-from plumbing import slakh
-from plumbing.instruments import INSTRUMENTS, instrument_id
+from metrics.harmony import N_SHIFTS, transposition_score
+from audio.files import fit_length, resample
+from audio import slakh
+from audio.instruments import INSTRUMENTS, instrument_id
 
 HARMONIC_BAND = (40.0, 4000.0)  # Hz: where notes live; below is rumble, above mostly noise and partials
 HPSS_MARGIN = 2.0              # librosa HPSS margin: a bin must be twice as harmonic as percussive to count
-N_SHIFTS = 12
 
 
 # ------------------------------------------------------------------------------------ notes or noise
@@ -101,41 +101,16 @@ def _decoded(codec, tokens: torch.Tensor, length: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- transposition
 
 
-def shift_correlations(stem_chroma_mean: np.ndarray, context_chroma_mean: np.ndarray) -> np.ndarray:
-    """[12] Pearson correlations of a stem's 12-bin chroma with its context's rolled by 0..11 semitones
-    (0 where either is flat)."""
-    a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (stem_chroma_mean, context_chroma_mean))
-    if a.shape != (N_SHIFTS,) or b.shape != (N_SHIFTS,):
-        raise ValueError(f"chroma means must have 12 bins, got {a.shape} and {b.shape}")
-    za = a - a.mean()
-    out = np.zeros(N_SHIFTS)
-    for s in range(N_SHIFTS):
-        zb = np.roll(b, s) - b.mean()
-        den = np.sqrt((za ** 2).sum() * (zb ** 2).sum())
-        out[s] = (za * zb).sum() / den if den > 1e-12 else 0.0
-    return out
-
-
-def transposition_score(stem_chroma_mean: np.ndarray, context_chroma_mean: np.ndarray) -> tuple[float, bool]:
-    """(correlation at shift 0 minus the mean over the 11 other shifts, whether shift 0 correlates best).
-
-    The 12 shifted Pearson correlations sum to 0 (the rolled contexts average to a flat chroma), so the score
-    is 12/11 of the shift-0 correlation; the wrong shifts add the right-shift-best flag (chance: 1 in 12).
-    """
-    r = shift_correlations(stem_chroma_mean, context_chroma_mean)
-    return float(r[0] - r[1:].mean()), bool(r[0] > r[1:].max())
-
-
 def corpus_entry(track: slakh.Track) -> tuple[str, int, str]:
     """(piece, transpose, chunk) from a track's metadata.yaml `corpus:` entry (slakh.Track.corpus); ValueError
     saying what is missing.
 
-    The chunk names one stretch of music whatever its key: the entry's source file and start (corpus.py writes
+    The chunk names one stretch of music whatever its key: the entry's source file and start (songs/corpus.py writes
     both), else the piece."""
     path, entry = os.path.join(track.path, "metadata.yaml"), track.corpus
     if "piece" not in entry or "transpose" not in entry:
         raise ValueError(f"{path} has no `corpus: {{piece: ..., transpose: ...}}` entry; the transposition test "
-                         "needs a folder of transposed renderings of pieces (e.g. made by corpus.py)")
+                         "needs a folder of transposed renderings of pieces (e.g. made by python -m songs.corpus)")
     transpose = entry["transpose"]
     if isinstance(transpose, bool) or not isinstance(transpose, int) or not 0 <= transpose < N_SHIFTS:
         raise ValueError(f"{path}: corpus.transpose must be a whole number of semitones in 0..11, got {transpose!r}")
@@ -383,7 +358,7 @@ def key_nll_test(model, codec, data_root: str, instrument: str, seconds: float, 
         pieces += [r["piece"] for r in rows]
     if not gains:
         raise ValueError(f"{data_root} [{split}]: no chunk with a {instrument} stem in all twelve keys "
-                         f"({dict(skipped) or 'no tracks'}); make one with corpus.py --transpositions all")
+                         f"({dict(skipped) or 'no tracks'}); make one with python -m songs.corpus --transpositions all")
     mean, lo, hi = listening.song_bootstrap(np.asarray(gains), np.asarray(pieces), seed=seed)
     return {"instrument": INSTRUMENTS[k], "n": len(gains), "pieces": len(set(pieces)),
             "chunks": len(gains) // N_SHIFTS, "skipped": dict(skipped), "gain": {"mean": mean, "lo": lo, "hi": hi},

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from plumbing.audio import audio_info, load_mono
+from audio.files import audio_info, load_mono
 from codec import Codec
 from data import CROP_SECONDS
-from plumbing.slakh import find_tracks
+from audio.slakh import find_tracks
 
 METRICS = ("spectral_convergence", "chroma_cosine", "chroma_correlation")
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import data
 import decode
 from metrics import fad, listening, mir, musicality
-from plumbing import audio
+from audio import files as audio_files
 
 MEASURES = ("fad", "mirdd", "harmonic_share", "alignment")
 MEASURE_NAMES = {"fad": "FAD", "mirdd": "MIRDD", "harmonic_share": "harmonic share", "alignment": "alignment"}
@@ -222,7 +222,7 @@ def sweep_settings(kind: str, base, scales=(2.0, 3.0, 4.0), ws_values=(0.0, 0.1,
         return [(f"w_s = {w:g}", f"w_s={w:g}", replace(base, w_s=w, w_c=0.1, w_r=1.0)) for w in ws_values]
     if kind == "best-vs-naive":
         naive = decode.Sampling.naive(steps=base.steps, temperature=base.temperature,
-                                      fine_temperature=base.fine_temperature, scale_steps=base.scale_steps)
+                                      fine_temperature=base.fine_temperature)
         return [("naive", "naive", naive), ("best", "best", base)]
     raise EvaluateError(f"unknown sweep {kind!r}: use none, guidance, causal-bias or best-vs-naive")
 
@@ -254,7 +254,7 @@ def write_text_atomic(path: str, text: str) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
-    audio.atomic_write(path, write, overwrite=True)
+    audio_files.atomic_write(path, write, overwrite=True)
 
 
 def partial_path(json_path: str) -> str:

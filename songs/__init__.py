@@ -1,2 +1,2 @@
 """The built-in data: songs composed as MIDI parts (compose), rendered with a GM SoundFont into the Slakh layout
-(synth), and music21's corpus rendered the same way (corpus). The commands are the root's synth.py and corpus.py."""
+(`python -m songs.synth`), music21's corpus rendered the same way (`python -m songs.corpus`), and the demo's data."""

@@ -1,4 +1,4 @@
-"""The built-in dataset's songs, composed as MIDI parts from one shared plan (synth.py renders them).
+"""The built-in dataset's songs, composed as MIDI parts from one shared plan (songs/synth.py renders them).
 
 A small symbolic composer writes each song from one shared plan (key, tempo, time signature, chord
 progressions, a form of repeating sections); every part (drums, bass, comping, strums, arpeggios, pads,
@@ -248,7 +248,7 @@ PART_WRITERS = {"bass": part_bass, "comp": part_comp, "strum": part_strum, "arp"
 
 @dataclass
 class Part:
-    """One instrument's notes, rendered into one stem (composed here, or read from the user's MIDI by synth.py)."""
+    """One instrument's notes, rendered into one stem (composed here, or read from the user's MIDI by songs/synth.py)."""
     inst_class: str
     program: int  # GM program 0-127 (drums: 0, the standard kit)
     is_drum: bool

@@ -10,8 +10,8 @@ import sys
 
 from data import PairDraw, StemPairDataset
 from metrics import listening
-from plumbing.audio import write_audio
-from plumbing.instruments import INSTRUMENTS, instrument_id
+from audio.files import write_audio
+from audio.instruments import INSTRUMENTS, instrument_id
 from songs.corpus import CorpusError, render_corpus
 from songs.synth import DEFAULT_SAMPLE_RATE, SynthError, dataset_info, make_dataset, read_info
 

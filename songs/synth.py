@@ -12,11 +12,13 @@ Everything is deterministic for a given seed; songs are rendered in parallel pro
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter
 
@@ -26,8 +28,9 @@ import soundfile as sf
 import yaml
 from tqdm import tqdm
 
+from cli.common import USER_ERROR
 from songs.compose import Part, compose
-from plumbing.instruments import INSTRUMENTS, SLAKH_LABELS, program_class
+from audio.instruments import INSTRUMENTS, SLAKH_LABELS, program_class
 
 SOUNDFONT = os.path.join(os.path.dirname(pretty_midi.__file__), "TimGM6mb.sf2")
 MARKER = "synth.yaml"  # written at the dataset root; marks a folder this script may replace with overwrite=True
@@ -191,14 +194,14 @@ def _prepare_out(out_dir: str, overwrite: bool) -> str:
             raise SynthError(f"output folder {out_dir} exists and is not empty; choose another --out or pass "
                              "--overwrite (only a folder this script made is replaced)")
         if not os.path.isfile(os.path.join(out_dir, MARKER)):
-            raise SynthError(f"refusing to replace {out_dir}: it has no {MARKER}, so it was not made by synth.py")
+            raise SynthError(f"refusing to replace {out_dir}: it has no {MARKER}, so it was not made by python -m songs.synth")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".partial-", dir=parent)
 
 
 def _finish_out(tmp: str, out_dir: str, info: dict) -> None:
-    """Write the marker and move the finished dataset into place (replacing an old synth.py dataset)."""
+    """Write the marker and move the finished dataset into place (replacing an old one of ours)."""
     with open(os.path.join(tmp, MARKER), "w") as f:
         yaml.safe_dump(info, f, sort_keys=True)
     out_dir = os.path.abspath(out_dir)
@@ -233,7 +236,7 @@ def _run_jobs(fn, jobs: list, workers: int | None, progress: bool, desc: str) ->
 
 
 def add_render_options(p, what: str) -> None:
-    """The command-line options synth.py and corpus.py share: seed, SoundFont, rate, processes, overwrite and
+    """The command-line options songs.synth and songs.corpus share: seed, SoundFont, rate, processes, overwrite and
     one program per class (`what` names the dataset the command makes)."""
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
     p.add_argument("--soundfont", default=None, help="GM SoundFont (.sf2) to render with (default: pretty_midi's "
@@ -370,3 +373,36 @@ def render_midi_dir(midi_dir: str, out_dir: str, seconds: float | None = None, s
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir, skips
+
+
+# ---- the command ----
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m songs.synth",
+        description="Make a Slakh-layout stem dataset: compose songs as MIDI parts and render them with a General "
+                    "MIDI SoundFont, or (--midi) render your own multi-track MIDI files.")
+    p.add_argument("--out", required=True, help="output dataset folder (must not exist or be empty)")
+    p.add_argument("--tracks", type=int, default=DEFAULT_TRACKS, help=f"songs to compose (default {DEFAULT_TRACKS})")
+    p.add_argument("--seconds", type=float, default=None,
+                   help=f"song length in seconds (default {DEFAULT_SECONDS:g}; with --midi: whole files)")
+    p.add_argument("--midi", default=None, help="render the .mid files under this folder instead of composing")
+    add_render_options(p, "dataset")
+    args = p.parse_args(argv)
+    try:
+        if args.midi:
+            out, skips = render_midi_dir(args.midi, args.out, args.seconds, args.soundfont, args.workers,
+                                         sample_rate=args.sample_rate, overwrite=args.overwrite)
+            print(f"wrote {out}" + (f"; skipped {dict(skips)}" if skips else ""))
+        else:
+            out = make_dataset(args.out, args.tracks, args.seconds or DEFAULT_SECONDS, args.seed, args.soundfont,
+                               args.workers, sample_rate=args.sample_rate, overwrite=args.overwrite,
+                               one_program=args.one_program_per_class)
+            print(f"wrote {out}")
+    except SynthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 import yaml
 
-# Tests import the root's modules (model.py, data.py, ...) and its packages (metrics/, songs/, plumbing/).
+# Tests import the root's modules (model.py, data.py, ...) and its packages (audio/, spectral/, training/, metrics/, notes/, songs/, page/, cli/).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # A tiny slice of Slakh2100 (CC BY 4.0), vendored: see tests/fixtures/slakh/README.md.
@@ -138,12 +138,12 @@ def write_corpus(root, pieces=2, transpositions=range(12), seconds=2.0, sr=16000
 def tiny_spectral_codec(folder, sample_rate=16000, n_q=2, bins=16):
     """A spectral codec (n_q levels x bins) fitted on three one-second synthetic chords written to `folder`."""
     import soundfile as sf
-    import spectral
+    from spectral import fit as spectral_fit
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     for k, pitches in enumerate([(45, 57), (60, 64, 67), (50, 74)]):
         sf.write(os.path.join(folder, f"part{k}.wav"), chord(pitches, 1.0, sample_rate, rng) * 4, sample_rate)
-    return spectral.fit_spectral(str(folder), None, n_q=n_q, bins=bins, dim=8, sample_rate=sample_rate, n_fft=512,
+    return spectral_fit.fit_spectral(str(folder), None, n_q=n_q, bins=bins, dim=8, sample_rate=sample_rate, n_fft=512,
                                  seconds_per_track=1.0, griffin_lim_iters=8, progress=False)
 
 
@@ -156,8 +156,8 @@ def tiny_copy_checkpoint(path, codec, classes=("Piano", "Bass", "Drums"), crop_s
     import torch
 
     import model as model_lib
-    from plumbing.checkpoint import config_dict, save_checkpoint
-    from plumbing.instruments import INSTRUMENTS
+    from training.checkpoint import config_dict, save_checkpoint
+    from audio.instruments import INSTRUMENTS
     n_q, bins = codec.n_q, codec.bins
     cfg = replace(model_lib.PRESETS["tiny"], n_q=n_q, bins=bins, dim=4 * n_q * bins, n_heads=2, n_layers=0)
     net = model_lib.StemGen(cfg)
@@ -188,12 +188,12 @@ def tiny_app_checkpoint(tmp_path_factory):
 
 
 def serve_app(checkpoint, **engine_args):
-    """page_engine.Engine on a checkpoint (CPU) with app.py's HTTP server on a free port of 127.0.0.1, serving
+    """page.engine.Engine on a checkpoint (CPU) with app.py's HTTP server on a free port of 127.0.0.1, serving
     from a thread. Returns (engine, server, base URL without the final /); stop_app ends both."""
     import threading
 
     import app
-    from plumbing.page_engine import Engine
+    from page.engine import Engine
     engine = Engine(checkpoint, device="cpu", **engine_args)
     server = app.make_server(engine, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

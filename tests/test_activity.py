@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from plumbing import activity
+from audio import activity
 import data
-from plumbing import slakh
+from audio import slakh
 from conftest import STEM_SR as SR, tone, write_stem, write_track
 from data import PairDraw, StemPairDataset
-from plumbing.instruments import instrument_id
+from audio.instruments import instrument_id
 
 def burst_at_end(seconds, second):
     """Silence, with a loud 0.1 s tone at the end of second `second`: a crop that touches that second but

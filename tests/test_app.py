@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 
 import app
-from plumbing import page_engine
-from plumbing.checkpoint import SHIPPED_CHECKPOINT
-from plumbing.cli import USER_ERROR
+from page import engine as page_engine
+from training.checkpoint import SHIPPED_CHECKPOINT
+from cli.common import USER_ERROR
 from conftest import ROOT, bass_line, serve_app, stop_app
 
 
@@ -286,7 +286,7 @@ def test_ctrl_c_stops_the_command_and_leaves_no_file_or_process(tiny_app_checkpo
 
 
 def test_the_page_starts_from_the_checkpoints_recommended_sampling_and_reports_it(tiny_app_checkpoint, tmp_path):
-    from plumbing.checkpoint import save_checkpoint
+    from training.checkpoint import save_checkpoint
     ckpt = torch.load(tiny_app_checkpoint, weights_only=True)
     ckpt["sampling"] = {"temperature": 0.7, "fine_temperature": 0.0}
     path = str(tmp_path / "tuned.pt")

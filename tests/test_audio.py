@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from plumbing import audio
+from audio import files as audio_files
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -14,9 +14,9 @@ def test_atomic_write_gives_the_mode_open_would_give(tmp_path, umask):
     old = os.umask(umask)
     try:
         path = tmp_path / "out.txt"
-        audio.atomic_write(str(path), lambda tmp: open(tmp, "w").write("x"))
+        audio_files.atomic_write(str(path), lambda tmp: open(tmp, "w").write("x"))
         wav = tmp_path / "out.wav"
-        audio.write_audio(str(wav), np.zeros(100, np.float32), 8000)
+        audio_files.write_audio(str(wav), np.zeros(100, np.float32), 8000)
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
@@ -29,13 +29,13 @@ def test_atomic_write_keeps_an_existing_file_and_leaves_no_temporary_on_failure(
     path = tmp_path / "f.txt"
     path.write_text("user's file")
     with pytest.raises(FileExistsError):
-        audio.atomic_write(str(path), lambda tmp: open(tmp, "w").write("new"))
+        audio_files.atomic_write(str(path), lambda tmp: open(tmp, "w").write("new"))
 
     def failing(tmp):
         open(tmp, "w").write("half")
         raise RuntimeError("crash")
     with pytest.raises(RuntimeError):
-        audio.atomic_write(str(path), failing, overwrite=True)
+        audio_files.atomic_write(str(path), failing, overwrite=True)
     assert path.read_text() == "user's file" and os.listdir(tmp_path) == ["f.txt"]
 
 
@@ -46,7 +46,7 @@ def test_write_audio_keeps_the_subtype_where_the_format_can_hold_it(tmp_path, ex
     """The subtype asked for is kept when the file type allows it, else that type's default is used."""
     path = str(tmp_path / f"x{ext}")
     x = (0.5 * np.sin(np.linspace(0, 100, 2 * 4800))).reshape(2, -1).astype(np.float32)   # [C, S]
-    audio.write_audio(path, x, 48000, subtype=subtype)
+    audio_files.write_audio(path, x, 48000, subtype=subtype)
     info = sf.info(path)
     assert (info.subtype, info.samplerate, info.channels, info.frames) == (written, 48000, 2, 4800)
-    assert audio.audio_format(path) == (ext[1:].upper(), written)
+    assert audio_files.audio_format(path) == (ext[1:].upper(), written)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import bench
-from plumbing.cli import USER_ERROR
+from cli.common import USER_ERROR
 from conftest import tone, write_track
 from guidance import BRANCHES
-from plumbing.spectral import FIT_HINT, save_spectral
+from codec import save_spectral
+from spectral.dsp import FIT_HINT
 
 
 def run(capsys, argv) -> dict:
@@ -30,11 +31,12 @@ def test_generate_bench_reports_real_time_factor_and_its_split(capsys):
     assert res["total_s"] == pytest.approx(res["decode_tokens_s"] + res["codec_decode_s"], abs=2e-3)
     assert res["real_time_factor"] == pytest.approx(res["total_s"] / res["seconds"], abs=2e-3)
     assert 0 <= res["outside_forward_fraction"] <= 1
-    # before/after step scaling: [steps as given per window, steps scaled to the frames each window decodes]
+    # the long context: steps scaled to the frames each window decodes (25 frames: 1 step per level; the first
+    # window decodes all 25, the six after it the 12 or 13 past their overlap, also 1 step per level)
     assert res["window_frames"] == 25 and res["context_windows"] == 7 and res["context_measured_windows"] == 2
-    assert res["window_passes"] == [8, 4] and res["context_passes"] == [7 * 8, res["context_passes"][1]]
+    assert res["window_passes"] == 4 and res["context_passes"] == 7 * 4
     for name in ("window", "context"):
-        assert len(res[f"{name}_s_per_audio_s"]) == 2 and isinstance(res[f"{name}_speedup"], float)
+        assert res[f"{name}_s_per_audio_s"] > 0
 
 
 @pytest.mark.slow

@@ -5,9 +5,11 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from plumbing.checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_checkpoint, load_model,
+from training.checkpoint import (DEFAULT_CHECKPOINT, CheckpointError, checkpoint_window_seconds, load_checkpoint, load_model,
                         save_checkpoint)
 from model import ModelConfig, StemGen
+from training import ship
+import decode
 
 CFG = ModelConfig(n_q=3, bins=32, dim=64, n_heads=4, n_layers=2, max_len=256)
 
@@ -58,7 +60,7 @@ def test_window_is_the_training_crop_when_recorded():
 
 def test_default_checkpoint_is_the_users_run_before_the_shipped_model(tmp_path, monkeypatch):
     """Without --checkpoint: runs/default/best.pt, else runs/default/ckpt.pt, else the shipped model."""
-    from plumbing import checkpoint
+    from training import checkpoint
     from conftest import ROOT
     monkeypatch.chdir(tmp_path)
     assert checkpoint.default_checkpoint()[0] == checkpoint.SHIPPED_CHECKPOINT
@@ -73,12 +75,11 @@ def test_default_checkpoint_is_the_users_run_before_the_shipped_model(tmp_path, 
 def test_a_shipped_checkpoint_keeps_the_model_in_bf16_and_drops_the_training_state():
     """shipped() halves the weights and keeps what generation reads; the model it rebuilds is the bf16 rounding
     of the original."""
-    from plumbing import checkpoint
     torch.manual_seed(0)
     m = StemGen(CFG).eval()
     full = {"model_config": asdict(CFG), "model": m.state_dict(), "optimizer": {"x": torch.zeros(100)},
             "rng": {}, "step": 5, "class_counts": {"Piano": 3}}
-    small = checkpoint.shipped(full, {"command": "python train.py"})
+    small = ship.shipped(full, {"command": "python train.py"})
     assert "optimizer" not in small and "rng" not in small and small["provenance"]["command"] == "python train.py"
     assert all(v.dtype == torch.bfloat16 for v in small["model"].values() if v.is_floating_point())
     m2 = StemGen.from_checkpoint(small)
@@ -88,17 +89,17 @@ def test_a_shipped_checkpoint_keeps_the_model_in_bf16_and_drops_the_training_sta
 
 def test_a_shipped_checkpoint_carries_the_sampling_it_recommends_checked():
     """shipped(..., sampling) stores the recommended knobs; only decode.Sampling's level-free knobs with values it
-    accepts pass, and train.py --ship-sampling's KNOB=VALUE words parse to the same dict."""
-    from plumbing import checkpoint
+    accepts pass, and python -m training.ship --sampling's KNOB=VALUE words parse to the same dict."""
+    from training import checkpoint
     full = {"model_config": asdict(CFG), "model": StemGen(CFG).state_dict()}
-    small = checkpoint.shipped(full, {}, {"fine_temperature": 0.0, "guidance": "joint"})
+    small = ship.shipped(full, {}, {"fine_temperature": 0.0, "guidance": "joint"})
     assert checkpoint.recommended_sampling(small) == {"fine_temperature": 0.0, "guidance": "joint"}
-    assert checkpoint.recommended_sampling(checkpoint.shipped(full, {})) == {}          # none recommended
-    assert checkpoint.parse_sampling(["fine-temperature=0", "guidance=joint"]) == small["sampling"]
+    assert checkpoint.recommended_sampling(ship.shipped(full, {})) == {}          # none recommended
+    assert decode.parse_sampling(["fine-temperature=0", "guidance=joint"]) == small["sampling"]
     for bad, words in [({"steps": (1, 1)}, "unknown sampling knobs"), ({"temperature": 0.0}, "temperature"),
                        ({"guidance": "loud"}, "guidance")]:
         with pytest.raises(checkpoint.CheckpointError, match=words):
-            checkpoint.shipped(full, {}, bad)
+            ship.shipped(full, {}, bad)
     for words in (["fine_temperature"], ["temperature=warm"]):
-        with pytest.raises(checkpoint.CheckpointError, match="--ship-sampling"):
-            checkpoint.parse_sampling(words)
+        with pytest.raises(ValueError, match="KNOB=VALUE|not a number"):
+            decode.parse_sampling(words)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from plumbing.cli import pick_device
+from cli.common import pick_device
 
 
 @pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"),

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import codec as C
-from plumbing import checkpoint
-from plumbing import spectral
+from spectral import dsp
 from conftest import tiny_encodec
+import codec as codec_lib
 
 
 def test_encodec_interface_shapes_frame_rate_and_lengths():
@@ -32,7 +32,7 @@ def test_encodec_offline_without_weights_fails_at_once_with_instructions(monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     try:
-        checkpoint.open_codec("encodec_32khz")
+        codec_lib.open_codec("encodec_32khz")
     except C.CodecUnavailable as e:
         message = str(e)
     else:
@@ -40,22 +40,22 @@ def test_encodec_offline_without_weights_fails_at_once_with_instructions(monkeyp
     assert time.perf_counter() - t0 < 30
     assert "huggingface-cli download facebook/encodec_32khz" in message
     assert "--codec-weights" in message and "--codec spectral" in message
-    assert spectral.FIT_HINT in message                  # the offline alternative, added by the factory
+    assert dsp.FIT_HINT in message                  # the offline alternative, added by the factory
     assert "HF_HUB_OFFLINE" in message
 
 
 def test_encodec_missing_local_weights_folder_is_named(tmp_path):
     missing = str(tmp_path / "no-such-dir")
     with pytest.raises(C.CodecUnavailable, match="no-such-dir.*does not exist(.|\n)*--codec spectral"):
-        checkpoint.open_codec("encodec_32khz", missing)
+        codec_lib.open_codec("encodec_32khz", missing)
     with pytest.raises(C.CodecUnavailable, match="holds no config.json"):
         C.load_encodec(str(tmp_path))
 
 
 def test_unknown_codec_names_are_refused():
     with pytest.raises(ValueError, match="unknown codec spec"):
-        checkpoint.load_codec({"name": "mp3"})
+        codec_lib.load_codec({"name": "mp3"})
     with pytest.raises(ValueError, match="unknown codec 'mp3'"):
-        checkpoint.open_codec("mp3")
+        codec_lib.open_codec("mp3")
     with pytest.raises(C.CodecUnavailable, match="--codec-weights FILE"):
-        checkpoint.open_codec("spectral", None)
+        codec_lib.open_codec("spectral", None)

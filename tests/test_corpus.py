@@ -8,7 +8,7 @@ import yaml
 
 from songs import corpus
 import data
-from plumbing import slakh
+from audio import slakh
 
 pytest.importorskip("music21")
 
@@ -105,7 +105,7 @@ def test_a_midi_file_gives_twelve_keys_with_its_own_programs_and_drums_unmoved(t
 
 def test_one_program_per_class_gives_each_class_its_first_program(tmp_path):
     from songs.compose import CLASS_PARTS
-    from plumbing.instruments import INSTRUMENTS, program_class
+    from audio.instruments import INSTRUMENTS, program_class
     out, _ = corpus.render_corpus(str(tmp_path / "one"), folders=["palestrina"], max_works=3, transpositions="2",
                                   seconds=1.0, chunks=1, seed=0, workers=1, progress=False, one_program=True)
     programs = [s["program_num"] for d, _, fs in os.walk(out) if "metadata.yaml" in fs

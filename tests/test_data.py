@@ -10,7 +10,7 @@ import yaml
 
 from conftest import FIXTURE
 import data
-from plumbing import slakh
+from audio import slakh
 from data import DatasetError, PairDraw, StemPairDataset
 
 REDUX = os.path.join(FIXTURE, "slakh2100_flac_redux")

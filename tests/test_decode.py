@@ -10,7 +10,7 @@ from decode import (DEFAULT_WINDOW_SECONDS, STEPS_FRAMES, Sampling, causal_rank,
                     generate_stem_tokens, generate_tokens, plan_windows, planned_steps, sample_tokens, steps_for,
                     window_frames)
 from model import ModelConfig, StemGen
-from plumbing.checkpoint import load_model
+from training.checkpoint import load_model
 
 CFG = ModelConfig(n_q=2, bins=16, dim=32, n_heads=2, n_layers=1, max_len=128)
 
@@ -185,21 +185,18 @@ def test_steps_are_the_papers_at_1000_frames_and_scale_with_the_frames_decoded()
     counts = [steps_for(paper, n) for n in range(0, STEPS_FRAMES + 200, 7)]
     assert all(a <= b for x, y in zip(counts, counts[1:]) for a, b in zip(x, y))   # never fewer for more frames
     assert steps_for(paper, 0) == steps_for(paper, 1) == (1, 1, 1, 1)
-    assert Sampling(scale_steps=False).level_steps(125) == paper
+    assert Sampling().level_steps(125) == steps_for(paper, 125)
 
 
-def test_a_full_steps_frames_target_is_decoded_as_before():
+def test_a_full_steps_frames_target_is_decoded_with_the_given_counts():
     """STEPS_FRAMES decoded frames run the given counts: the masked counts follow cosine_schedule(STEPS_FRAMES,
-    S) for the given S, and the tokens equal those of the unscaled steps with the same seed."""
+    S) for the given S."""
     torch.manual_seed(1)
     net = StemGen(replace(CFG, max_len=STEPS_FRAMES)).eval()
     ctx, inst = inputs(B=1, T=STEPS_FRAMES)
     sampling = Sampling(steps=(32, 16), guidance="none")
     rec = Recorder(net)
-    out = generate_tokens(rec, ctx, inst, sampling, generator=torch.Generator().manual_seed(4))
-    before = generate_tokens(net, ctx, inst, replace(sampling, scale_steps=False),
-                             generator=torch.Generator().manual_seed(4))
-    assert torch.equal(out, before)
+    generate_tokens(rec, ctx, inst, sampling, generator=torch.Generator().manual_seed(4))
     for q, S in enumerate(sampling.steps):
         counts = [int((t[0, q] == CFG.mask_id).sum()) for level, t in rec.seen if level == q] + [0]
         assert counts == sorted(set([STEPS_FRAMES] + cosine_schedule(STEPS_FRAMES, S)), reverse=True)
@@ -214,25 +211,22 @@ def test_decoding_half_the_frames_takes_about_half_the_forward_passes(model):
     assert (calls_full, calls_half) == (sum(sampling.level_steps(120)), sum(sampling.level_steps(60))) == (36, 18)
     assert 0.4 <= passes_half / passes_full <= 0.6
     assert torch.equal(out[:, :, :60], prompt) and (out != CFG.mask_id).all()
-    _, unscaled, _ = count_steps(model, ctx, inst, replace(sampling, scale_steps=False), prompt=prompt)
-    assert unscaled == sum(sampling.steps)                                # off: the counts as given
 
 
 def test_planned_steps_count_every_step_of_a_windowed_stem(model):
     ctx, _ = inputs(B=1, T=115)
-    for sampling in [Sampling(steps=(300, 100)), Sampling(steps=(3, 2), scale_steps=False)]:
+    for sampling in [Sampling(steps=(300, 100)), Sampling(steps=(3, 2))]:
         calls = []
         generate_stem_tokens(model, ctx, 4, sampling, 40, 15, on_step=calls.append)
         assert sum(calls) == planned_steps(sampling, plan_windows(115, 40, 15))
 
 
-@pytest.mark.parametrize("scale_steps", [True, False])
-def test_a_copy_model_gives_each_context_back_through_overlapping_windows(scale_steps):
+def test_a_copy_model_gives_each_context_back_through_overlapping_windows():
     """No seam: a model that copies its context gives back every context of a batch (contexts that differ, one
-    instrument each) through overlapping windows, with scaled steps or not."""
+    instrument each) through overlapping windows."""
     ctx, inst = inputs(B=2, T=115)
     assert len(plan_windows(115, 40, 15)) > 1 and not torch.equal(ctx[0], ctx[1])
-    sampling = Sampling(steps=(200, 100), scale_steps=scale_steps)
+    sampling = Sampling(steps=(200, 100))
     out = generate_stem_tokens(Copier(CFG), ctx, inst, sampling, 40, 15, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, ctx)
 
@@ -283,3 +277,9 @@ def test_fine_temperature_zero_decodes_finer_levels_greedily_and_leaves_level_0_
     assert (out[:, 0] != 3).any()                  # level 0 still sampled at temperature 1
     with pytest.raises(ValueError, match="fine_temperature"):
         Sampling(fine_temperature=-1.0)
+
+
+def test_the_default_window_is_the_papers_training_crop_as_data_says():
+    """decode.py keeps its own copy of the paper's 20 s crop (Sec. 3) rather than importing data.py for it."""
+    import data
+    assert DEFAULT_WINDOW_SECONDS == data.CROP_SECONDS == 20.0

@@ -12,13 +12,11 @@ import torch
 
 import decode
 import generate
-from plumbing import sampling_flags
-from plumbing import adding
 import model as model_lib
-from plumbing import spectral
-from plumbing.checkpoint import config_dict, load_model, save_checkpoint
+from spectral import fit as spectral_fit
+from training.checkpoint import config_dict, load_model, save_checkpoint
 from conftest import ROOT, tiny_copy_checkpoint
-from plumbing.instruments import INSTRUMENTS
+from audio.instruments import INSTRUMENTS
 
 SR = 16000          # codec rate of the test codec
 N_Q, BINS = 2, 16
@@ -39,7 +37,7 @@ def tiny_codec(tmp_path_factory):
     d = tmp_path_factory.mktemp("codec_data")
     for k, freqs in enumerate([(110.0, 220.0), (261.6, 329.6, 392.0), (146.8, 587.3)]):
         sf.write(str(d / f"part{k}.wav"), tones(1.0, SR, freqs, seed=k)[0], SR)
-    return spectral.fit_spectral(str(d), None, n_q=N_Q, bins=BINS, dim=8, sample_rate=SR, n_fft=512,
+    return spectral_fit.fit_spectral(str(d), None, n_q=N_Q, bins=BINS, dim=8, sample_rate=SR, n_fft=512,
                                   seconds_per_track=1.0, griffin_lim_iters=8, progress=False)
 
 
@@ -271,7 +269,7 @@ def _bad(tmp_path, kind, random_ckpt):
         ck["codec_spec"] = {"name": "spectral", "source": str(tmp_path / "gone_codec.pt")}
         ckpt = str(tmp_path / "nocodec.pt")
         save_checkpoint(ckpt, ck)
-        words = ["gone_codec.pt", "spectral.py fit"]
+        words = ["gone_codec.pt", "python -m spectral.fit"]
     elif kind == "untrained instrument":
         ck = torch.load(random_ckpt, weights_only=True)
         ck["class_counts"] = {name: {"Piano": 10, "Bass": 3}.get(name, 0) for name in INSTRUMENTS}
@@ -334,11 +332,11 @@ def test_progress_total_is_the_number_of_steps_run(random_ckpt, monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(adding, "tqdm", Bar)
+    monkeypatch.setattr(generate, "tqdm", Bar)
     net, tok, _ = load_model(random_ckpt, torch.device("cpu"))
     context = tones(2.3, SR)[0]                              # 115 frames: 4 windows of 40 with 15 overlapping
     sampling = decode.Sampling(steps=(200, 100), guidance="none")
-    adding.generate_stems(net, tok, context, [0, 3], sampling, 40, 15, progress=True)
+    generate.generate_stems(net, tok, context, [0, 3], sampling, 40, 15, progress=True)
     assert len(bars) == 1 and bars[0].done == bars[0].total
     assert bars[0].total < 2 * 4 * sum(sampling.level_steps(40))          # windows after the first decode less
 
@@ -350,23 +348,23 @@ def test_naive_setting_and_flag_overrides():
     assert naive.guidance == "none" and naive.w_s == 0.0 and naive.w_r == 1.0
     args = generate.build_parser().parse_args(["--context", "x", "--instrument", "piano", "--naive",
                                                "--w-s", "0.2", "--steps", "4", "4"])
-    s = sampling_flags.sampling_from_args(args)
+    s = decode.resolve_sampling(args)[0]
     assert s.guidance == "none" and s.w_s == 0.2 and s.steps == (4, 4)
 
 
 def test_the_checkpoints_recommended_sampling_sits_between_the_papers_values_and_the_flags():
     args = generate.build_parser().parse_args(["--context", "x", "--instrument", "piano", "--scale-audio", "2"])
     recommended = {"fine_temperature": 0.0, "scale_audio": 6.0, "temperature": 0.8}
-    s = sampling_flags.sampling_from_args(args, recommended)
+    s = decode.resolve_sampling(args, recommended)[0]
     assert (s.fine_temperature, s.temperature, s.scale_audio) == (0.0, 0.8, 2.0)          # the flag wins
     assert s.scale_instrument == decode.Sampling().scale_instrument                       # the paper's
     args.paper_sampling = True
-    assert sampling_flags.sampling_from_args(args, recommended) == replace(decode.Sampling(), scale_audio=2.0)
+    assert decode.resolve_sampling(args, recommended)[0] == replace(decode.Sampling(), scale_audio=2.0)
     import evaluate                                            # evaluate.py's flags must not mask it with defaults
     eargs = evaluate.build_parser().parse_args(["--data", "d", "--out", "o"])
-    assert sampling_flags.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), **recommended)
+    assert decode.resolve_sampling(eargs, recommended)[0] == replace(decode.Sampling(), **recommended)
     eargs = evaluate.build_parser().parse_args(["--data", "d", "--out", "o", "--w-s", "0.3", "--paper-sampling"])
-    assert sampling_flags.sampling_from_args(eargs, recommended) == replace(decode.Sampling(), w_s=0.3)
+    assert decode.resolve_sampling(eargs, recommended)[0] == replace(decode.Sampling(), w_s=0.3)
 
 
 @pytest.mark.slow

@@ -1,15 +1,29 @@
-"""The project's import graph, read with `ast` (imports inside functions included): no cycle, project modules
-imported at the top of a file, and no module importing a command's entry point (train, generate, evaluate, bench)."""
+"""The project's import graph, read with `ast` (imports inside functions included), against declared layers.
+
+Imports run one way: a module imports only from its own layer or below. No cycle between files, nor between
+packages. Project modules are imported at the top of a file, but for
+the lazy imports declared below. Nothing imports a root command.
+"""
 import ast
 import os
 
 from conftest import ROOT
 
-# Commands a user runs, at the root, that nothing imports: the top of the graph. The libraries behind the last
-# three live in packages (plumbing/spectral.py, songs/synth.py, songs/corpus.py).
-ENTRY_POINTS = {"train", "generate", "evaluate", "bench", "spectral", "synth", "corpus", "app"}
-# The paper's method and the codec interface, at the root beside the commands; everything else is in a package.
-PAPER_MODULES = {"data", "model", "masking", "guidance", "decode", "codec"}
+# Top to bottom. A module belongs to the first layer with a prefix that names it (a package or a root file).
+LAYERS = [
+    ("commands", ["train", "generate", "evaluate", "bench", "app"]),
+    ("supports", ["training", "metrics", "notes", "songs", "page", "spectral.fit"]),
+    ("paper", ["data", "model", "masking", "guidance", "decode", "codec"]),
+    ("ground", ["audio", "spectral.dsp", "spectral", "cli"]),
+]
+# The one import up a layer, and why: the page adds parts with generate.py's own functions (reading the context,
+# the stems in turn, the output names and the atomic writes), so that the page and the command cannot drift apart.
+UPWARD = {("page.engine", "generate")}
+# Imports inside a function, and why: the MIDI path (librosa, pretty_midi) loads only with --midi.
+LAZY = {("generate", "notes.midi")}
+ROOT_COMMANDS = {"train", "generate", "evaluate", "bench", "app"}
+# Commands run as modules of their packages (python -m ...); they are libraries too, so they may be imported.
+MODULE_COMMANDS = {"songs.synth", "songs.corpus", "spectral.fit", "training.ship", "training.curves"}
 SKIPPED_DIRS = {"tests", "shared", "runs", "data"}
 
 
@@ -89,10 +103,24 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer_of(module: str) -> int:
+    """The index in LAYERS of a module's layer (0 is the top)."""
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS in tests/test_imports.py")
+
+
+def folder_of(module: str) -> str:
+    """The package a module is in (a root file: itself)."""
+    return module.split(".")[0]
+
+
 def test_the_walk_sees_the_modules_and_their_imports():
-    graph, _ = import_graph()
-    assert {"model", "codec", "plumbing.spectral", "plumbing.checkpoint", "train", "metrics.fad"} <= set(graph)
-    assert "codec" in graph["plumbing.spectral"] and "plumbing.spectral" in graph["plumbing.checkpoint"]
+    graph, in_functions = import_graph()
+    assert {"model", "codec", "spectral.dsp", "training.checkpoint", "train", "metrics.fad"} <= set(graph)
+    assert "spectral.dsp" in graph["codec"] and "codec" in graph["training.checkpoint"]
+    assert "notes.midi" in in_functions["generate"]
 
 
 def test_find_cycle_finds_one_and_only_one_that_is_there():
@@ -100,32 +128,61 @@ def test_find_cycle_finds_one_and_only_one_that_is_there():
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_the_project_import_graph_has_no_cycle():
+def test_every_module_has_a_layer_and_imports_run_down_the_layers():
+    graph, _ = import_graph()
+    upward = {(m, n) for m, targets in graph.items() for n in targets if layer_of(n) < layer_of(m)}
+    assert upward == UPWARD, f"imports up a layer: {sorted(upward - UPWARD)} (declare and justify, or move the code)"
+    assert len(UPWARD) <= 1
+
+
+def test_the_paper_files_stand_on_the_ground_alone():
+    """model.py imports nothing of the project (its numbers are in ModelConfig); the paper's files import only
+    each other and the ground."""
+    graph, _ = import_graph()
+    assert graph["model"] == set()
+    paper = dict(LAYERS)["paper"]
+    for m in paper:
+        assert all(layer_of(n) >= layer_of(m) for n in graph[m]), (m, graph[m])
+
+
+def test_the_project_import_graph_has_no_cycle_between_files_or_folders():
     graph, _ = import_graph()
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    folders = {}   # the packages (codec.py and its package spectral/ are one concept, and may lean on each other)
+    for m, targets in graph.items():
+        if "." in m:
+            folders.setdefault(folder_of(m), set()).update(folder_of(n) for n in targets
+                                                           if "." in n and folder_of(n) != folder_of(m))
+    cycle = find_cycle(folders)
+    assert cycle is None, "folder cycle: " + " -> ".join(cycle)
 
 
-def test_project_modules_are_imported_at_the_top_of_a_file():
-    """An import inside a function hides a dependency (and was how the codec <-> spectral cycle was dodged)."""
+def test_project_modules_are_imported_at_the_top_of_a_file_but_the_declared_lazy_ones():
+    """An import inside a function hides a dependency; the declared ones keep heavy packages off a path."""
     _, in_functions = import_graph()
-    assert {m: sorted(v) for m, v in in_functions.items() if v} == {}
+    found = {(m, n) for m, v in in_functions.items() for n in v if not any(o.startswith(n + ".") for o in v)}
+    assert found == LAZY
 
 
-def test_no_module_imports_an_entry_point_and_every_command_is_classified():
+def test_no_module_imports_a_root_command_and_every_command_is_classified():
     graph, _ = import_graph()
-    importers = {m: sorted(graph[m] & ENTRY_POINTS) for m in graph if graph[m] & ENTRY_POINTS}
-    assert importers == {}, f"entry points are imported: {importers}"
-    modules = project_modules()
+    importers = {m: sorted(graph[m] & ROOT_COMMANDS) for m in graph if graph[m] & ROOT_COMMANDS
+                 and (m, *graph[m] & ROOT_COMMANDS) not in UPWARD}
+    assert importers == {}, f"commands are imported: {importers}"
     commands = set()
-    for name, path in modules.items():
+    for name, path in project_modules().items():
         with open(path, encoding="utf-8") as f:
             if '__name__ == "__main__"' in f.read():
                 commands.add(name)
-    assert commands == ENTRY_POINTS, "a new command: add it to ENTRY_POINTS"
+    assert commands == ROOT_COMMANDS | MODULE_COMMANDS, "a new command: add it to ROOT_COMMANDS or MODULE_COMMANDS"
 
 
-def test_the_root_holds_the_paper_and_the_commands_and_packages_the_rest():
-    """A reader who opens the repository sees the paper's files and the commands; the rest is grouped."""
+def test_the_root_holds_the_papers_files_and_the_commands_only():
+    """The card's eight files, codec.py, app.py and bench.py; everything else is in a package named for its
+    concern."""
     root = {m for m, path in project_modules().items() if os.path.dirname(path) == ROOT}
-    assert root == PAPER_MODULES | ENTRY_POINTS
+    assert root == {"data", "model", "masking", "decode", "guidance", "train", "generate", "evaluate", "codec",
+                    "app", "bench"}
+    packages = {m.split(".")[0] for m in project_modules()} - root
+    assert not packages & {"plumbing", "utils", "helpers", "common", "misc", "lib"}

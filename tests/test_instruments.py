@@ -1,7 +1,7 @@
-"""plumbing/instruments.py: the class table, the names a user types, a stem's class from Slakh's metadata."""
+"""audio/instruments.py: the class table, the names a user types, a stem's class from Slakh's metadata."""
 import pytest
 
-from plumbing.instruments import (DRUMS, INSTRUMENTS, N_INSTRUMENTS, NULL_INSTRUMENT, SLAKH_LABELS, instrument_id,
+from audio.instruments import (DRUMS, INSTRUMENTS, N_INSTRUMENTS, NULL_INSTRUMENT, SLAKH_LABELS, instrument_id,
                                   program_class, stem_class)
 
 

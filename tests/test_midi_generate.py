@@ -1,11 +1,11 @@
-"""generate.py --midi: each stem's notes as a MIDI file beside it (stem_midi.py), at the context's tempo, with
+"""generate.py --midi: each stem's notes as a MIDI file beside it (midi.py), at the context's tempo, with
 the class's GM program."""
 import pretty_midi
 import pytest
 import soundfile as sf
 
 import generate
-from plumbing.cli import USER_ERROR
+from cli.common import USER_ERROR
 from conftest import bass_line
 
 SR = 22050

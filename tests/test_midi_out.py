@@ -1,12 +1,12 @@
-"""stem_midi.py: a stem's notes as a MIDI file for a DAW (program, tempo, notes, velocities)."""
+"""midi.py: a stem's notes as a MIDI file for a DAW (program, tempo, notes, velocities)."""
 import numpy as np
 import pretty_midi
 import pytest
 
-from metrics import transcriber
-from plumbing import stem_midi
+from notes import transcriber
+from notes import midi
 from conftest import chord
-from plumbing.instruments import instrument_id
+from audio.instruments import instrument_id
 
 SR = 22050
 
@@ -23,30 +23,30 @@ def click_track(bpm, seconds, sr=SR):
 @pytest.mark.parametrize("name,program,is_drum", [("piano", 0, False), ("bass", 32, False), ("drums", 0, True),
                                                   ("synth effects", 96, False), ("sound effects", 119, False)])
 def test_a_class_gets_its_first_gm_program(name, program, is_drum):
-    assert stem_midi.class_program(instrument_id(name)) == (program, is_drum)
+    assert midi.class_program(instrument_id(name)) == (program, is_drum)
 
 
 def test_tempo_is_detected_from_a_steady_beat_and_none_without_one():
-    assert stem_midi.detect_tempo(click_track(100, 8), SR) == pytest.approx(100, abs=3)
+    assert midi.detect_tempo(click_track(100, 8), SR) == pytest.approx(100, abs=3)
     stereo = np.stack([click_track(100, 8)] * 2)
-    assert stem_midi.detect_tempo(stereo, SR) == pytest.approx(100, abs=3)
-    assert stem_midi.detect_tempo(np.zeros(3 * SR), SR) is None          # silence
-    assert stem_midi.detect_tempo(click_track(100, 1), SR) is None       # too short to tell
+    assert midi.detect_tempo(stereo, SR) == pytest.approx(100, abs=3)
+    assert midi.detect_tempo(np.zeros(3 * SR), SR) is None          # silence
+    assert midi.detect_tempo(click_track(100, 1), SR) is None       # too short to tell
     rng = np.random.default_rng(0)
-    assert stem_midi.detect_tempo(0.1 * rng.standard_normal(8 * SR), SR) is None        # noise: no pulse
+    assert midi.detect_tempo(0.1 * rng.standard_normal(8 * SR), SR) is None        # noise: no pulse
     hits = np.zeros(8 * SR, np.float32)
     for t in np.sort(rng.uniform(0, 7.9, 14)):                          # hits at random times
         hits[int(t * SR):int(t * SR) + 200] += np.hanning(200) * np.sin(np.arange(200) * 0.3)
-    assert stem_midi.detect_tempo(hits, SR) is None
+    assert midi.detect_tempo(hits, SR) is None
 
 
 def test_a_bass_line_comes_back_as_its_notes_with_program_tempo_and_velocities(tmp_path):
     rng = np.random.default_rng(0)
     line = [40, 43, 45, 47]
     y = np.concatenate([chord([p], 0.5, 44100, rng) * 4 for p in line])
-    pm = stem_midi.instrument_midi(y, 44100, instrument_id("bass"), tempo=96.0)
+    pm = midi.instrument_midi(y, 44100, instrument_id("bass"), tempo=96.0)
     path = str(tmp_path / "bass.mid")
-    stem_midi.write_midi(path, pm)
+    midi.write_midi(path, pm)
     back = pretty_midi.PrettyMIDI(path)                                  # what a DAW reads
     assert back.get_tempo_changes()[1][0] == pytest.approx(96.0, abs=0.01)
     (track,) = back.instruments
@@ -58,14 +58,14 @@ def test_a_bass_line_comes_back_as_its_notes_with_program_tempo_and_velocities(t
         assert min(abs(s - 0.5 * k) for s in starts) < 0.06
     assert all(1 <= n.velocity <= 127 and n.end > n.start for n in track.notes)
     with pytest.raises(FileExistsError):
-        stem_midi.write_midi(path, pm)
+        midi.write_midi(path, pm)
 
 
 def test_silence_gives_a_file_with_no_notes_and_the_default_tempo():
-    pm = stem_midi.stem_to_midi(np.zeros(SR, np.float32), SR, program=0)
-    assert pm.instruments[0].notes == [] and pm.get_tempo_changes()[1][0] == stem_midi.DEFAULT_TEMPO
+    pm = midi.stem_to_midi(np.zeros(SR, np.float32), SR, program=0)
+    assert pm.instruments[0].notes == [] and pm.get_tempo_changes()[1][0] == midi.DEFAULT_TEMPO
     with pytest.raises(ValueError, match="outside 0-127"):
-        stem_midi.stem_to_midi(np.zeros(SR, np.float32), SR, program=128)
+        midi.stem_to_midi(np.zeros(SR, np.float32), SR, program=128)
 
 
 def test_note_events_are_the_notes_with_their_amplitudes():

@@ -7,7 +7,7 @@ import pytest
 
 from metrics import mir
 from songs import synth
-from metrics import transcriber
+from notes import transcriber
 
 SR = mir.ANALYSIS_SR
 

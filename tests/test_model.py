@@ -117,3 +117,9 @@ def test_codeword_init_makes_a_frames_embedding_a_scaled_rotation_of_its_latent(
     assert torch.allclose(m.target_embed(codes)[0], emb)                             # both channels alike
     with pytest.raises(ValueError, match="do not fit"):
         m.init_from_codewords(torch.randn(2, 32, 24), g)
+
+
+def test_the_models_instrument_table_size_is_the_class_tables():
+    """model.py keeps Sec. 3's 18 instrument entries in ModelConfig rather than importing the class table."""
+    from audio.instruments import INSTRUMENTS, N_INSTRUMENTS, NULL_INSTRUMENT
+    assert ModelConfig().n_instruments == N_INSTRUMENTS == len(INSTRUMENTS) + 1 == NULL_INSTRUMENT + 1 == 18

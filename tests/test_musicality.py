@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from metrics import harmony
 from metrics import musicality as M
 from metrics import pictures
 from conftest import chord, random_triads, write_corpus
@@ -37,7 +38,7 @@ def test_transposition_score_of_a_part_that_ignores_its_context_averages_to_zero
     rng = np.random.default_rng(1)
     for _ in range(5):
         stem, context = rng.random(12), rng.random(12)
-        scores = [M.transposition_score(stem, np.roll(context, t))[0] for t in range(12)]
+        scores = [harmony.transposition_score(stem, np.roll(context, t))[0] for t in range(12)]
         assert abs(np.mean(scores)) < 1e-12
         assert max(scores) > 0.1                               # ... though single keys do not score 0
 
@@ -46,15 +47,15 @@ def test_transposition_score_is_highest_at_the_right_shift_for_a_part_that_follo
     rng = np.random.default_rng(2)
     context = rng.random(12)
     follows = context + 0.1 * rng.random(12)
-    score, best = M.transposition_score(follows, context)
+    score, best = harmony.transposition_score(follows, context)
     assert score > 0.8 and best
-    r = M.shift_correlations(follows, context)
+    r = harmony.shift_correlations(follows, context)
     assert abs(r.sum()) < 1e-12 and score == pytest.approx(12 / 11 * r[0])  # the 12 shifts' correlations sum to 0
-    score_wrong, best_wrong = M.transposition_score(follows, np.roll(context, 5))
+    score_wrong, best_wrong = harmony.transposition_score(follows, np.roll(context, 5))
     assert score_wrong < score and not best_wrong
-    assert M.transposition_score(np.ones(12), context) == (0.0, False)     # a flat chroma follows nothing
+    assert harmony.transposition_score(np.ones(12), context) == (0.0, False)     # a flat chroma follows nothing
     with pytest.raises(ValueError, match="12 bins"):
-        M.transposition_score(np.ones(11), context)
+        harmony.transposition_score(np.ones(11), context)
 
 
 def test_a_model_that_copies_its_context_follows_every_transposition(corpus):
@@ -169,9 +170,9 @@ def test_random_fine_tokens_keep_level_0_and_draw_the_rest_uniformly():
 
 
 def test_round_trips_through_a_codec_keep_the_length_and_random_fine_levels_change_the_sound(tmp_path):
-    from plumbing import spectral
+    from spectral import fit as spectral_fit
     root = write_corpus(str(tmp_path / "c"), pieces=1, transpositions=[0, 5])
-    codec = spectral.fit_spectral(root, None, n_q=2, bins=16, dim=16, sample_rate=SR, n_fft=512,
+    codec = spectral_fit.fit_spectral(root, None, n_q=2, bins=16, dim=16, sample_rate=SR, n_fft=512,
                                   seconds_per_track=2, kmeans_iters=3, griffin_lim_iters=4, progress=False)
     x = random_triads(0.25, 5, SR, np.random.default_rng(3))[:SR + 123]        # not a whole number of frames
     same = M.round_trip(codec, x)

@@ -6,9 +6,10 @@ import soundfile as sf
 import torch
 import yaml
 
-from plumbing import activity, pool
+from audio import activity
+from training import pool
 from data import PairDraw, StemPairDataset
-from plumbing.instruments import instrument_id
+from audio.instruments import instrument_id
 
 SR = 8000
 CLASSES = (("piano", 0), ("bass", 33), ("organ", 16))   # class name, GM program

@@ -1,11 +1,11 @@
-"""plumbing/slakh.py: the Slakh layout read from disk (both fixture layouts, the hash split)."""
+"""audio/slakh.py: the Slakh layout read from disk (both fixture layouts, the hash split)."""
 import os
 
 import pytest
 
 from conftest import FIXTURE
-from plumbing import slakh
-from plumbing.instruments import INSTRUMENTS
+from audio import slakh
+from audio.instruments import INSTRUMENTS
 
 REDUX = os.path.join(FIXTURE, "slakh2100_flac_redux")
 BABY = os.path.join(FIXTURE, "babyslakh_16k")

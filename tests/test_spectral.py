@@ -10,14 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from plumbing import checkpoint
 import codec as C
-from plumbing import slakh
+from audio import slakh
 from metrics import roundtrip
-from plumbing import spectral as S
-from plumbing.cli import USER_ERROR
+from spectral import dsp
+from spectral import fit as spectral_fit
+import codec as codec_lib
+from cli.common import USER_ERROR
 from conftest import chord, random_triads
-import spectral as fit_command
+from spectral import fit as fit_command
 
 SR = 16000          # spectral codec rate in these tests (hop 320, 50 Hz)
 FILE_SR = 22050     # the files are written at another rate, so fitting goes through resampling
@@ -42,7 +43,7 @@ def chord_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def spectral(chord_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("codec") / "spectral.pt")
-    return S.fit_spectral(chord_data, out, progress=False, **FIT), out
+    return spectral_fit.fit_spectral(chord_data, out, progress=False, **FIT), out
 
 
 def test_spectral_interface_shapes(spectral):
@@ -90,12 +91,12 @@ def test_spec_through_torch_save_rebuilds_an_identical_codec(spectral, tmp_path)
     torch.save({"codec_spec": codec.spec(), "step": 3}, ckpt)
     spec = torch.load(ckpt, weights_only=True)["codec_spec"]
     assert spec["source"] == os.path.abspath(path)
-    rebuilt = checkpoint.load_codec(spec)
+    rebuilt = codec_lib.load_codec(spec)
     wav = torch.from_numpy(random_triads(0.3, 3, SR, np.random.default_rng(4)))[None, None]
     tokens = codec.encode(wav)
     assert torch.equal(rebuilt.encode(wav), tokens)
     assert torch.equal(rebuilt.decode(tokens), codec.decode(tokens))
-    from_file = checkpoint.open_codec("spectral", path)  # the fitted file itself loads the same codec
+    from_file = codec_lib.open_codec("spectral", path)  # the fitted file itself loads the same codec
     assert torch.equal(from_file.encode(wav), tokens)
 
 
@@ -104,9 +105,9 @@ def test_a_spec_without_bin_weights_loads_as_the_flat_codec_it_was(spectral):
     and code and decode as the same arrays did then."""
     codec, _ = spectral
     old = {k: v for k, v in codec.spec().items() if k != "weight"}
-    rebuilt = checkpoint.load_codec(old)
+    rebuilt = codec_lib.load_codec(old)
     assert torch.equal(rebuilt.weight, torch.ones_like(codec.mean))
-    flat = S.SpectralCodec(codec.mean, codec.basis, codec.codebooks, torch.ones_like(codec.mean), SR,
+    flat = codec_lib.SpectralCodec(codec.mean, codec.basis, codec.codebooks, torch.ones_like(codec.mean), SR,
                            n_fft=FIT["n_fft"], griffin_lim_iters=FIT["griffin_lim_iters"])
     wav = torch.from_numpy(random_triads(0.3, 3, SR, np.random.default_rng(5)))[None, None]
     assert torch.equal(rebuilt.encode(wav), flat.encode(wav))
@@ -119,25 +120,25 @@ def test_octave_weighting_gives_every_octave_the_same_total_weight():
     n_fft, sr = 4096, 32000
     hz = np.arange(n_fft // 2 + 1) * sr / n_fft
     for name, growth in (("octave", 1.0), ("flat", 2.0)):
-        w = S.bin_weights(name, n_fft, sr, floor_hz=40.0).numpy()
+        w = dsp.bin_weights(name, n_fft, sr, floor_hz=40.0).numpy()
         totals = np.array([(w[(hz >= f) & (hz < 2 * f)] ** 2).sum() for f in (160, 320, 640, 1280, 2560, 5120)])
         assert np.allclose(totals[1:] / totals[:-1], growth, rtol=0.05), (name, totals)
-    w = S.bin_weights("octave", n_fft, sr, floor_hz=40.0).numpy()
+    w = dsp.bin_weights("octave", n_fft, sr, floor_hz=40.0).numpy()
     assert np.all(w[hz <= 40.0] == 1.0) and np.all(np.diff(w) <= 0)
     with pytest.raises(ValueError, match="octave, flat"):
-        S.bin_weights("mel", n_fft, sr)
+        dsp.bin_weights("mel", n_fft, sr)
     with pytest.raises(ValueError, match="above 0 Hz"):
-        S.bin_weights("octave", n_fft, sr, floor_hz=0.0)
+        dsp.bin_weights("octave", n_fft, sr, floor_hz=0.0)
 
 
 def test_a_spec_without_arrays_loads_them_from_its_file_or_says_what_is_missing(spectral, tmp_path):
     codec, path = spectral
-    rebuilt = checkpoint.load_codec({"name": "spectral", "source": path})
+    rebuilt = codec_lib.load_codec({"name": "spectral", "source": path})
     assert torch.equal(rebuilt.codebooks, codec.codebooks)
     with pytest.raises(C.CodecUnavailable, match="no arrays and no file"):
-        checkpoint.load_codec({"name": "spectral"})
-    with pytest.raises(C.CodecUnavailable, match="gone.pt(.|\n)*" + re.escape(S.FIT_HINT)):
-        checkpoint.load_codec({"name": "spectral", "source": str(tmp_path / "gone.pt")})
+        codec_lib.load_codec({"name": "spectral"})
+    with pytest.raises(C.CodecUnavailable, match="gone.pt(.|\n)*" + re.escape(dsp.FIT_HINT)):
+        codec_lib.load_codec({"name": "spectral", "source": str(tmp_path / "gone.pt")})
 
 
 @pytest.mark.slow
@@ -145,12 +146,12 @@ def test_fit_reads_only_the_train_split_and_never_overwrites(chord_data, spectra
     _, path = spectral
     before = os.path.getmtime(path)
     with pytest.raises(FileExistsError, match="--force"):
-        S.fit_spectral(chord_data, path, progress=False)
+        spectral_fit.fit_spectral(chord_data, path, progress=False)
     assert os.path.getmtime(path) == before
     tracks = slakh.find_tracks(chord_data, ("train",))
     assert len(tracks) == 8 and all(f"{os.sep}train{os.sep}" in f for t in tracks for f in t)
     with pytest.raises(FileNotFoundError, match="no .flac/.wav audio"):
-        S.fit_spectral(str(tmp_path), None, progress=False)
+        spectral_fit.fit_spectral(str(tmp_path), None, progress=False)
 
 
 @pytest.mark.parametrize("max_frames", [10**9, 300])
@@ -165,9 +166,9 @@ def test_two_pass_fitting_frames_are_the_frames_a_one_pass_draw_keeps(tmp_path, 
             gap[:] = 1e-5 * rng.standard_normal(len(gap))    # quiet, and no two quiet frames alike
             sf.write(tmp_path / "train" / f"Track{i:05d}" / "stems" / f"S{k:02d}.wav", x, SR)
     chord_data = str(tmp_path)
-    cfg = S.SpectralConfig(**{**FIT, "max_frames": max_frames})
-    got = S.fitting_frames(chord_data, cfg, 3, torch.Generator().manual_seed(5), progress=False)
-    pairs = list(S.signal_frames(chord_data, cfg, 3, "", progress=False))   # the one-pass way, all in memory
+    cfg = dsp.SpectralConfig(**{**FIT, "max_frames": max_frames})
+    got = spectral_fit.fitting_frames(chord_data, cfg, 3, torch.Generator().manual_seed(5), progress=False)
+    pairs = list(spectral_fit.signal_frames(chord_data, cfg, 3, "", progress=False))   # the one-pass way, all in memory
     loud, quiet = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     g = torch.Generator().manual_seed(5)
     pool = torch.cat([loud, quiet[torch.randperm(len(quiet), generator=g)[:min(len(quiet), max(1, len(loud) // 50))]]])
@@ -178,31 +179,31 @@ def test_two_pass_fitting_frames_are_the_frames_a_one_pass_draw_keeps(tmp_path, 
 
 def test_spectral_config_is_the_one_home_of_the_defaults():
     """The fit command, fit_spectral and the codec's constructor all take their defaults from SpectralConfig."""
-    d = S.SpectralConfig()
+    d = dsp.SpectralConfig()
     encodec = C.ENCODEC_32KHZ_CONFIG               # the paper's codec: the two are interchangeable in a model
     assert (d.sample_rate, d.hop) == (encodec["sampling_rate"], math.prod(encodec["upsampling_ratios"]))
     assert d.hop * d.frame_rate == d.sample_rate
-    args = fit_command.build_parser().parse_args(["fit", "--data", "D", "--out", "F"])
-    for f in dataclasses.fields(S.SpectralConfig):
+    args = fit_command.build_parser().parse_args(["--data", "D", "--out", "F"])
+    for f in dataclasses.fields(dsp.SpectralConfig):
         if f.name != "frame_rate":  # the frame rate is fixed at the paper's 50 Hz, not a flag
             assert getattr(args, f.name) == getattr(d, f.name), f.name
-    init = inspect.signature(S.SpectralCodec).parameters
+    init = inspect.signature(codec_lib.SpectralCodec).parameters
     for name in ("sample_rate", "frame_rate", "n_fft", "power", "griffin_lim_iters", "seed"):
         assert init[name].default == getattr(d, name), name
     with pytest.raises(TypeError, match="n_bins"):
-        S.fit_spectral("unused", None, n_bins=8)  # a misspelt setting is refused, not ignored
+        spectral_fit.fit_spectral("unused", None, n_bins=8)  # a misspelt setting is refused, not ignored
 
 
 @pytest.mark.slow
 def test_fit_command_matches_the_function_and_refuses_to_overwrite(chord_data, spectral, tmp_path, capsys):
-    """`python spectral.py fit` writes the codec fit_spectral makes; an existing file is a user error."""
+    """`python -m spectral.fit` writes the codec fit_spectral makes; an existing file is a user error."""
     codec, _ = spectral
     out = str(tmp_path / "cli.pt")
     flags = ["--n-q", "4", "--bins", "48", "--dim", "24", "--sample-rate", str(SR), "--n-fft", "1024",
              "--kmeans-iters", "10", "--griffin-lim-iters", "32"]
-    assert fit_command.main(["fit", "--data", chord_data, "--out", out, *flags]) == 0
-    assert torch.equal(checkpoint.open_codec("spectral", out).codebooks, codec.codebooks)
-    assert fit_command.main(["fit", "--data", chord_data, "--out", out, *flags]) == USER_ERROR
+    assert fit_command.main(["--data", chord_data, "--out", out, *flags]) == 0
+    assert torch.equal(codec_lib.open_codec("spectral", out).codebooks, codec.codebooks)
+    assert fit_command.main(["--data", chord_data, "--out", out, *flags]) == USER_ERROR
     assert "--force" in capsys.readouterr().err
 
 

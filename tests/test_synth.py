@@ -10,12 +10,12 @@ import soundfile as sf
 import yaml
 
 from conftest import FIXTURE
-from plumbing.cli import USER_ERROR
+from cli.common import USER_ERROR
 from songs import compose
 import data
 from songs import synth
-import synth as synth_command
-from plumbing.instruments import INSTRUMENTS, SLAKH_LABELS, program_class
+
+from audio.instruments import INSTRUMENTS, SLAKH_LABELS, program_class
 
 FIX_TRACK = os.path.join(FIXTURE, "slakh2100_flac_redux", "train", "Track00001")
 MAJOR = [0, 2, 4, 5, 7, 9, 11]
@@ -205,13 +205,13 @@ def test_refuses_to_overwrite_user_folders(tmp_path, capsys):
     (user / "notes.txt").write_text("keep me")
     with pytest.raises(synth.SynthError, match="exists and is not empty"):
         synth.make_dataset(str(user), tracks=1, seconds=1.0, progress=False)
-    with pytest.raises(synth.SynthError, match="not made by synth.py"):
+    with pytest.raises(synth.SynthError, match="not made by python -m songs.synth"):
         synth.make_dataset(str(user), tracks=1, seconds=1.0, progress=False, overwrite=True)
     assert (user / "notes.txt").read_text() == "keep me"
     with pytest.raises(SystemExit) as stop:
-        synth_command.main(["--out", str(user), "--tracks", "1", "--seconds", "1"])
+        synth.main(["--out", str(user), "--tracks", "1", "--seconds", "1"])
     assert stop.value.code == USER_ERROR
-    assert re.search(r"synth.py: error: output folder .* exists", capsys.readouterr().err)
+    assert re.search(r"error: output folder .* exists", capsys.readouterr().err)
     ours = str(tmp_path / "ours")
     synth.make_dataset(ours, tracks=1, seconds=1.0, seed=0, workers=1, progress=False)
     synth.make_dataset(ours, tracks=2, seconds=1.0, seed=0, workers=1, progress=False, overwrite=True)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import data
-from plumbing import pool
+from training import pool
 import train
+from training.recipes import Recipe
 from codec import ENCODEC_32KHZ_CONFIG
 from conftest import STEM_SR as SR, tiny_encodec, tone, write_stem, write_track
 
@@ -111,7 +112,7 @@ def test_the_size_bound_holds_and_the_least_recently_used_go_first(codec):
 
 def test_loader_batches_give_the_same_tokens_with_the_cache(tmp_path, codec):
     root = band_root(tmp_path)
-    recipe = train.Recipe(crop_seconds=CROP, batch=4, seed=2, workers=0, crop_grid=1.0)
+    recipe = Recipe(crop_seconds=CROP, batch=4, seed=2, workers=0, crop_grid=1.0)
     kw = dict(codec=codec, recipe=recipe, root=root, shard=pool.Shard(micro=4), device=torch.device("cpu"),
               verbose=False)
     cache = pool.TokenCache(10**8)
@@ -135,5 +136,5 @@ def test_bf16_agreement_is_measured_per_level(codec):
 def test_the_token_cache_needs_a_crop_grid():
     args = train.parse_args(["--data", "x", "--token-cache-gb", "1"])
     with pytest.raises(train.TrainError, match=re.escape("--crop-grid")):
-        train.resolve_args(args)
-    train.resolve_args(train.parse_args(["--data", "x", "--token-cache-gb", "1", "--crop-grid", "0.5"]))
+        train.resolve_recipe(args)
+    train.resolve_recipe(train.parse_args(["--data", "x", "--token-cache-gb", "1", "--crop-grid", "0.5"]))

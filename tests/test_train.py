@@ -7,13 +7,15 @@ import sys
 import pytest
 import torch
 
-from plumbing import slakh
-from plumbing import spectral
+from audio import slakh
+from spectral import fit as spectral_fit
 from songs import synth
 import train
-from plumbing.checkpoint import save_checkpoint, trained_classes
+from training import curves, ship
+from training.recipes import RECIPES
+from training.checkpoint import save_checkpoint, trained_classes
 from conftest import FIXTURE, ROOT
-from plumbing.instruments import INSTRUMENTS
+from audio.instruments import INSTRUMENTS
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def tiny_data(tmp_path_factory):
     data_dir = str(root / "songs")
     synth.make_dataset(data_dir, tracks=20, seconds=3.0, seed=1, workers=1, progress=False, sample_rate=16000)
     codec_file = str(root / "codec.pt")
-    spectral.fit_spectral(data_dir, codec_file, n_q=2, bins=16, dim=16, sample_rate=16000, n_fft=512,
+    spectral_fit.fit_spectral(data_dir, codec_file, n_q=2, bins=16, dim=16, sample_rate=16000, n_fft=512,
                           seconds_per_track=4.0, kmeans_iters=5, griffin_lim_iters=4, progress=False)
     return data_dir, codec_file
 
@@ -102,7 +104,7 @@ def test_init_from_adds_to_the_class_counts_and_an_older_checkpoint_keeps_them_u
     assert sum(tuned["class_counts"].values()) == sum(first["class_counts"].values()) + 2 * 4
     assert all(tuned["class_counts"][k] >= n for k, n in first["class_counts"].items())
     # the shipped provenance names both stages, first stage first, each with the flags it was given
-    assert train.main(["--out", str(tmp_path / "b"), "--ship", str(tmp_path / "b.pt")]) == 0
+    assert ship.main([str(tmp_path / "b.pt"), "--out", str(tmp_path / "b")]) == 0
     stages = torch.load(tmp_path / "b.pt", weights_only=True)["provenance"]["stages"]
     assert len(stages) == 2 and f"--out {tmp_path / 'a'}" in stages[0] and "--init-from" not in stages[0]
     assert stages[1].endswith(f"--init-from {tmp_path / 'a' / 'ckpt.pt'}")
@@ -203,35 +205,36 @@ def test_plot_draws_the_curves_of_a_run(tmp_path):
     rows = [{"kind": "train", "step": s, "loss": 5 - s / 10, "lr": 1e-3, "tokens_per_s": 1.0} for s in range(1, 11)]
     rows += [{"kind": "val", "step": 10, "nll": 4.0, "nll_no_context": 4.2, "acc": 0.2, "acc_per_level": [0.2]}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert train.main(["--plot", "--out", str(tmp_path)]) == 0
+    assert curves.main(["--out", str(tmp_path)]) == 0
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
 @pytest.mark.slow
 def test_a_recipes_checkpoints_carry_its_recommended_sampling_and_ship_keeps_it(tiny_data, tmp_path):
-    """The music recipe's runs write train.RECIPE_SAMPLING["music"] into every checkpoint; --ship keeps it, and
-    --ship-sampling none ships the paper's values."""
-    from plumbing.checkpoint import check_sampling
-    assert all(name in train.RECIPES and check_sampling(s) == s for name, s in train.RECIPE_SAMPLING.items())
+    """The music recipe's runs write RECIPES["music"].sampling into every checkpoint; training.ship keeps it, and
+    --sampling none ships the paper's values."""
+    from decode import check_sampling
+    assert all(check_sampling(r.sampling) == r.sampling for r in RECIPES.values())
+    music = RECIPES["music"].sampling
     data_dir, codec_file = tiny_data
     assert train.main(argv(data_dir, codec_file, tmp_path / "run", "--recipe", "music", "--max-steps", "2",
                            "--pool-pairs", "0", "--micro-batch", "4")) == 0
     for name in ("ckpt.pt", "best.pt"):
-        assert torch.load(tmp_path / "run" / name, weights_only=True)["sampling"] == train.RECIPE_SAMPLING["music"]
-    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tmp_path / "a.pt")]) == 0
-    assert torch.load(tmp_path / "a.pt", weights_only=True)["sampling"] == train.RECIPE_SAMPLING["music"]
-    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tmp_path / "b.pt"), "--ship-sampling", "none"]) == 0
+        assert torch.load(tmp_path / "run" / name, weights_only=True)["sampling"] == music
+    assert ship.main([str(tmp_path / "a.pt"), "--out", str(tmp_path / "run")]) == 0
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["sampling"] == music
+    assert ship.main([str(tmp_path / "b.pt"), "--out", str(tmp_path / "run"), "--sampling", "none"]) == 0
     assert "sampling" not in torch.load(tmp_path / "b.pt", weights_only=True)
 
 
 @pytest.mark.slow
 def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_loads_them(tiny_data, tmp_path):
-    from plumbing.checkpoint import load_model
+    from training.checkpoint import load_model
     data_dir, codec_file = tiny_data
     assert train.main(argv(data_dir, codec_file, tmp_path / "run", "--max-steps", "4")) == 0
     dst = tmp_path / "ship" / "model.pt"
-    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(dst)]) == 0
+    assert ship.main([str(dst), "--out", str(tmp_path / "run")]) == 0
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     small = torch.load(dst, weights_only=True)
     assert "optimizer" not in small and os.path.getsize(dst) < os.path.getsize(tmp_path / "run" / "best.pt")
@@ -243,11 +246,10 @@ def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_l
     net, _, _ = load_model(str(dst))
     assert all(torch.equal(p.detach(), best["model"][k].to(torch.bfloat16).float())
                for k, p in net.state_dict().items())
-    assert train.main(["--out", str(tmp_path / "nothing"), "--ship", str(dst)]) == 2
-    # --ship-sampling: the recommended sampling travels in the shipped file; a bad one or one without --ship stops
+    assert ship.main([str(dst), "--out", str(tmp_path / "nothing")]) == 2
+    # --sampling: the recommended sampling travels in the shipped file; a bad one stops
     assert "sampling" not in small                                       # the paper recipe recommends nothing
     tuned = tmp_path / "ship" / "tuned.pt"
-    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tuned), "--ship-sampling", "fine_temperature=0"]) == 0
+    assert ship.main([str(tuned), "--out", str(tmp_path / "run"), "--sampling", "fine_temperature=0"]) == 0
     assert torch.load(tuned, weights_only=True)["sampling"] == {"fine_temperature": 0.0}
-    assert train.main(["--out", str(tmp_path / "run"), "--ship", str(tuned), "--ship-sampling", "loudness=3"]) == 2
-    assert train.main(["--out", str(tmp_path / "run"), "--ship-sampling", "fine_temperature=0"]) == 2
+    assert ship.main([str(tuned), "--out", str(tmp_path / "run"), "--sampling", "loudness=3"]) == 2

@@ -1,7 +1,7 @@
 """plumbing/validation.py: training's validation scores and their record."""
 import torch
 
-from plumbing import validation
+from training import validation
 
 
 def test_constant_baseline_is_the_best_constant_guess():

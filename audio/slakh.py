@@ -1,6 +1,6 @@
 """The Slakh layout read from disk: tracks, their stems and their splits (data.py draws pairs from them).
 
-Layout (as Slakh2100 is distributed; our synth.py writes the same):
+Layout (as Slakh2100 is distributed; python -m songs.synth writes the same):
 
     ROOT/[train|validation|test/]TrackNNNNN/metadata.yaml     stems: {SNN: {inst_class, program_num, ...}}
     ROOT/[train|validation|test/]TrackNNNNN/stems/SNN.flac    (or .wav; any rate, any channel count)
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from plumbing.audio import AudioError, audio_info
-from plumbing.instruments import stem_class
+from audio.files import AudioError, audio_info
+from audio.instruments import stem_class
 
 SPLITS = ("train", "validation", "test")
 AUDIO_EXTS = (".flac", ".wav")
@@ -48,7 +48,7 @@ class Track:
     path: str
     split: str
     stems: list[Stem] = field(default_factory=list)
-    corpus: dict = field(default_factory=dict)  # metadata.yaml's `corpus:` entry (corpus.py's renderings), if any
+    corpus: dict = field(default_factory=dict)  # metadata.yaml's `corpus:` entry (songs/corpus.py's renderings), if any
 
     @property
     def work(self) -> str:
@@ -76,7 +76,7 @@ def _track_dirs(root: str) -> list[tuple[str, str]]:
     """(track_dir, split) pairs under root, using split folders when present; checks split leakage."""
     if not os.path.isdir(root):
         raise DatasetError(f"dataset folder not found: {root} (pass the folder that holds TrackNNNNN/ "
-                           "or train/ validation/ test/; `python synth.py --out DIR` makes one)")
+                           "or train/ validation/ test/; `python -m songs.synth --out DIR` makes one)")
     split_dirs = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
     out = []
     parts = sorted(  # a folder of datasets (the built-in data: composed songs + real works)
@@ -113,7 +113,7 @@ def _track_dirs(root: str) -> list[tuple[str, str]]:
 
 
 def work_of(meta: dict) -> str:
-    """The piece a track renders, from metadata.yaml's `corpus: {piece: ...}` entry (corpus.py writes it on every
+    """The piece a track renders, from metadata.yaml's `corpus: {piece: ...}` entry (songs/corpus.py writes it on every
     key and chunk of a work); "" when there is none (a Slakh song, a composed song: each track its own work)."""
     entry = meta.get("corpus") if isinstance(meta, dict) else None
     piece = entry.get("piece") if isinstance(entry, dict) else None
@@ -193,7 +193,7 @@ def find_tracks(data_dir: str, splits: tuple[str, ...]) -> list[list[str]]:
     """Audio files of a Slakh-layout folder grouped by track: [[stems/S00.flac, ..., mix.flac], ...].
 
     Tracks and their splits come from scan_tracks (split folders, or the hash split without them), so
-    the codec is fitted (spectral.py) on the same training tracks the model sees and measured (`bench.py
+    the codec is fitted (spectral/fit.py) on the same training tracks the model sees and measured (`bench.py
     codec`, metrics/roundtrip.py) on held-out ones. Folders without metadata.yaml fall back to audio_files_by_track.
     """
     if not os.path.isdir(data_dir):

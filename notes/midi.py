@@ -1,5 +1,5 @@
 """A generated stem as MIDI for a DAW: its notes, transcribed with the project's note transcriber
-(transcriber.py: basic-pitch's model run with onnxruntime), with the stem's General MIDI program, in a file whose
+(notes/transcriber.py: basic-pitch's model run with onnxruntime), with the stem's General MIDI program, in a file whose
 tempo is the context's when librosa's tempo estimate finds a steady pulse.
 
 Note times are kept in seconds, so the notes line up with the audio whatever the tempo; the tempo only sets the
@@ -14,9 +14,9 @@ import numpy as np
 import librosa
 import pretty_midi
 
-from metrics import transcriber
-from plumbing import audio
-from plumbing.instruments import DRUMS, INSTRUMENTS, program_class
+from notes import transcriber
+from audio import files as audio_files
+from audio.instruments import DRUMS, INSTRUMENTS, program_class
 
 DEFAULT_TEMPO = 120.0  # a MIDI file's tempo when the context has no beat to follow (MIDI's own default)
 TEMPO_RANGE = (40.0, 240.0)
@@ -40,7 +40,7 @@ def detect_tempo(x: np.ndarray, sample_rate: int) -> float | None:
     2 s, silent, its onset envelope repeats at that period with an autocorrelation below PULSE (irregular
     hits, noise), or the tempo is outside 40-240 BPM.
     """
-    y = np.asarray(audio.to_mono(x), dtype=np.float32)
+    y = np.asarray(audio_files.to_mono(x), dtype=np.float32)
     if y.size < 2 * sample_rate or not np.any(y):
         return None
     envelope = librosa.onset.onset_strength(y=y, sr=sample_rate, hop_length=HOP)
@@ -67,7 +67,7 @@ def stem_to_midi(wave: np.ndarray, sample_rate: int, program: int, tempo: float 
     """
     if not 0 <= int(program) <= 127:
         raise ValueError(f"GM program {program} is outside 0-127")
-    y = audio.resample(np.asarray(audio.to_mono(np.asarray(wave, dtype=np.float32))), sample_rate,
+    y = audio_files.resample(np.asarray(audio_files.to_mono(np.asarray(wave, dtype=np.float32))), sample_rate,
                        transcriber.SAMPLE_RATE)
     notes = transcriber.transcribe_events(y)                                  # [N, 4]: onset, offset, pitch, amp
     pm = pretty_midi.PrettyMIDI(initial_tempo=float(tempo) if tempo else DEFAULT_TEMPO)
@@ -90,4 +90,4 @@ def instrument_midi(stem: np.ndarray, sample_rate: int, instrument: int,
 
 def write_midi(path: str, pm: pretty_midi.PrettyMIDI, overwrite: bool = False) -> None:
     """Write a MIDI file atomically (temporary file beside it, then rename); refuse to overwrite unless asked."""
-    audio.atomic_write(path, pm.write, ".mid", overwrite=overwrite)
+    audio_files.atomic_write(path, pm.write, ".mid", overwrite=overwrite)

@@ -26,8 +26,8 @@ import torch
 from tqdm import tqdm
 
 from data import DatasetError, PairDraw, StemPairDataset
-from plumbing.distributed import is_main
-from plumbing.instruments import class_matrix
+from training.distributed import is_main
+from audio.instruments import class_matrix
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,14 @@ def loader_batches(codec, recipe, root: str, shard: Shard, device, token_cache: 
                       tokenize(codec, t, recipe.encode_dtype))
             micro_batches.append((tokenize(codec, c, recipe.encode_dtype), target, k))
         yield micro_batches
+
+
+def cache_line(cache: TokenCache | None) -> str:
+    """What the end of a run says of its token cache ("" without one)."""
+    if cache is None:
+        return ""
+    return (f"\ntoken cache: {cache.hits} of {cache.hits + cache.misses} target crops reused "
+            f"({cache.bytes / 1e6:.1f} MB held)")
 
 
 def split_batch(batch: int, micro_batch: int, world: int) -> tuple[int, int]:

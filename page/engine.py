@@ -1,11 +1,11 @@
 """What the page (app.py) runs: the model, the contexts and their takes, and one worker thread.
 
-Generation is generate.py's own pipeline (checkpoint.load_model, adding.read_context, adding.generate_stems,
-adding.write_outputs, decode.Sampling), run for one request at a time by a single worker thread; further
+Generation is generate.py's own pipeline (checkpoint.load_model, generate.read_context, generate.generate_stems,
+generate.write_outputs, decode.Sampling), run for one request at a time by a single worker thread; further
 requests wait in a queue whose place the page shows (past MAX_QUEUE waiting, a request is refused with a busy
 message). Progress comes from the decoding steps.
 
-Uploads and outputs live in one temporary folder (page_files.Store), removed when the engine closes: a
+Uploads and outputs live in one temporary folder (page/files.py: Store), removed when the engine closes: a
 generation in progress is stopped at its next decoding step first. A bad upload (empty, not audio, corrupt,
 silent, longer than max_seconds or larger than max_mb) gets one message (UserError) and leaves no file behind.
 """
@@ -24,13 +24,15 @@ import numpy as np
 import torch
 
 import decode
+import generate  # the one import up a layer: the page adds parts exactly as generate.py does (tests/test_imports.py)
 from decode import Sampling
-from plumbing import adding, audio, stem_midi
-from plumbing.checkpoint import (CheckpointError, checkpoint_window_seconds, load_model, recommended_sampling,
+from audio import files as audio_files
+from notes import midi
+from training.checkpoint import (CheckpointError, checkpoint_window_seconds, load_model, recommended_sampling,
                                  trained_classes)
-from plumbing.cli import pick_device
-from plumbing.instruments import INSTRUMENTS, instrument_id
-from plumbing.page_files import Store, content_type, safe_name, spectrogram_png
+from cli.common import pick_device
+from audio.instruments import INSTRUMENTS, instrument_id
+from page.files import Store, content_type, safe_name, spectrogram_png
 from songs import compose, synth
 
 MAX_SECONDS = 60.0       # longest context accepted (--max-seconds)
@@ -171,7 +173,7 @@ class Engine:
             raise
 
     def example(self) -> Context:
-        """The built-in example context: a short composed song (compose.py, synth.py) without its bass part,
+        """The built-in example context: a short composed song (songs/compose.py, songs/synth.py) without its bass part,
         rendered with the General MIDI SoundFont. The same song every time; made once per server."""
         with self._example_lock:
             with self._lock:
@@ -197,7 +199,7 @@ class Engine:
                     mix += y * (10 ** ((-20.0 + part.gain_db) / 20) / rms)
             mix *= 0.9 / max(float(np.abs(mix).max()), 1e-9)
             path = os.path.join(folder, "example.wav")
-            audio.write_audio(path, mix, EXAMPLE_SAMPLE_RATE, subtype="PCM_16")
+            audio_files.write_audio(path, mix, EXAMPLE_SAMPLE_RATE, subtype="PCM_16")
             return self._add_context(folder, path)
         except BaseException:
             self.store.remove_folder(folder)
@@ -207,8 +209,8 @@ class Engine:
         """Check a context file (readable audio, not longer than max_seconds, not silent) and register it."""
         name = os.path.basename(path)
         try:
-            sr, frames, _ = audio.audio_info(path)
-        except audio.AudioError:
+            sr, frames, _ = audio_files.audio_info(path)
+        except audio_files.AudioError:
             with open(path, "rb") as f:
                 head = f.read(16)
             if head.startswith(AUDIO_MAGIC) or head[8:12] in (b"WAVE", b"AIFF", b"AIFC"):
@@ -220,16 +222,16 @@ class Engine:
             raise UserError(f"{name} is {frames / sr:.1f} s long; the limit is {max_seconds:g} s "
                             f"(start the page with --max-seconds to change it).")
         try:
-            x, sr = adding.read_context(path)
-        except adding.GenerateError as e:                      # silent
+            x, sr = generate.read_context(path)
+        except generate.GenerateError as e:                      # silent
             raise UserError(str(e).replace(path, name)) from None
-        except audio.AudioError as e:                            # unreadable samples, NaN or inf
+        except audio_files.AudioError as e:                            # unreadable samples, NaN or inf
             raise UserError(f"{name} is corrupt: {str(e).replace(path, name)}") from None
         if x.shape[1] < 0.1 * sr:
             raise UserError(f"{name} is too short to add a part to ({x.shape[1] / sr:.2f} s): give at least 0.1 s.")
-        subtype = audio.audio_format(path)[1]
+        subtype = audio_files.audio_format(path)[1]
         png = os.path.join(folder, "context.png")
-        spectrogram_png(audio.to_mono(x), sr, png, f"context: {name}")
+        spectrogram_png(audio_files.to_mono(x), sr, png, f"context: {name}")
         ctx = Context(id=secrets.token_hex(6), name=name, folder=folder, path=path, x=x, sr=sr, subtype=subtype,
                       audio_url=self.store.add(path, content_type(path)),
                       spectrogram_url=self.store.add(png, "image/png"))
@@ -287,8 +289,8 @@ class Engine:
         except ValueError as e:
             raise UserError(str(e)) from None
         try:
-            adding.check_trained(instruments, self.trained, self.checkpoint)
-        except adding.GenerateError as e:
+            generate.check_trained(instruments, self.trained, self.checkpoint)
+        except generate.GenerateError as e:
             raise UserError(str(e)) from None
         sampling = self.sampling_from(options)
         seed = options.get("seed")
@@ -364,26 +366,26 @@ class Engine:
         return step
 
     def _stems(self, job: Job, context: np.ndarray, generator: torch.Generator) -> list[np.ndarray]:
-        """adding.generate_stems with a progress callback: stems in turn, each added to the context."""
-        return adding.generate_stems(self.net, self.tok, context, job.instruments, job.sampling, self.window,
+        """generate.generate_stems with a progress callback: stems in turn, each added to the context."""
+        return generate.generate_stems(self.net, self.tok, context, job.instruments, job.sampling, self.window,
                                      self.overlap, generator, on_step=self._on_step(job))
 
     def _generate(self, job: Job) -> None:
         ctx = job.context
-        context = audio.resample(audio.to_mono(ctx.x), ctx.sr, self.tok.sample_rate)   # [S'] at the codec rate
+        context = audio_files.resample(audio_files.to_mono(ctx.x), ctx.sr, self.tok.sample_rate)   # [S'] at the codec rate
         n_frames = math.ceil(context.shape[-1] * self.tok.frame_rate / self.tok.sample_rate)
         plan = decode.plan_windows(n_frames, self.window, self.overlap)
         job.total = decode.planned_steps(job.sampling, plan) * len(job.instruments)
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
         stems = self._stems(job, context, generator)
-        stems = [audio.fit_length(audio.resample(s, self.tok.sample_rate, ctx.sr), ctx.x.shape[1]) for s in stems]
+        stems = [audio_files.fit_length(audio_files.resample(s, self.tok.sample_rate, ctx.sr), ctx.x.shape[1]) for s in stems]
         self._check_stopping()                   # stopped during the codec's decoding: write nothing
         folder = self.store.folder("take", ctx.folder)   # removed with its context
         base = os.path.join(folder, ctx.name)
-        outs = adding.default_out_paths(base, job.instruments)
-        mix_path = adding.default_mix_path(base, job.instruments)
+        outs = generate.default_out_paths(base, job.instruments)
+        mix_path = generate.default_mix_path(base, job.instruments)
         mix = ctx.x + sum(stems)[None, :]                                            # [C, S]
-        adding.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
+        generate.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
                                lambda msg: None)
         result = {"seed": str(job.seed), "seconds": round(time.time() - job.started, 2), "stems": [], "mix": None}
         for k, (path, stem, iid) in enumerate(zip(outs, stems, job.instruments)):
@@ -397,14 +399,14 @@ class Engine:
                                     "midi_name": os.path.splitext(name)[0] + ".mid"})
             job.stems.append((path, iid))
         png = os.path.join(folder, "mix.png")
-        spectrogram_png(audio.to_mono(mix), ctx.sr, png, "new mix")
+        spectrogram_png(audio_files.to_mono(mix), ctx.sr, png, "new mix")
         result["mix"] = {"name": os.path.basename(mix_path),
                          "audio": self.store.add(mix_path, content_type(mix_path), os.path.basename(mix_path)),
                          "spectrogram": self.store.add(png, "image/png")}
         job.result = result
 
     def midi(self, job_id: str, index: int) -> tuple[str, str]:
-        """(path, download name) of a stem's MIDI file, transcribed on first request (stem_midi)."""
+        """(path, download name) of a stem's MIDI file, transcribed on first request (notes/midi.py)."""
         with self._lock:
             job = self.jobs.get(job_id)
         if job is None or job.state != "done" or not 0 <= index < len(job.stems):
@@ -416,11 +418,11 @@ class Engine:
             if index not in job.midi:
                 ctx = job.context
                 if not ctx.tempo_known:
-                    ctx.tempo, ctx.tempo_known = stem_midi.detect_tempo(ctx.x, ctx.sr), True
-                stem, sr = audio.read_audio(path)
-                pm = stem_midi.instrument_midi(stem, sr, iid, ctx.tempo)
+                    ctx.tempo, ctx.tempo_known = midi.detect_tempo(ctx.x, ctx.sr), True
+                stem, sr = audio_files.read_audio(path)
+                pm = midi.instrument_midi(stem, sr, iid, ctx.tempo)
                 out = os.path.splitext(path)[0] + ".mid"
-                stem_midi.write_midi(out, pm)
+                midi.write_midi(out, pm)
                 job.midi[index] = out
         out = job.midi[index]
         return out, os.path.basename(out)

@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node=8 train.py --data slakh/
 
-Rank 0 alone validates, logs and saves; every rank takes its slice of each global batch (train.py, pool.py),
+Rank 0 alone validates, logs and saves; every rank takes its slice of each global batch (train.py, training/pool.py),
 so N processes train what one process accumulating N micro-batches would.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from plumbing.cli import pick_device
+from cli.common import pick_device
 
 
 def stop_all(local: bool, device) -> bool:

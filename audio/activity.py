@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from plumbing.audio import AudioError, atomic_write, to_mono
+from audio.files import AudioError, atomic_write, to_mono
 
 VERSION = 1
 CACHE_FOLDER = ".stemgen-cache"  # inside the dataset root

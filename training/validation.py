@@ -1,7 +1,6 @@
 """Training's validation and its record (train.py): fixed held-out pairs; their scores (the level-0 NLL with and
 without the context, from metrics/listening.py, and the paper's masked-token accuracy) logged to metrics.jsonl
-as the run goes; the report on the best weights at its end; and the picture of a run's curves drawn from
-metrics.jsonl (train.py --plot)."""
+as the run goes; and the report on the best weights at its end (curves.py draws the rows)."""
 from __future__ import annotations
 
 import json
@@ -16,9 +15,9 @@ from data import DatasetError
 from masking import mask_target
 from metrics import listening
 from model import autocast
-from plumbing import pool
-from plumbing.checkpoint import load_checkpoint
-from plumbing.instruments import NULL_INSTRUMENT
+from training import pool
+from training.checkpoint import load_checkpoint
+from audio.instruments import NULL_INSTRUMENT
 
 
 def validation_pairs(codec, recipe, data_dir: str, progress: bool) -> dict:
@@ -130,25 +129,3 @@ def report_best(model, val: dict, batch: int, frame_rate: float, best_path: str,
     print(listening.format_report(report) + "\n" + format_masked_accuracy(report["masked_accuracy"]),
           file=sys.stderr)
     return report
-
-
-def plot_curves(metrics_path: str, out_png: str) -> str:
-    """Draw a run's training loss and its validation NLL with and without the context (when the two part,
-    the model has started to listen) from metrics.jsonl to a PNG; returns its path (train.py --plot)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in open(metrics_path)]
-    tr = [r for r in rows if r.get("kind") == "train"]
-    va = [r for r in rows if r.get("kind") == "val" and "nll" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
-    ax[0].set(xlabel="step", ylabel="masked-token loss", title="training loss")
-    ax[1].plot([r["step"] for r in va], [r["nll"] for r in va], label="with context")
-    ax[1].plot([r["step"] for r in va], [r["nll_no_context"] for r in va], label="context dropped")
-    ax[1].set(xlabel="step", ylabel="NLL (nats)", title="validation: level 0, whole target masked")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
