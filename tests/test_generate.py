@@ -397,3 +397,18 @@ def test_command_line_error_has_no_traceback(tmp_path):
                        capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1 and "missing.wav" in r.stderr
+
+
+def test_help_and_a_generation_without_midi_load_neither_librosa_nor_pretty_midi(tiny_app_checkpoint, tmp_path):
+    """The MIDI path's packages load only with --midi: a plain generation starts faster and needs less."""
+    import soundfile as sf
+    context = tmp_path / "mix.wav"
+    sf.write(context, tones(1.0, SR)[0], SR)
+    code = ("import sys, generate\n"
+            "try:\n    generate.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"rc = generate.main(['--context', {str(context)!r}, '--instrument', 'bass', '--checkpoint', "
+            f"{tiny_app_checkpoint!r}, '--seed', '1', '--steps', '2', '2', '--quiet'])\n"
+            "print('RESULT', rc, sorted(m for m in ('librosa', 'pretty_midi') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert "RESULT 0 []" in out.stdout, out.stderr
+    assert (tmp_path / "mix.bass.wav").exists()
