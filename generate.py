@@ -37,11 +37,17 @@ from audio import files as audio_files
 from audio.instruments import INSTRUMENTS, instrument_id
 from cli.common import USER_ERROR, pick_device
 from decode import DEFAULT_WINDOW_SECONDS, add_sampling_flags, resolve_sampling
+from metrics import harmony       # numpy only: the fit line after every generation
 from notes import transcriber     # its model loads on first use; notes.midi (librosa, pretty_midi) only with --midi
-from training.checkpoint import (DEFAULT_CHECKPOINT, checkpoint_window_seconds, default_checkpoint, load_model,
-                                 recommended_sampling, trained_classes)
+from training.checkpoint import (checkpoint_window_seconds, default_checkpoint, load_model, recommended_sampling,
+                                 trained_classes)
 
 SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
+# The built-in example (--example): 12 s of a work of music21's corpus held out from the shipped model's training
+# (its test split; not Bach), rendered with a General MIDI SoundFont, without its bass (examples/ has the bass too).
+EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples", "monteverdi-madrigal-4-16.flac")
+EXAMPLE_TEXT = "12 s of Monteverdi's madrigal 4.16, held out from training, without its bass"
+EXAMPLE_OUT = os.path.join("runs", "example")
 
 
 class GenerateError(RuntimeError):
@@ -178,16 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate stems that fit a musical context (StemGen, Sec. 2.1.1-2.1.2). Writes each "
                     "stem, and with --mix (or several --instrument) the context plus the new stems, at the "
                     "input's sample rate and length.")
-    p.add_argument("--context", required=True, metavar="PATH",
+    p.add_argument("--context", metavar="PATH",
                    help="context mix (wav/flac, any rate, any number of channels, any length)")
-    p.add_argument("--instrument", required=True, action="append", metavar="NAME",
+    p.add_argument("--example", action="store_true",
+                   help=f"add a part to the built-in example instead of --context: {EXAMPLE_TEXT} (default "
+                        f"--instrument bass; outputs in {EXAMPLE_OUT}/, replaced on each run)")
+    p.add_argument("--instrument", action="append", metavar="NAME",
                    help="instrument class of the stem (one of the 17 Slakh classes, case-insensitive, e.g. "
                         "piano, bass, drums, 'synth lead'; 'synth effects' is GM programs 96-103, which Slakh "
                         "labels 'Sound Effects', and 'sound effects' is programs 119-127); the checkpoint must "
                         "have trained on it; repeat to make several stems in turn")
     p.add_argument("--checkpoint", metavar="PATH",
-                   help=f"model checkpoint written by train.py (default: runs/default/best.pt, else "
-                        f"{DEFAULT_CHECKPOINT}, else the shipped model checkpoints/stemgen-music.pt)")
+                   help="model checkpoint written by train.py or training.ship (default: the shipped model "
+                        "checkpoints/stemgen-music.pt)")
     p.add_argument("--out", action="append", metavar="PATH",
                    help="stem output path, one per --instrument (default: CONTEXT.INSTRUMENT.EXT, EXT being the "
                         "context's file type)")
@@ -197,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--midi", action="store_true",
                    help="also write each stem's notes as a MIDI file beside it (STEM.mid), transcribed with "
                         "notes/transcriber.py, at the context's tempo when one is detected (else 120 BPM), with the "
-                        "instrument class's first GM program")
+                        "instrument class's first GM program; and those notes played with that program through the "
+                        "General MIDI SoundFont (STEM.notes.EXT, sample-aligned with the context), and the context "
+                        "with them (CONTEXT.with-INSTRUMENTS.notes.EXT)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     add_sampling_flags(p.add_argument_group("sampling (defaults: the paper's best setting, with the knobs the "
                                             "checkpoint recommends applied over it)"))
@@ -218,8 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def example_args(args) -> None:
+    """--example: the built-in context, a bass unless told otherwise, outputs in EXAMPLE_OUT (ours to replace)."""
+    if args.context:
+        raise GenerateError("give --context or --example, not both")
+    args.instrument = args.instrument or ["bass"]
+    names = [os.path.join(EXAMPLE_OUT, os.path.basename(p))
+             for p in default_out_paths(EXAMPLE, instrument_ids(args.instrument))]
+    args.out = args.out or names
+    if args.mix in (None, ""):
+        args.mix = os.path.join(EXAMPLE_OUT, os.path.basename(default_mix_path(EXAMPLE, instrument_ids(args.instrument))))
+    os.makedirs(EXAMPLE_OUT, exist_ok=True)
+    args.force = args.force or (args.out == names)
+    args.context = EXAMPLE
+
+
 def output_plan(args) -> tuple[list[int], list[str], str | None]:
     """Instrument ids, stem paths and mix path (None: no mix) from the flags, checked before any work."""
+    if args.example:
+        example_args(args)
+    if not args.context or not args.instrument:
+        raise GenerateError("give --context PATH and --instrument NAME (or --example to try the built-in one)")
     try:
         instruments = instrument_ids(args.instrument)
     except ValueError as e:
@@ -233,11 +263,17 @@ def output_plan(args) -> tuple[list[int], list[str], str | None]:
         mix_path = default_mix_path(args.context, instruments)
     check_outputs(outs + ([mix_path] if mix_path else []), args.context, args.force)
     if args.midi:
-        for p in midi_paths(outs):
+        for p in midi_paths(outs) + notes_paths(outs, mix_path or default_mix_path(args.context, instruments)):
             if os.path.exists(p) and not args.force:
                 raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
         transcriber.check_transcriber()                    # its install command now, not after the generation
     return instruments, outs, mix_path
+
+
+def notes_paths(stem_paths: list[str], mix_path: str) -> list[str]:
+    """With --midi: each stem's notes played through the SoundFont (mix.bass.wav -> mix.bass.notes.wav), then
+    the context with them (mix.with-bass.wav -> mix.with-bass.notes.wav)."""
+    return [os.path.splitext(p)[0] + ".notes" + os.path.splitext(p)[1] for p in stem_paths + [mix_path]]
 
 
 def run(args) -> list[str]:
@@ -251,6 +287,8 @@ def run(args) -> list[str]:
     if args.checkpoint is None:
         args.checkpoint, why = default_checkpoint()
         say(f"checkpoint: {args.checkpoint} ({why}; --checkpoint chooses another)")
+    else:
+        say(f"checkpoint: {args.checkpoint}")
     net, tok, ckpt = load_model(args.checkpoint, device, args.codec_weights)
     check_trained(instruments, trained_classes(ckpt), args.checkpoint)
     recommended = recommended_sampling(ckpt)
@@ -279,21 +317,36 @@ def run(args) -> list[str]:
     write_outputs(outputs, sr, subtype, args.force, say)
     written = [p for p, _ in outputs]
     if args.midi:
-        written += write_midi(midi_paths(outs), stems, instruments, x, sr, args.force, say)
+        written += write_midi(outs, mix_path or default_mix_path(args.context, instruments), stems, instruments, x,
+                              sr, subtype, args.force, say)
+    mono, names = audio_files.to_mono(x), [INSTRUMENTS[i].lower() for i in instruments]
+    for k, stem in enumerate(stems):                # each stem against the mix it was made for
+        print(harmony.fit_line(names[k], harmony.fit(stem, mono + sum(stems[:k], np.zeros_like(mono)), sr)))
+    if args.example and not args.quiet:
+        print("\nnext: your own music: python generate.py --context YOUR_MIX.wav --instrument bass\n"
+              "      a page to do it in the browser: python app.py\n"
+              "      train the demo model yourself (CPU, 13-40 min): python train.py", file=sys.stderr)
     return written
 
 
-def write_midi(paths: list[str], stems: list[np.ndarray], instruments: list[int], context: np.ndarray, sr: int,
-               force: bool, say) -> list[str]:
-    """Each stem's notes as MIDI (notes/midi.py), at the context's tempo when it has a steady one."""
+def write_midi(outs: list[str], mix_path: str, stems: list[np.ndarray], instruments: list[int], context: np.ndarray,
+               sr: int, subtype: str, force: bool, say) -> list[str]:
+    """Each stem's notes as MIDI (notes/midi.py), at the context's tempo when it has a steady one, and played with
+    the class's GM program through the SoundFont, sample-aligned with the context; the context with them."""
     from notes import midi   # librosa and pretty_midi load only for --midi
     tempo = midi.detect_tempo(context, sr)
     say(f"MIDI at the context's tempo, {tempo:.1f} BPM" if tempo else
         f"no steady tempo in the context: MIDI at {midi.DEFAULT_TEMPO:g} BPM")
-    for path, stem, iid in zip(paths, stems, instruments):
-        midi.write_midi(path, midi.instrument_midi(stem, sr, iid, tempo), overwrite=force)
+    scores = [midi.instrument_midi(stem, sr, iid, tempo) for stem, iid in zip(stems, instruments)]
+    played = [midi.render_notes(pm, sr, context.shape[-1]) for pm in scores]
+    for path, pm in zip(midi_paths(outs), scores):
+        midi.write_midi(path, pm, overwrite=force)
         say(f"wrote {path}")
-    return list(paths)
+    heard = notes_paths(outs, mix_path)
+    write_outputs(list(zip(heard, played)) + [(heard[-1], context + sum(played)[None, :])], sr, subtype, force,
+                  lambda m: say(m + " (the transcribed notes, played through the SoundFont; the stem itself is "
+                                  "what StemGen generated)"))
+    return midi_paths(outs) + heard
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import data
-from metrics import listening
+from metrics import harmony, listening
 from metrics.harmony import N_SHIFTS, transposition_score
 from audio.files import fit_length, resample
 from audio import slakh
@@ -245,15 +245,32 @@ def transposition_test(data_root: str, instrument: str, generate, sample_rate: i
             stem = mean_chroma(wave, sample_rate)
             row[who], row[f"{who}_right_shift_best"] = transposition_score(stem, ctx)
             row[f"{who}_chroma"] = [round(float(v), 5) for v in stem]
+            row[f"{who}_harmony"] = harmony.fit(wave, e["context"], sample_rate)   # key, chords in time, movement
         rows.append(row)
     pieces = [r["piece"] for r in rows]
     whos = ["generated", "real"] + (["round trip", "random finer levels"] if codec is not None else [])
     return {"instrument": INSTRUMENTS[instrument_id(instrument)], "n": len(rows), "pieces": len(set(pieces)),
             "transpositions": len({(r["piece"], r["transpose"]) for r in rows}), "skipped": dict(skipped),
             **{who: {**score_summary([r[who] for r in rows], [r[f"{who}_right_shift_best"] for r in rows], pieces,
-                                     seed), "consistency": key_consistency(rows, who, seed)}
+                                     seed), "consistency": key_consistency(rows, who, seed),
+                     "harmony": harmony_summary([r[f"{who}_harmony"] for r in rows], pieces, seed)}
                for who in whos},
             "examples": rows}
+
+
+def harmony_summary(fits: list[dict], pieces: list[str], seed: int = 0) -> dict:
+    """{measure: {"mean", "lo", "hi", "n"}} of harmony.fit's measures over parts, piece-bootstrap intervals; the
+    parts where a measure cannot tell (None: silent, too short) are left out of it."""
+    out = {}
+    for name in ("key", "chords", "movement"):
+        kept = [(f[name], p) for f, p in zip(fits, pieces) if f[name] is not None]
+        if not kept:
+            out[name] = None
+            continue
+        mean, lo, hi = listening.song_bootstrap(np.array([v for v, _ in kept]), np.array([p for _, p in kept]),
+                                                seed=seed)
+        out[name] = {"mean": mean, "lo": lo, "hi": hi, "n": len(kept)}
+    return out
 
 
 def key_consistency(rows: list[dict], who: str, seed: int = 0) -> dict | None:

@@ -118,6 +118,28 @@ def notes_markdown(notes: dict) -> list[str]:
     return lines
 
 
+def harmony_markdown(r: dict) -> list[str]:
+    """The same parts followed in time (metrics/harmony.py, beat-long frames): key fit, chord fit in time and
+    movement, each with its piece-bootstrap interval."""
+    lines = ["", "Following the harmony in time (metrics/harmony.py; beat-long frames): key = the part's chroma against "
+                 "the context's at the right shift minus the 11 others; chords in time = each frame against the same "
+                 "frame of the context minus its other frames (0: a drone, a part that ignores the context or "
+                 "follows only its key); movement = share of consecutive frames whose strongest pitch class "
+                 "changes:", "", "| part | key | chords in time | movement |", "| --- | --- | --- | --- |"]
+    for who, label in PARTS:
+        h = r.get(who, {}).get("harmony")
+        if not h:
+            continue
+        cells = ["-" if h[k] is None else f"{h[k]['mean']:.3f} [{h[k]['lo']:.3f}, {h[k]['hi']:.3f}]"
+                 for k in ("key", "chords", "movement")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+PARTS = (("generated", "generated"), ("real", "real part (ceiling)"), ("round trip", "real part, codec round trip"),
+         ("random finer levels", "real part, round trip with random finer levels"))
+
+
 def transposition_markdown(r: dict) -> list[str]:
     """One class's transposition test: generated and real parts' scores and right-shift counts."""
     lines = ["", f"Transposition test, {r['instrument']}: {r['n']} contexts from {r['pieces']} "
@@ -128,9 +150,7 @@ def transposition_markdown(r: dict) -> list[str]:
                  "into the written key, per chunk (1: moves exactly with the key; -1/11: one chroma in every key; "
                  "0: unrelated to the key):", "", "| part | score | right shift best | moves with the key |",
              "| --- | --- | --- | --- |"]
-    for who, label in (("generated", "generated"), ("real", "real part (ceiling)"),
-                       ("round trip", "real part, codec round trip"),
-                       ("random finer levels", "real part, round trip with random finer levels")):
+    for who, label in PARTS:
         if who not in r:
             continue
         x = r[who]
@@ -139,6 +159,7 @@ def transposition_markdown(r: dict) -> list[str]:
                                    f"({c['chunks']} chunk{'s' if c['chunks'] != 1 else ''})")
         lines.append(f"| {label} | {x['mean']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}] | {x['right_shift_best']} of "
                      f"{x['n']} | {moves} |")
+    lines += harmony_markdown(r)
     if "tokens" in r:
         t = r["tokens"]
         lines.append(f"\nIn tokens (no sampling): the real part's level-0 NLL is {t['gain']['mean']:.3f} nats "

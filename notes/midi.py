@@ -17,6 +17,7 @@ import pretty_midi
 from notes import transcriber
 from audio import files as audio_files
 from audio.instruments import DRUMS, INSTRUMENTS, program_class
+from notes.soundfont import SOUNDFONT, render_part
 
 DEFAULT_TEMPO = 120.0  # a MIDI file's tempo when the context has no beat to follow (MIDI's own default)
 TEMPO_RANGE = (40.0, 240.0)
@@ -91,3 +92,13 @@ def instrument_midi(stem: np.ndarray, sample_rate: int, instrument: int,
 def write_midi(path: str, pm: pretty_midi.PrettyMIDI, overwrite: bool = False) -> None:
     """Write a MIDI file atomically (temporary file beside it, then rename); refuse to overwrite unless asked."""
     audio_files.atomic_write(path, pm.write, ".mid", overwrite=overwrite)
+
+
+def render_notes(pm: pretty_midi.PrettyMIDI, sample_rate: int, n_samples: int, soundfont: str = SOUNDFONT) -> np.ndarray:
+    """A MIDI file's notes played with each track's GM program through the SoundFont: mono [n_samples] at
+    sample_rate, sample-aligned with the audio the notes were transcribed from (note times are in seconds)."""
+    out = np.zeros(n_samples, np.float32)
+    for track in pm.instruments:
+        notes = [(n.start, n.end, n.pitch, n.velocity) for n in track.notes]
+        out += render_part(notes, track.program, track.is_drum, n_samples, sample_rate, soundfont)
+    return out

@@ -58,18 +58,21 @@ def test_window_is_the_training_crop_when_recorded():
     assert checkpoint_window_seconds({}) is None
 
 
-def test_default_checkpoint_is_the_users_run_before_the_shipped_model(tmp_path, monkeypatch):
-    """Without --checkpoint: runs/default/best.pt, else runs/default/ckpt.pt, else the shipped model."""
+def test_the_default_checkpoint_is_the_shipped_model_and_a_users_run_is_named(tmp_path, monkeypatch):
+    """Without --checkpoint: the shipped model, wherever the command runs from; a run in runs/default/ is named,
+    with the flag that chooses it."""
     from training import checkpoint
     from conftest import ROOT
     monkeypatch.chdir(tmp_path)
-    assert checkpoint.default_checkpoint()[0] == checkpoint.SHIPPED_CHECKPOINT
-    assert checkpoint.SHIPPED_CHECKPOINT == os.path.join(ROOT, "checkpoints", "stemgen-music.pt")  # wherever run from
-    save_checkpoint(DEFAULT_CHECKPOINT, {"step": 1})
-    assert checkpoint.default_checkpoint()[0] == DEFAULT_CHECKPOINT
-    save_checkpoint(os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), "best.pt"), {"step": 1})
     path, why = checkpoint.default_checkpoint()
-    assert path.endswith("best.pt") and "best" in why
+    assert path == checkpoint.SHIPPED_CHECKPOINT == os.path.join(ROOT, "checkpoints", "stemgen-music.pt")
+    assert "your run" not in why
+    save_checkpoint(DEFAULT_CHECKPOINT, {"step": 1})
+    path, why = checkpoint.default_checkpoint()
+    assert path == checkpoint.SHIPPED_CHECKPOINT and f"--checkpoint {DEFAULT_CHECKPOINT}" in why
+    best = os.path.join(os.path.dirname(DEFAULT_CHECKPOINT), "best.pt")
+    save_checkpoint(best, {"step": 1})
+    assert f"--checkpoint {best}" in checkpoint.default_checkpoint()[1]
 
 
 def test_a_shipped_checkpoint_keeps_the_model_in_bf16_and_drops_the_training_state():

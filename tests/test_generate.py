@@ -412,3 +412,33 @@ def test_help_and_a_generation_without_midi_load_neither_librosa_nor_pretty_midi
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert "RESULT 0 []" in out.stdout, out.stderr
     assert (tmp_path / "mix.bass.wav").exists()
+
+
+def test_every_generation_ends_with_the_fit_line(tiny_app_checkpoint, tmp_path, capsys):
+    """One line per new stem: its key fit and chord fit in time, in numbers and words, beside 0 and real parts."""
+    import soundfile as sf
+    context = tmp_path / "mix.wav"
+    sf.write(context, tones(2.0, SR)[0], SR)
+    argv = ["--context", str(context), "--instrument", "bass", "--instrument", "piano", "--checkpoint",
+            tiny_app_checkpoint, "--seed", "1", "--steps", "2", "2", "--quiet"]
+    assert generate.main(argv) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("fit of the new")]
+    assert [l.split(":")[0] for l in lines] == ["fit of the new bass", "fit of the new piano"]
+    assert all("key " in l and "chords in time" in l and "ignores its context scores 0" in l for l in lines)
+
+
+def test_the_example_adds_a_bass_to_the_built_in_work_and_says_what_next(tiny_app_checkpoint, tmp_path, monkeypatch,
+                                                                          capsys):
+    """--example: the shipped held-out context, a bass, outputs in runs/example/ (replaced on a second run, since
+    they are the example's own), the fit line and the next commands."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--example", "--checkpoint", tiny_app_checkpoint, "--seed", "0", "--steps", "2", "2"]
+    for _ in range(2):
+        assert generate.main(argv) == 0
+        captured = capsys.readouterr()
+        assert "fit of the new bass" in captured.out and "python app.py" in captured.err
+    written = sorted(os.listdir(tmp_path / "runs" / "example"))
+    assert written == ["monteverdi-madrigal-4-16.bass.flac", "monteverdi-madrigal-4-16.with-bass.flac"]
+    assert generate.main(["--example", "--context", "x.wav", "--checkpoint", tiny_app_checkpoint]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert generate.main(["--instrument", "bass"]) == 2 and "--example" in capsys.readouterr().err

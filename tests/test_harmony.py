@@ -73,3 +73,32 @@ def test_the_chord_fit_is_zero_for_any_constant_chroma_exactly():
     ctx = rng.random((12, 30))
     part = np.repeat(rng.random((12, 1)), 30, axis=1)
     assert harmony.chord_fit(part, ctx) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_words_follow_the_numbers():
+    ref = harmony.REAL_BASS
+    assert harmony.words(ref["key"], ref["key"]) == "follows"
+    assert harmony.words(0.3 * ref["key"], ref["key"]) == "partly follows"
+    assert harmony.words(0.15 * ref["key"], ref["key"]) == "barely follows"
+    assert harmony.words(0.0, ref["key"]) == harmony.words(-0.5, ref["key"]) == "does not follow"
+    line = harmony.fit_line("bass", {"key": 0.3, "chords": 0.0, "movement": 0.5})
+    assert "key +0.30 (follows the key)" in line and "(does not follow the chords)" in line
+    assert "too little sound to tell" in harmony.fit_line("bass", {"key": None, "chords": None, "movement": None})
+
+
+def test_the_examples_own_bass_follows_it_and_the_bass_elsewhere_does_not():
+    """The built-in example (held-out real music): its real bass follows key and chords; noise and silence do not;
+    the real bass a tritone away (played faster, so off in time too) fits well below."""
+    import soundfile as sf
+    import generate
+    ctx, sr = sf.read(generate.EXAMPLE)
+    bass, _ = sf.read(generate.EXAMPLE.replace(".flac", ".bass.flac"))
+    real = harmony.fit(bass, ctx, sr)
+    assert "follows the key" in harmony.fit_line("bass", real) and "(follows the chords)" in harmony.fit_line("bass", real)
+    noise = harmony.fit(np.random.default_rng(0).standard_normal(len(ctx)) * 0.05, ctx, sr)
+    assert abs(noise["key"]) < 0.3 and abs(noise["chords"]) < 0.05
+    assert harmony.fit(np.zeros_like(bass), ctx, sr)["key"] is None
+    step = 2 ** (6 / 12)
+    away = np.interp(np.arange(len(bass)) * step, np.arange(len(bass)), bass, right=0.0)
+    moved = harmony.fit(away, ctx, sr)
+    assert moved["key"] < real["key"] - 0.4 and moved["chords"] < real["chords"] - 0.1
