@@ -108,6 +108,9 @@ class Handler(BaseHTTPRequestHandler):
             if len(parts) == 4 and parts[:2] == ["api", "midi"] and parts[3].isdigit():
                 path, name = self.engine.midi(parts[2], int(parts[3]))
                 return self._file(path, "audio/midi", name)
+            if len(parts) == 4 and parts[:2] == ["api", "notes"] and parts[3].isdigit():
+                path, name = self.engine.notes(parts[2], int(parts[3]))
+                return self._file(path, "audio/wav", name)
             if len(parts) >= 2 and parts[0] == "files":
                 found = self.engine.store.get(parts[1])
                 if found is None:

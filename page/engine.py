@@ -15,6 +15,7 @@ import math
 import os
 import queue
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from training.checkpoint import (CheckpointError, checkpoint_window_seconds, loa
 from cli.common import pick_device
 from audio.instruments import INSTRUMENTS, instrument_id
 from page.files import Store, content_type, safe_name, spectrogram_png
-from songs import compose, synth
+from metrics import harmony
 
 MAX_SECONDS = 60.0       # longest context accepted (--max-seconds)
 MAX_MB = 64.0            # largest upload accepted (--max-mb)
@@ -42,8 +43,6 @@ MAX_CONTEXTS = 16        # contexts kept (with their takes); the oldest is remov
 MAX_STEPS = 1024         # per level, per 1000 frames: a bound on what one request may ask for
 STOP_WAIT_SECONDS = 10.0  # how long stopping waits for a generation to reach its next decoding step
 FRESH_SEEDS = 2 ** 31    # fresh seeds are drawn below this; any seed from 0 to 2^63 - 1 may be typed
-EXAMPLE_SECONDS = 8.0
-EXAMPLE_SAMPLE_RATE = 32000
 # First bytes of the audio containers soundfile reads: an upload that starts like one but cannot be read is
 # called corrupt rather than "not audio".
 AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2",
@@ -173,8 +172,8 @@ class Engine:
             raise
 
     def example(self) -> Context:
-        """The built-in example context: a short composed song (songs/compose.py, songs/synth.py) without its bass part,
-        rendered with the General MIDI SoundFont. The same song every time; made once per server."""
+        """The built-in example context, generate.py --example's: a held-out work without its bass. Added once per
+        server."""
         with self._example_lock:
             with self._lock:
                 found = self.contexts.get(self._example_id)
@@ -186,20 +185,8 @@ class Engine:
     def _make_example(self) -> Context:
         folder = self.store.folder("context")
         try:
-            plan, parts = compose.compose(np.random.default_rng(7), EXAMPLE_SECONDS, one_program=True, held_out=True)
-            n = int(EXAMPLE_SECONDS * EXAMPLE_SAMPLE_RATE)
-            soundfont = synth.SOUNDFONT
-            mix = np.zeros(n, np.float32)
-            for part in parts:
-                if part.inst_class == "Bass":
-                    continue                                   # the part the example leaves for you to add
-                y = synth.render_part(part.notes, part.program, part.is_drum, n, EXAMPLE_SAMPLE_RATE, soundfont)
-                rms = float(np.sqrt(np.mean(y ** 2)))
-                if rms > 0:
-                    mix += y * (10 ** ((-20.0 + part.gain_db) / 20) / rms)
-            mix *= 0.9 / max(float(np.abs(mix).max()), 1e-9)
-            path = os.path.join(folder, "example.wav")
-            audio_files.write_audio(path, mix, EXAMPLE_SAMPLE_RATE, subtype="PCM_16")
+            path = os.path.join(folder, os.path.basename(generate.EXAMPLE))
+            shutil.copyfile(generate.EXAMPLE, path)
             return self._add_context(folder, path)
         except BaseException:
             self.store.remove_folder(folder)
@@ -388,7 +375,9 @@ class Engine:
         generate.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
                                lambda msg: None)
         result = {"seed": str(job.seed), "seconds": round(time.time() - job.started, 2), "stems": [], "mix": None}
+        mono = audio_files.to_mono(ctx.x)
         for k, (path, stem, iid) in enumerate(zip(outs, stems, job.instruments)):
+            fit = harmony.fit(stem, mono + sum(stems[:k], np.zeros_like(mono)), ctx.sr)   # against what it was made for
             png = os.path.join(folder, f"stem{k}.png")
             spectrogram_png(stem, ctx.sr, png, f"new {INSTRUMENTS[iid].lower()} (seed {job.seed})")
             name = os.path.basename(path)
@@ -396,7 +385,10 @@ class Engine:
                                     "audio": self.store.add(path, content_type(path), name),
                                     "spectrogram": self.store.add(png, "image/png"),
                                     "midi": f"/api/midi/{job.id}/{k}",
-                                    "midi_name": os.path.splitext(name)[0] + ".mid"})
+                                    "midi_name": os.path.splitext(name)[0] + ".mid",
+                                    "notes": f"/api/notes/{job.id}/{k}",
+                                    "notes_name": os.path.splitext(name)[0] + ".notes.wav",
+                                    "fit": {**fit, "line": harmony.fit_line(INSTRUMENTS[iid].lower(), fit)}})
             job.stems.append((path, iid))
         png = os.path.join(folder, "mix.png")
         spectrogram_png(audio_files.to_mono(mix), ctx.sr, png, "new mix")
@@ -425,6 +417,21 @@ class Engine:
                 midi.write_midi(out, pm)
                 job.midi[index] = out
         out = job.midi[index]
+        return out, os.path.basename(out)
+
+    def notes(self, job_id: str, index: int) -> tuple[str, str]:
+        """(path, download name) of a stem's transcribed notes played through the SoundFont (a wav at the context's
+        rate and length, sample-aligned with it), made from its MIDI on first request."""
+        midi_path, _ = self.midi(job_id, index)
+        with self._lock:
+            job = self.jobs[job_id]
+        out = os.path.splitext(midi_path)[0] + ".notes.wav"
+        with self._midi_lock:
+            if not os.path.isfile(out):
+                import pretty_midi
+                ctx = job.context
+                y = midi.render_notes(pretty_midi.PrettyMIDI(midi_path), ctx.sr, ctx.x.shape[1])
+                audio_files.write_audio(out, y, ctx.sr, subtype="PCM_16")
         return out, os.path.basename(out)
 
     # -- stopping ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 import app
+import generate
 from page import engine as page_engine
 from training.checkpoint import SHIPPED_CHECKPOINT
 from cli.common import USER_ERROR
@@ -125,6 +126,12 @@ def test_upload_then_generate_gives_stems_and_mix_in_the_contexts_format(served)
         assert (info.samplerate, info.frames, info.channels, info.subtype) == (22050, x.shape[0], channels, "PCM_24")
         png, headers = client.fetch(item["spectrogram"])
         assert headers["Content-Type"] == "image/png" and png.startswith(b"\x89PNG")
+    # beside each take: how well the part fits (generate.py's line), and its notes played through the SoundFont
+    for stem, name in zip(result["stems"], ("bass", "piano")):
+        assert stem["fit"]["line"].startswith(f"fit of the new {name}: key") and "chords" in stem["fit"]
+    data, headers = client.fetch(result["stems"][0]["notes"])
+    info = sf.info(io.BytesIO(data))
+    assert headers["Content-Type"] == "audio/wav" and (info.samplerate, info.frames) == (22050, x.shape[0])
 
 
 def test_same_seed_same_take_and_a_fresh_seed_is_reported(served):
@@ -239,12 +246,11 @@ def test_stopping_mid_generation_ends_it_and_removes_every_file(tiny_app_checkpo
     assert not os.path.exists(engine.store.root)
 
 
-def test_the_example_song_is_made_once_whatever_the_upload_limit(served):
+def test_the_example_is_generate_pys_and_is_added_once(served):
     engine, client = served
     status, ctx = client.call("POST", "/api/example")
     assert status == 200, ctx
-    assert (ctx["name"], ctx["sample_rate"], ctx["seconds"]) == ("example.wav", page_engine.EXAMPLE_SAMPLE_RATE,
-                                                                  page_engine.EXAMPLE_SECONDS)
+    assert (ctx["name"], ctx["sample_rate"], ctx["seconds"]) == (os.path.basename(generate.EXAMPLE), 32000, 12.0)
     assert client.call("POST", "/api/example")[1]["id"] == ctx["id"]   # made once
 
 

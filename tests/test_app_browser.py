@@ -240,7 +240,7 @@ def test_the_example_song_and_listen_again_keeps_the_earlier_take(page):
     open_page(driver, base)
     driver.find_element(By.ID, "example-btn").click()
     wait_for(driver, lambda d: d.find_element(By.ID, "context-view").is_displayed())
-    assert driver.find_element(By.ID, "context-name").text.startswith("example.wav: 8 s")
+    assert driver.find_element(By.ID, "context-name").text.startswith("monteverdi-madrigal-4-16.flac: 12 s")
     generate(driver, steps="32 16")
     wait_done(driver, 1)
     generate(driver, steps="32 16", button="again-btn")
