@@ -18,6 +18,7 @@ the codec decodes the whole sequence once, so there is no audio seam to crossfad
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Callable
@@ -51,6 +52,10 @@ class Sampling:
     #                               the most likely token, as SoundStorm decodes its finer levels (NOTES.md)
 
     def __post_init__(self):
+        knobs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("steps", "guidance")}
+        bad = {k: v for k, v in knobs.items() if v is not None and not math.isfinite(v)}
+        if bad:
+            raise ValueError("sampling values must be finite numbers: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
         if self.guidance not in GUIDANCE_MODES:
             raise ValueError(f"unknown guidance mode {self.guidance!r}; choose from {GUIDANCE_MODES}")
         if len(self.steps) == 0 or min(self.steps) < 1:
@@ -231,11 +236,11 @@ def window_frames(frame_rate: float, max_len: int, window_seconds: float | None 
     """Window and overlap in codec frames: the window defaults to DEFAULT_WINDOW_SECONDS, the overlap to half
     the window; the window must fit the model's max_len."""
     window_seconds = DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds
-    if window_seconds <= 0:
-        raise ValueError(f"--window must be positive, got {window_seconds}")
+    if not (math.isfinite(window_seconds) and window_seconds > 0):
+        raise ValueError(f"--window must be a positive number of seconds, got {window_seconds}")
     if overlap_seconds is None:
         overlap_seconds = window_seconds / 2
-    if not 0 <= overlap_seconds < window_seconds:
+    if not (math.isfinite(overlap_seconds) and 0 <= overlap_seconds < window_seconds):
         raise ValueError(f"--overlap must be at least 0 and shorter than the window ({window_seconds:g} s), "
                          f"got {overlap_seconds:g}")
     window = max(1, round(window_seconds * frame_rate))
@@ -374,8 +379,19 @@ def add_sampling_flags(g, naive_and_seed: bool = True) -> None:
     g.add_argument("--naive", action="store_true",
                    help="the paper's naive setting: no guidance, no causal bias (w_s = 0); explicit "
                         "flags above still override it")
-    g.add_argument("--seed", type=int, help="random seed; the same seed gives the same audio "
+    g.add_argument("--seed", type=seed_value, help="random seed, 0 to 2^63 - 1; the same seed gives the same audio "
                                             "(default: a fresh seed, printed)")
+
+
+def seed_value(text: str) -> int:
+    """--seed: a whole number from 0 to 2^63 - 1 (what torch.Generator.manual_seed takes)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= seed < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0 to 2^63 - 1")
+    return seed
 
 
 def resolve_sampling(args, recommended: dict | None = None) -> tuple[Sampling, str | None]:

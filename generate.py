@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 import soundfile as sf
@@ -43,6 +45,9 @@ from training.checkpoint import (checkpoint_window_seconds, default_checkpoint, 
                                  trained_classes)
 
 SILENCE_PEAK = 10 ** (-80 / 20)   # a context whose peak is below -80 dBFS is treated as silent
+MIN_SECONDS = 0.1                 # a shorter context is refused (as the page does): no music to listen to
+LONG_JOB_STEPS = 2000             # more planned decoding steps than this: warned, even under --quiet
+STEPS_PER_SECOND = 5.0            # the shipped model's decoding pace on the 2 CPU cores of the development machine
 # The built-in example (--example): 12 s of a work of music21's corpus held out from the shipped model's training
 # (its test split; not Bach), rendered with a General MIDI SoundFont, without its bass (examples/ has the bass too).
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples", "monteverdi-madrigal-4-16.flac")
@@ -61,6 +66,8 @@ def read_context(path: str) -> tuple[np.ndarray, int]:
     """Read a context file as [C, S] float32 at its own rate; reject empty, non-finite or silent audio."""
     x, sr = audio_files.read_audio(path)
     audio_files.check_finite(x, f"context {path}")
+    if x.shape[1] < MIN_SECONDS * sr:
+        raise GenerateError(f"context {path} is {x.shape[1] / sr:.3f} s long: give at least {MIN_SECONDS:g} s")
     peak = float(np.abs(x).max())
     if peak < SILENCE_PEAK:
         raise GenerateError(f"context {path} is silent (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS): "
@@ -138,20 +145,29 @@ def default_mix_path(context_path: str, instruments: list[int]) -> str:
     return f"{base}.with-{'-'.join(instrument_slug(i) for i in instruments)}{ext}"
 
 
-def check_outputs(paths: list[str], context_path: str, force: bool) -> None:
-    """Fail before any work if outputs collide, would replace the context, exist (without --force), or
-    have a file type soundfile cannot write."""
-    formats = sf.available_formats()
-    seen = set()
-    for p in paths:
-        ap = os.path.abspath(p)
-        if ap in seen:
-            raise GenerateError(f"two outputs would both be written to {p}: give distinct --out/--mix paths")
-        seen.add(ap)
-        if ap == os.path.abspath(context_path):
+def check_outputs(paths: list[str], context_path: str, force: bool, audio_files_too: int | None = None) -> None:
+    """Fail before any work if outputs collide (also through links), would replace the context, are folders, lie
+    in a folder that is missing or not writable, exist (without --force), or (the first `audio_files_too`, all by
+    default) have a file type soundfile cannot write."""
+    formats, seen = sf.available_formats(), {}
+    context = os.path.realpath(context_path)
+    for k, p in enumerate(paths):
+        real = os.path.realpath(p)
+        if real in seen:
+            raise GenerateError(f"two outputs would both be written to {p} ({seen[real]} and {p}): give distinct "
+                                f"--out/--mix paths (the MIDI files take the stems' names with .mid)")
+        seen[real] = p
+        if real == context or (os.path.exists(p) and os.path.samefile(p, context_path)):
             raise GenerateError(f"output {p} is the context file itself: choose another --out/--mix path")
+        if os.path.isdir(p):
+            raise GenerateError(f"output {p} is a folder: give a file name")
+        folder = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(folder):
+            raise GenerateError(f"cannot write {p}: the folder {folder} does not exist (make it first)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise GenerateError(f"cannot write {p}: the folder {folder} is not writable")
         ext = os.path.splitext(p)[1].lstrip(".").upper()
-        if ext not in formats:
+        if (audio_files_too is None or k < audio_files_too) and ext not in formats:
             raise GenerateError(f"cannot write {p}: unknown audio file type {ext or '(none)'!r} "
                                 f"(use .wav or .flac)")
         if os.path.exists(p) and not force:
@@ -163,17 +179,28 @@ def midi_paths(stem_paths: list[str]) -> list[str]:
     return [os.path.splitext(p)[0] + ".mid" for p in stem_paths]
 
 
-def write_outputs(outputs: list[tuple[str, np.ndarray]], sample_rate: int, subtype: str, force: bool, say) -> None:
-    """Write every (path, [S] or [C, S] audio) atomically, at the end, in the context's sample format."""
+def write_outputs(outputs: list[tuple[str, np.ndarray]], sample_rate: int, subtype: str, force: bool, say,
+                  files: list[tuple[str, object, str]] = ()) -> None:
+    """Write every (path, [S] or [C, S] audio) in the context's sample format, and every (path, write(tmp),
+    suffix) of `files`, all or none (audio_files.write_together): a failure is one line and leaves no file."""
     peak = max(float(np.abs(y).max()) for _, y in outputs)
     if peak > 1.0:  # integer wav/flac would clip: scale every output alike, so stems still sum to the mix
         gain = 0.99 / peak
         outputs = [(p, y * gain) for p, y in outputs]
         print(f"note: every output scaled by {20 * np.log10(gain):.1f} dB so that none clips "
               f"(peak was {peak:.2f})", file=sys.stderr)
-    for path, y in outputs:
-        audio_files.write_audio(path, y.astype(np.float32), sample_rate, overwrite=force, subtype=subtype)
-        say(f"wrote {path}")
+    items = [(p, audio_files.audio_writer(y.astype(np.float32), sample_rate, subtype, p),
+              os.path.splitext(p)[1] or ".wav") for p, y in outputs] + list(files)
+    for p, _, _ in items:
+        if os.path.exists(p) and not force:
+            raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
+    try:
+        audio_files.write_together(items)
+    except OSError as e:
+        raise GenerateError(f"cannot write {e.filename or 'the outputs'}: {e.strerror or e}; no output was "
+                            f"written") from None
+    for p, _, _ in items:
+        say(f"wrote {p}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,12 +288,11 @@ def output_plan(args) -> tuple[list[int], list[str], str | None]:
     mix_path = args.mix
     if mix_path is None and len(instruments) > 1 or mix_path == "":
         mix_path = default_mix_path(args.context, instruments)
-    check_outputs(outs + ([mix_path] if mix_path else []), args.context, args.force)
+    audio = outs + ([mix_path] if mix_path else [])
     if args.midi:
-        for p in midi_paths(outs) + notes_paths(outs, mix_path or default_mix_path(args.context, instruments)):
-            if os.path.exists(p) and not args.force:
-                raise GenerateError(f"output exists: {p} (pass --force to overwrite)")
+        audio += notes_paths(outs, mix_path or default_mix_path(args.context, instruments))
         transcriber.check_transcriber()                    # its install command now, not after the generation
+    check_outputs(audio + (midi_paths(outs) if args.midi else []), args.context, args.force, len(audio))
     return instruments, outs, mix_path
 
 
@@ -303,6 +329,12 @@ def run(args) -> list[str]:
     if args.compile:
         net = torch.compile(net, mode="reduce-overhead")   # fixed window shapes: one CUDA graph per level
 
+    n_frames = math.ceil(x.shape[1] * tok.frame_rate / sr)
+    planned = decode.planned_steps(sampling, decode.plan_windows(n_frames, window, overlap)) * len(instruments)
+    if planned > LONG_JOB_STEPS:                     # said even under --quiet: the user may not want to wait
+        print(f"note: a long job: {planned} decoding steps planned, about {planned / STEPS_PER_SECOND / 60:.0f} min "
+              f"at the shipped model's pace on 2 CPU cores ({STEPS_PER_SECOND:g} steps/s); Ctrl-C stops it and "
+              f"writes nothing", file=sys.stderr)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     say(f"seed {seed}; {', '.join(INSTRUMENTS[i] for i in instruments)} for {args.context} "
         f"({x.shape[1] / sr:.1f} s, {sr} Hz, {x.shape[0]} ch) on {device}")
@@ -314,11 +346,12 @@ def run(args) -> list[str]:
     outputs = list(zip(outs, stems))
     if mix_path:
         outputs.append((mix_path, x + sum(stems)[None, :]))                  # [C, S]
-    write_outputs(outputs, sr, subtype, args.force, say)
-    written = [p for p, _ in outputs]
-    if args.midi:
-        written += write_midi(outs, mix_path or default_mix_path(args.context, instruments), stems, instruments, x,
-                              sr, subtype, args.force, say)
+    files = []
+    if args.midi:                                  # transcribed before anything is written, so all land or none
+        files = midi_files(outs, mix_path or default_mix_path(args.context, instruments), stems, instruments, x,
+                           sr, subtype, say)
+    write_outputs(outputs, sr, subtype, args.force, say, files)
+    written = [p for p, _ in outputs] + [p for p, _, _ in files]
     mono, names = audio_files.to_mono(x), [INSTRUMENTS[i].lower() for i in instruments]
     for k, stem in enumerate(stems):                # each stem against the mix it was made for
         print(harmony.fit_line(names[k], harmony.fit(stem, mono + sum(stems[:k], np.zeros_like(mono)), sr)))
@@ -329,28 +362,35 @@ def run(args) -> list[str]:
     return written
 
 
-def write_midi(outs: list[str], mix_path: str, stems: list[np.ndarray], instruments: list[int], context: np.ndarray,
-               sr: int, subtype: str, force: bool, say) -> list[str]:
-    """Each stem's notes as MIDI (notes/midi.py), at the context's tempo when it has a steady one, and played with
-    the class's GM program through the SoundFont, sample-aligned with the context; the context with them."""
+def midi_files(outs: list[str], mix_path: str, stems: list[np.ndarray], instruments: list[int], context: np.ndarray,
+               sr: int, subtype: str, say) -> list[tuple[str, object, str]]:
+    """(path, write(tmp), suffix) of each stem's notes as MIDI (notes/midi.py, at the context's tempo when it has a
+    steady one), of those notes played with the class's GM program through the SoundFont (sample-aligned with the
+    context), and of the context with them."""
     from notes import midi   # librosa and pretty_midi load only for --midi
     tempo = midi.detect_tempo(context, sr)
     say(f"MIDI at the context's tempo, {tempo:.1f} BPM" if tempo else
         f"no steady tempo in the context: MIDI at {midi.DEFAULT_TEMPO:g} BPM")
     scores = [midi.instrument_midi(stem, sr, iid, tempo) for stem, iid in zip(stems, instruments)]
     played = [midi.render_notes(pm, sr, context.shape[-1]) for pm in scores]
-    for path, pm in zip(midi_paths(outs), scores):
-        midi.write_midi(path, pm, overwrite=force)
-        say(f"wrote {path}")
-    heard = notes_paths(outs, mix_path)
-    write_outputs(list(zip(heard, played)) + [(heard[-1], context + sum(played)[None, :])], sr, subtype, force,
-                  lambda m: say(m + " (the transcribed notes, played through the SoundFont; the stem itself is "
-                                  "what StemGen generated)"))
-    return midi_paths(outs) + heard
+    heard = list(zip(notes_paths(outs, mix_path), played + [context + sum(played)[None, :]]))
+    peak = max(float(np.abs(y).max()) for _, y in heard)
+    gain = 0.99 / peak if peak > 1.0 else 1.0                # as write_outputs: the notes and their mix alike
+    say("the .notes files are the transcribed notes played through the SoundFont; the stems are what StemGen "
+        "generated")
+    return ([(path, pm.write, ".mid") for path, pm in zip(midi_paths(outs), scores)] +
+            [(path, audio_files.audio_writer((y * gain).astype(np.float32), sr, subtype, path),
+              os.path.splitext(path)[1] or ".wav") for path, y in heard])
+
+
+def stop_on_sigterm(*_):
+    raise KeyboardInterrupt   # as Ctrl-C: the temporary files are removed and nothing half-written is left
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, stop_on_sigterm) if main_thread else None
     try:
         run(args)
     except (GenerateError, audio_files.AudioError, codec_lib.CodecUnavailable, transcriber.TranscriberUnavailable,
@@ -360,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 
 import numpy as np
 import soundfile as sf
@@ -20,6 +21,8 @@ class AudioError(ValueError):
 
 def _info(path: str):
     """soundfile's description of an audio file, with one clear error when it is missing or unreadable."""
+    if os.path.isdir(path):
+        raise AudioError(f"{path} is a folder, not an audio file")
     if not os.path.isfile(path):
         raise AudioError(f"audio file not found: {path}")
     try:
@@ -108,13 +111,60 @@ def atomic_write(path: str, write, suffix: str = "", overwrite: bool = False) ->
         raise FileExistsError(f"output exists: {path} (pass --force to overwrite)")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    tmp = _new_temporary(d, suffix)
+    write_together([(path, write, suffix)])
+
+
+def write_together(items: list[tuple[str, object, str]]) -> None:
+    """Write several files all or none: each (path, write(tmp_path), suffix) to a temporary file beside its path
+    first; only when every one is written are they renamed into place, with Ctrl-C and SIGTERM held back until
+    the renames are done. On any error no path is touched and every temporary file is removed."""
+    temporaries = []
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path, write, suffix in items:
+            temporaries.append(_new_temporary(os.path.dirname(os.path.abspath(path)), suffix))
+            write(temporaries[-1])
+        held = {signal.SIGINT, signal.SIGTERM}
+        masked = hasattr(signal, "pthread_sigmask")
+        if masked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            _rename_all([path for path, _, _ in items], temporaries)
+        finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temporaries:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _rename_all(paths: list[str], temporaries: list[str]) -> None:
+    """Rename each temporary file onto its path; if one rename fails, undo those done (an overwritten file is set
+    aside first and put back), so that every path is as it was."""
+    done = []                                              # (path, where its old file was set aside, or None)
+    try:
+        for path, tmp in zip(paths, temporaries):
+            aside = None
+            if os.path.lexists(path):
+                aside = _new_temporary(os.path.dirname(os.path.abspath(path)), ".old")
+                os.replace(path, aside)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if aside:
+                    os.replace(aside, path)
+                raise
+            done.append((path, aside))
+    except BaseException:
+        for path, aside in reversed(done):
+            if aside:
+                os.replace(aside, path)
+            else:
+                os.remove(path)
+        raise
+    for _, aside in done:
+        if aside:
+            os.remove(aside)
 
 
 def output_subtype(path: str, subtype: str | None) -> str | None:
@@ -125,16 +175,18 @@ def output_subtype(path: str, subtype: str | None) -> str | None:
     return subtype if sf.check_format(fmt, subtype) else sf.default_subtype(fmt)
 
 
+def audio_writer(x: np.ndarray, sample_rate: int, subtype: str | None, path: str):
+    """write(tmp_path) for [S] or [C, S] audio in the format of `path` (its extension) and `subtype` where that
+    format can hold it, otherwise the format's default (PCM_16 for wav and flac)."""
+    data, subtype = (x.T if x.ndim == 2 else x), output_subtype(path, subtype)
+    fmt = os.path.splitext(path)[1].lstrip(".").upper() or "WAV"
+    return lambda tmp: sf.write(tmp, data, sample_rate, subtype=subtype, format=fmt)
+
+
 def write_audio(path: str, x: np.ndarray, sample_rate: int, overwrite: bool = False,
                 subtype: str | None = None) -> None:
-    """Write [S] or [C, S] audio atomically (temporary file, then rename); refuse to overwrite unless asked.
-
-    The format follows the extension of `path`; `subtype` (e.g. "PCM_24", "FLOAT") is kept where that format
-    can hold it, otherwise the format's default (PCM_16 for wav and flac) is used.
-    """
+    """Write [S] or [C, S] audio atomically (temporary file, then rename); refuse to overwrite unless asked."""
     if os.path.exists(path) and not overwrite:
         raise AudioError(f"output exists: {path} (pass --force to overwrite)")
-    data = x.T if x.ndim == 2 else x
-    subtype = output_subtype(path, subtype)
-    atomic_write(path, lambda tmp: sf.write(tmp, data, sample_rate, subtype=subtype),
-                 os.path.splitext(path)[1] or ".wav", overwrite=True)
+    atomic_write(path, audio_writer(x, sample_rate, subtype, path), os.path.splitext(path)[1] or ".wav",
+                 overwrite=True)

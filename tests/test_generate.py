@@ -270,6 +270,12 @@ def _bad(tmp_path, kind, random_ckpt):
         ckpt = str(tmp_path / "nocodec.pt")
         save_checkpoint(ckpt, ck)
         words = ["gone_codec.pt", "python -m spectral.fit"]
+    elif kind == "a folder as context":
+        (tmp_path / "folder.wav").mkdir()
+        ctx, words = str(tmp_path / "folder.wav"), ["is a folder, not an audio file"]
+    elif kind == "one sample":
+        sf.write(str(tmp_path / "one.wav"), np.full(1, 0.5, np.float32), SR)
+        ctx, words = str(tmp_path / "one.wav"), ["at least 0.1 s"]
     elif kind == "untrained instrument":
         ck = torch.load(random_ckpt, weights_only=True)
         ck["class_counts"] = {name: {"Piano": 10, "Bass": 3}.get(name, 0) for name in INSTRUMENTS}
@@ -281,7 +287,7 @@ def _bad(tmp_path, kind, random_ckpt):
 
 @pytest.mark.parametrize("kind", ["missing file", "unreadable file", "empty audio", "silent audio", "NaN samples",
                                   "unknown instrument", "missing checkpoint", "codec unavailable",
-                                  "untrained instrument"])
+                                  "untrained instrument", "a folder as context", "one sample"])
 @pytest.mark.slow
 def test_bad_input_gives_one_clear_line_and_no_output(kind, random_ckpt, tmp_path, capsys):
     argv, words = _bad(tmp_path, kind, random_ckpt)
@@ -442,3 +448,81 @@ def test_the_example_adds_a_bass_to_the_built_in_work_and_says_what_next(tiny_ap
     assert generate.main(["--example", "--context", "x.wav", "--checkpoint", tiny_app_checkpoint]) == 2
     assert "not both" in capsys.readouterr().err
     assert generate.main(["--instrument", "bass"]) == 2 and "--example" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--temperature", "nan"], "finite"), (["--temperature", "inf"], "finite"), (["--scale-audio", "nan"], "finite"),
+    (["--w-c", "nan"], "finite"), (["--fine-temperature", "nan"], "finite"), (["--window", "nan"], "--window"),
+    (["--seed", "99999999999999999999999"], "2^63"), (["--seed", "-1"], "2^63")])
+def test_bad_numbers_are_refused_in_one_line_before_any_work(flags, words, tiny_app_checkpoint, tmp_path, capsys):
+    context = tmp_path / "mix.wav"
+    sf.write(context, tones(1.0, SR)[0], SR)
+    try:
+        rc = generate.main(["--context", str(context), "--instrument", "bass", "--checkpoint", tiny_app_checkpoint,
+                            "--steps", "2", "2", *flags])
+    except SystemExit as e:                                   # argparse's refusal of a flag's value
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["mix.wav"]
+
+
+def test_sampling_refuses_values_that_are_not_finite():
+    for knob in ("temperature", "fine_temperature", "w_c", "w_s", "w_r", "scale_audio", "scale_instrument"):
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="finite"):
+                decode.Sampling(**{knob: bad})
+
+
+def outputs_case(tmp_path, case):
+    """(extra flags, words of the refusal, the file that must keep its bytes or None) for one bad output plan."""
+    song = tmp_path / "song.wav"
+    if case == "a link to the context":
+        (tmp_path / "link.wav").symlink_to(song)
+        return ["--context", str(tmp_path / "link.wav"), "--out", str(song), "--force"], "context file itself", song
+    if case == "a folder as output":
+        (tmp_path / "x.wav").mkdir()
+        return ["--out", str(tmp_path / "x.wav"), "--force"], "is a folder", None
+    if case == "a missing folder":
+        return ["--out", str(tmp_path / "no" / "x.wav")], "does not exist", None
+    if case == "two MIDI files on one path":
+        return (["--instrument", "piano", "--out", str(tmp_path / "a.wav"), "--out", str(tmp_path / "a.flac"),
+                 "--midi"], "two outputs would both be written", None)
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["a link to the context", "a folder as output", "a missing folder",
+                                  "two MIDI files on one path"])
+def test_output_plans_that_would_lose_or_clash_are_refused_before_any_work(case, tiny_app_checkpoint, tmp_path,
+                                                                           capsys):
+    song = tmp_path / "song.wav"
+    sf.write(song, tones(1.0, SR)[0], SR)
+    flags, words, kept = outputs_case(tmp_path, case)
+    before, bytes_before = sorted(os.listdir(tmp_path)), song.read_bytes()
+    context = [] if "--context" in flags else ["--context", str(song)]
+    rc = generate.main(context + flags + ["--instrument", "bass", "--checkpoint", tiny_app_checkpoint,
+                                          "--steps", "2", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == before and song.read_bytes() == bytes_before
+
+
+def test_a_write_that_fails_leaves_no_output_and_says_so_in_one_line(tiny_app_checkpoint, tmp_path, monkeypatch,
+                                                                      capsys):
+    """All outputs are written to temporary files, then renamed together: a failure on the mix leaves no stem."""
+    from audio import files as audio_files
+    song = tmp_path / "song.wav"
+    sf.write(song, tones(1.0, SR)[0], SR)
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("with-bass.wav"):
+            raise PermissionError(13, "Permission denied", str(dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(audio_files.os, "replace", failing_replace)
+    rc = generate.main(["--context", str(song), "--instrument", "bass", "--checkpoint", tiny_app_checkpoint,
+                        "--steps", "2", "2", "--mix"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Permission denied" in err and "no output was written" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["song.wav"]
