@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,10 +44,37 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page", "app.h
 # ---------------------------------------------------------------------------------------------------------
 # HTTP
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+PAGE_HEADER = "X-StemGen-Page"   # every POST carries it: a custom header, so a foreign page's POST needs a CORS
+#                                  preflight, which this server never grants
+MAX_CONNECTIONS = 32             # requests handled at once; more get a busy answer instead of another thread
+
+
 class Handler(BaseHTTPRequestHandler):
     engine: Engine = None   # set on the subclass make_server builds
+    hosts: set = LOOPBACK   # the Host names this page answers to: loopback, and --host when one is given
     server_version = "StemGen"
     timeout = 60            # seconds a client may stall mid-request
+
+    def handle(self):
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):   # the client went away: nothing to answer
+            pass
+
+    def _foreign(self) -> str | None:
+        """Why a request comes from outside this machine's own page (None: it does not): a Host that is not one of
+        ours (DNS rebinding), or an Origin or fetch site of another page."""
+        host = urllib.parse.urlsplit("//" + (self.headers.get("Host") or "")).hostname
+        if host not in self.hosts:
+            return f"this page answers to {', '.join(sorted(self.hosts))} only"
+        origin = self.headers.get("Origin")
+        if origin is not None and (urllib.parse.urlsplit(origin).hostname not in self.hosts
+                                   or urllib.parse.urlsplit(origin).port != self.server.server_address[1]):
+            return "requests from other pages are refused"
+        if self.headers.get("Sec-Fetch-Site") == "cross-site":
+            return "requests from other pages are refused"
+        return None
 
     def log_message(self, format, *args):   # quiet: the terminal shows errors, not every poll
         pass
@@ -95,6 +123,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
+        why = self._foreign()
+        if why:
+            return self._error(HTTPStatus.FORBIDDEN, f"Forbidden: {why}.")
         try:
             if not parts or parts == ["index.html"]:
                 return self._file(STATIC, "text/html; charset=utf-8")
@@ -132,7 +163,15 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
+        why = self._foreign() or (None if self.headers.get(PAGE_HEADER) == "1" else
+                                  f"a POST must come from the page itself (header {PAGE_HEADER})")
+        if why:
+            self.close_connection = True                         # the body is not read
+            return self._error(HTTPStatus.FORBIDDEN, f"Forbidden: {why}.")
+        parts = [p for p in url.path.split("/") if p]
         try:
+            if len(parts) == 3 and parts[:2] == ["api", "cancel"]:
+                return self._json(HTTPStatus.OK, self.engine.cancel(parts[2]))
             if url.path == "/api/upload":
                 if length > self.engine.max_bytes:
                     self.close_connection = True                 # the body is not read
@@ -145,7 +184,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise UserError("A generation request is a small JSON object.")
                 try:
                     options = json.loads(self.rfile.read(length))
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     raise UserError("A generation request is a small JSON object.") from None
                 if not isinstance(options, dict):
                     raise UserError("A generation request is a small JSON object.")
@@ -162,15 +201,43 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"Server error: {e}")
 
 
-def make_server(engine: Engine, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
-    """An HTTP server for the engine (port 0: a free port); call serve_forever(), then shutdown()."""
-    handler = type("StemGenHandler", (Handler,), {"engine": engine})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+class Server(ThreadingHTTPServer):
+    """http.server's threading server with a longer listen backlog (parallel clients wait rather than being
+    reset) and at most MAX_CONNECTIONS requests handled at once (the rest answered busy at once)."""
+    request_queue_size = 64
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            try:
+                body = b'{"error": "Busy: too many requests at once. Try again."}'
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
-def address(server: ThreadingHTTPServer) -> str:
+def make_server(engine: Engine, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> Server:
+    """An HTTP server for the engine (port 0: a free port); call serve_forever(), then shutdown(). It answers to
+    loopback Host names, and to `host` too when that is not a loopback address."""
+    handler = type("StemGenHandler", (Handler,), {"engine": engine, "hosts": LOOPBACK | {host.strip("[]")}})
+    return Server((host, port), handler)
+
+
+def address(server: Server) -> str:
     host, port = server.server_address[:2]
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
@@ -185,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"model checkpoint (default: the shipped one, {DEFAULT_APP_CHECKPOINT})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, this machine only; the page has no login)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0: any free one)")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                   help=f"port, 0 to 65535 (default: {DEFAULT_PORT}; 0: any free one)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
                    help=f"longest context accepted, in seconds (default: {MAX_SECONDS:g})")
     p.add_argument("--max-mb", type=float, default=MAX_MB,
@@ -195,6 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the checkpoint's codec weights are on this machine, when its stored path does not "
                         "exist here (as generate.py --codec-weights)")
     return p
+
+
+def host_warning(host: str) -> str | None:
+    """What --host must say when it serves the page beyond this machine (None for a loopback address)."""
+    if host.strip("[]") in LOOPBACK:
+        return None
+    return (f"warning: --host {host} serves the page beyond this machine: anyone who can reach its port can "
+            f"upload, generate and download, and the page has no login. It answers to the Host names "
+            f"{', '.join(sorted(LOOPBACK | {host}))} only: give the name or address others will use.")
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 0 to 65535")
+    return port
 
 
 def interrupt(signum, frame):
@@ -216,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
             return USER_ERROR
+        warning = host_warning(args.host)
+        if warning:
+            print(warning, file=sys.stderr)
         signal.signal(signal.SIGTERM, interrupt)
         signal.signal(signal.SIGINT, interrupt)     # even where it was started with SIGINT ignored (cmd &)
         print(f"StemGen page at {address(server)} (checkpoint {args.checkpoint}; temporary files in "

@@ -41,6 +41,8 @@ MAX_MB = 64.0            # largest upload accepted (--max-mb)
 MAX_QUEUE = 4            # generations waiting behind the running one; more are refused with a busy message
 MAX_CONTEXTS = 16        # contexts kept (with their takes); the oldest is removed past this
 MAX_STEPS = 1024         # per level, per 1000 frames: a bound on what one request may ask for
+MAX_JOB_STEPS = 4000     # decoding steps one request may plan in all (a 60 s context with the defaults: 768 a part)
+MAX_DECODED_RATE = 192_000   # decoded uploads are bounded by max_seconds of stereo at this rate
 STOP_WAIT_SECONDS = 10.0  # how long stopping waits for a generation to reach its next decoding step
 FRESH_SEEDS = 2 ** 31    # fresh seeds are drawn below this; any seed from 0 to 2^63 - 1 may be typed
 # First bytes of the audio containers soundfile reads: an upload that starts like one but cannot be read is
@@ -58,7 +60,7 @@ class BusyError(UserError):
 
 
 class Stopped(Exception):
-    """The server is stopping: the generation in progress ends at its next decoding step."""
+    """The server is stopping, or the take was cancelled: the generation ends at its next decoding step."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -69,9 +71,11 @@ class Context:
     id: str
     name: str                 # file name, e.g. song.flac (outputs are named after it, as generate.py does)
     folder: str
-    path: str
-    x: np.ndarray             # [C, S] float32 at sr
-    sr: int
+    path: str                 # the file as uploaded: read again, briefly, to write the new mix in its format
+    mono: np.ndarray          # [S'] float32 at the codec's rate: all the page keeps in memory of it
+    sr: int                   # the file's rate, frames and channels
+    frames: int
+    channels: int
     subtype: str | None
     audio_url: str
     spectrogram_url: str
@@ -79,8 +83,8 @@ class Context:
     tempo_known: bool = False
 
     def describe(self) -> dict:
-        return {"id": self.id, "name": self.name, "seconds": round(self.x.shape[1] / self.sr, 3),
-                "sample_rate": self.sr, "channels": self.x.shape[0], "audio": self.audio_url,
+        return {"id": self.id, "name": self.name, "seconds": round(self.frames / self.sr, 3),
+                "sample_rate": self.sr, "channels": self.channels, "audio": self.audio_url,
                 "spectrogram": self.spectrogram_url}
 
 
@@ -96,6 +100,7 @@ class Job:
     total: int = 0
     error: str = ""
     result: dict | None = None
+    cancelled: bool = False
     stems: list[tuple[str, int]] = field(default_factory=list)   # (stem path, instrument) for the MIDI
     midi: dict = field(default_factory=dict)                     # stem index -> MIDI path, made on request
     started: float = 0.0
@@ -196,7 +201,7 @@ class Engine:
         """Check a context file (readable audio, not longer than max_seconds, not silent) and register it."""
         name = os.path.basename(path)
         try:
-            sr, frames, _ = audio_files.audio_info(path)
+            sr, frames, channels = audio_files.audio_info(path)
         except audio_files.AudioError:
             with open(path, "rb") as f:
                 head = f.read(16)
@@ -208,6 +213,11 @@ class Engine:
         if max_seconds is not None and frames / sr > max_seconds:
             raise UserError(f"{name} is {frames / sr:.1f} s long; the limit is {max_seconds:g} s "
                             f"(start the page with --max-seconds to change it).")
+        limit = (max_seconds or MAX_SECONDS) * MAX_DECODED_RATE * 2
+        if frames * channels > limit:          # from the header, before decoding: a small file may decode huge
+            raise UserError(f"{name} decodes to {frames * channels * 4 / 2 ** 20:.0f} MB ({channels} channels at "
+                            f"{sr} Hz); the page takes at most {limit * 4 / 2 ** 20:.0f} MB of decoded audio "
+                            f"(stereo at {MAX_DECODED_RATE // 1000} kHz for the longest context).")
         try:
             x, sr = generate.read_context(path)
         except generate.GenerateError as e:                      # silent
@@ -217,9 +227,12 @@ class Engine:
         if x.shape[1] < 0.1 * sr:
             raise UserError(f"{name} is too short to add a part to ({x.shape[1] / sr:.2f} s): give at least 0.1 s.")
         subtype = audio_files.audio_format(path)[1]
-        png = os.path.join(folder, "context.png")
-        spectrogram_png(audio_files.to_mono(x), sr, png, f"context: {name}")
-        ctx = Context(id=secrets.token_hex(6), name=name, folder=folder, path=path, x=x, sr=sr, subtype=subtype,
+        mono = audio_files.resample(audio_files.to_mono(x), sr, self.tok.sample_rate)
+        del x                                   # the decoded file is not kept: only its mono copy
+        png = os.path.join(folder, f".spectrogram-{secrets.token_hex(4)}.png")   # never an upload's own name
+        spectrogram_png(mono, self.tok.sample_rate, png, f"context: {name}")
+        ctx = Context(id=secrets.token_hex(6), name=name, folder=folder, path=path, mono=mono, sr=sr,
+                      frames=frames, channels=channels, subtype=subtype,
                       audio_url=self.store.add(path, content_type(path)),
                       spectrogram_url=self.store.add(png, "image/png"))
         with self._lock:
@@ -290,6 +303,10 @@ class Engine:
         except (TypeError, ValueError):
             raise UserError("The seed must be a whole number from 0 (or empty for a fresh one).") from None
         job = Job(id=secrets.token_hex(6), context=ctx, instruments=instruments, sampling=sampling, seed=seed)
+        job.total = self.planned_steps(ctx, sampling, len(instruments))
+        if job.total > MAX_JOB_STEPS:
+            raise UserError(f"That asks for {job.total} decoding steps; the page takes at most {MAX_JOB_STEPS} per "
+                            f"request (fewer steps per level, fewer instruments or a shorter context).")
         with self._lock:
             if self._stopping.is_set():
                 raise UserError("The server is stopping.")
@@ -303,6 +320,24 @@ class Engine:
             self._order.append(job)
         self._queue.put(job)
         return job
+
+    def planned_steps(self, ctx: Context, sampling: Sampling, n_instruments: int) -> int:
+        """Decoding steps a request plans: every window's, every instrument's (what its progress counts)."""
+        n_frames = math.ceil(ctx.mono.shape[-1] * self.tok.frame_rate / self.tok.sample_rate)
+        return decode.planned_steps(sampling, decode.plan_windows(n_frames, self.window, self.overlap)) * n_instruments
+
+    def cancel(self, job_id: str) -> dict:
+        """Stop a take: a queued one never starts, a running one ends at its next decoding step."""
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                raise UserError("No such generation (the server may have restarted).")
+            job.cancelled = True
+            if job.state == "queued":
+                job.state, job.error = "error", "Cancelled."
+                if job in self._order:
+                    self._order.remove(job)
+        return self.status(job_id)
 
     def status(self, job_id: str) -> dict | None:
         with self._lock:
@@ -328,12 +363,14 @@ class Engine:
                 job = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if job.cancelled:
+                continue
             job.state, job.started = "running", time.time()
             try:
                 self._generate(job)
                 job.state = "done"
             except Stopped:
-                job.state, job.error = "error", "The server stopped."
+                job.state, job.error = "error", "Cancelled." if job.cancelled else "The server stopped."
             except Exception as e:                               # shown on the page; the server goes on
                 job.state, job.error = "error", f"Generation failed: {e}"
                 print(f"error: generation {job.id} failed: {e!r}", file=sys.stderr)
@@ -349,6 +386,8 @@ class Engine:
     def _on_step(self, job: Job):
         def step(n: int = 1):
             self._check_stopping()
+            if job.cancelled:
+                raise Stopped()
             job.step += n
         return step
 
@@ -359,26 +398,23 @@ class Engine:
 
     def _generate(self, job: Job) -> None:
         ctx = job.context
-        context = audio_files.resample(audio_files.to_mono(ctx.x), ctx.sr, self.tok.sample_rate)   # [S'] at the codec rate
-        n_frames = math.ceil(context.shape[-1] * self.tok.frame_rate / self.tok.sample_rate)
-        plan = decode.plan_windows(n_frames, self.window, self.overlap)
-        job.total = decode.planned_steps(job.sampling, plan) * len(job.instruments)
         generator = torch.Generator(device=self.device).manual_seed(job.seed)
-        stems = self._stems(job, context, generator)
-        stems = [audio_files.fit_length(audio_files.resample(s, self.tok.sample_rate, ctx.sr), ctx.x.shape[1]) for s in stems]
+        made = self._stems(job, ctx.mono, generator)                               # at the codec's rate
+        stems = [audio_files.fit_length(audio_files.resample(s, self.tok.sample_rate, ctx.sr), ctx.frames) for s in made]
         self._check_stopping()                   # stopped during the codec's decoding: write nothing
         folder = self.store.folder("take", ctx.folder)   # removed with its context
         base = os.path.join(folder, ctx.name)
         outs = generate.default_out_paths(base, job.instruments)
         mix_path = generate.default_mix_path(base, job.instruments)
-        mix = ctx.x + sum(stems)[None, :]                                            # [C, S]
+        x, _ = audio_files.read_audio(ctx.path)                                     # [C, S], read for the mix only
+        mix = x + sum(stems)[None, :]
         generate.write_outputs(list(zip(outs, stems)) + [(mix_path, mix)], ctx.sr, ctx.subtype, False,
                                lambda msg: None)
         result = {"seed": str(job.seed), "seconds": round(time.time() - job.started, 2), "stems": [], "mix": None}
-        mono = audio_files.to_mono(ctx.x)
+        del x
         for k, (path, stem, iid) in enumerate(zip(outs, stems, job.instruments)):
-            fit = harmony.fit(stem, mono + sum(stems[:k], np.zeros_like(mono)), ctx.sr)   # against what it was made for
-            png = os.path.join(folder, f"stem{k}.png")
+            fit = harmony.fit(made[k], ctx.mono + sum(made[:k], np.zeros_like(ctx.mono)), self.tok.sample_rate)
+            png = os.path.join(folder, f".stem{k}.png")
             spectrogram_png(stem, ctx.sr, png, f"new {INSTRUMENTS[iid].lower()} (seed {job.seed})")
             name = os.path.basename(path)
             result["stems"].append({"instrument": INSTRUMENTS[iid], "name": name,
@@ -390,7 +426,7 @@ class Engine:
                                     "notes_name": os.path.splitext(name)[0] + ".notes.wav",
                                     "fit": {**fit, "line": harmony.fit_line(INSTRUMENTS[iid].lower(), fit)}})
             job.stems.append((path, iid))
-        png = os.path.join(folder, "mix.png")
+        png = os.path.join(folder, ".mix.png")
         spectrogram_png(audio_files.to_mono(mix), ctx.sr, png, "new mix")
         result["mix"] = {"name": os.path.basename(mix_path),
                          "audio": self.store.add(mix_path, content_type(mix_path), os.path.basename(mix_path)),
@@ -410,7 +446,7 @@ class Engine:
             if index not in job.midi:
                 ctx = job.context
                 if not ctx.tempo_known:
-                    ctx.tempo, ctx.tempo_known = midi.detect_tempo(ctx.x, ctx.sr), True
+                    ctx.tempo, ctx.tempo_known = midi.detect_tempo(ctx.mono, self.tok.sample_rate), True
                 stem, sr = audio_files.read_audio(path)
                 pm = midi.instrument_midi(stem, sr, iid, ctx.tempo)
                 out = os.path.splitext(path)[0] + ".mid"
@@ -430,7 +466,7 @@ class Engine:
             if not os.path.isfile(out):
                 import pretty_midi
                 ctx = job.context
-                y = midi.render_notes(pretty_midi.PrettyMIDI(midi_path), ctx.sr, ctx.x.shape[1])
+                y = midi.render_notes(pretty_midi.PrettyMIDI(midi_path), ctx.sr, ctx.frames)
                 audio_files.write_audio(out, y, ctx.sr, subtype="PCM_16")
         return out, os.path.basename(out)
 

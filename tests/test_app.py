@@ -8,7 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -34,9 +36,11 @@ class Client:
     def __init__(self, base):
         self.base = base
 
-    def call(self, method, path, data=None, headers=None):
-        """(status, JSON body) of a request; error statuses are returned, not raised."""
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+    def call(self, method, path, data=None, headers=None, page=True):
+        """(status, JSON body) of a request, a POST with the page's header unless page=False; error statuses are
+        returned, not raised."""
+        headers = {**({app.PAGE_HEADER: "1"} if page and method == "POST" else {}), **(headers or {})}
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, json.loads(r.read())
@@ -305,3 +309,101 @@ def test_the_page_starts_from_the_checkpoints_recommended_sampling_and_reports_i
         assert (s.temperature, s.fine_temperature, s.scale_audio) == (0.7, 0.0, 2.0)   # the page's option wins
     finally:
         engine.close()
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Only this machine's own page drives the server; no request can take what the machine has
+
+def test_a_foreign_host_or_origin_is_refused(served):
+    """DNS rebinding (a foreign Host) and other pages (a foreign Origin or fetch site) get 403 and change nothing."""
+    engine, client = served
+    port = urllib.parse.urlsplit(client.base).port
+    assert client.call("GET", "/api/info", headers={"Host": f"stemgen.attacker.example:{port}"})[0] == 403
+    assert client.call("GET", "/api/info", headers={"Host": f"localhost:{port}"})[0] == 200
+    wav = encoded(tonal(0.5, 16000, 1), 16000, "WAV")
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": f"http://127.0.0.1:{port + 1}"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Host": f"evil.example:{port}"}):
+        status, body = client.call("POST", "/api/upload?name=x.wav", wav, headers)
+        assert status == 403 and "Forbidden" in body["error"]
+    assert client.call("POST", "/api/upload?name=x.wav", wav, {"Origin": f"http://127.0.0.1:{port}"})[0] == 200
+
+
+def test_a_post_without_the_pages_header_is_refused_as_a_cross_site_form_would_be(served):
+    """A foreign page can send a text/plain POST without a preflight, but not one with a custom header."""
+    engine, client = served
+    before = len(engine.contexts)
+    status, body = client.call("POST", "/api/upload?name=x.wav", encoded(tonal(0.5, 16000, 1), 16000, "WAV"),
+                               {"Content-Type": "text/plain"}, page=False)
+    assert status == 403 and app.PAGE_HEADER in body["error"] and len(engine.contexts) == before
+
+
+def test_an_upload_that_decodes_too_large_is_refused_from_its_header(served):
+    """A small FLAC of constant samples at a high rate and many channels is refused before it is decoded."""
+    engine, client = served
+    bomb = encoded(np.full((4 * 384000, 8), 0.25, np.float32), 384000, "FLAC")
+    assert len(bomb) < engine.max_bytes
+    status, body = client.call("POST", "/api/upload?name=bomb.flac", bomb)
+    assert status == 400 and "decodes to" in body["error"]
+
+
+def test_the_page_keeps_a_mono_copy_at_the_codecs_rate_and_the_upload_keeps_its_own_name(served):
+    engine, client = served
+    status, ctx = client.upload("context.png", encoded(tonal(1.0, 22050, 2), 22050, "WAV"))
+    assert status == 200, ctx
+    kept = engine.contexts[ctx["id"]]
+    assert kept.mono.ndim == 1 and len(kept.mono) == engine.tok.sample_rate and not hasattr(kept, "x")
+    data, headers = client.fetch(ctx["audio"])
+    assert data[:4] == b"RIFF"                                        # its own audio, not the spectrogram
+
+
+def test_a_request_is_bounded_and_a_take_can_be_cancelled(served, monkeypatch):
+    engine, client = served
+    monkeypatch.setattr(page_engine, "MAX_JOB_STEPS", 1000)          # the bound, on a context the fixture allows
+    _, ctx = client.upload("long.wav", encoded(tonal(5.0, 16000, 1), 16000, "WAV"))
+    status, body = client.generate(context=ctx["id"], instruments=["bass", "piano", "drums"], steps="1024 1024")
+    assert status == 400 and "decoding steps" in body["error"]
+    status, job = client.generate(context=ctx["id"], instruments=["bass"], steps="400 400", seed=1)
+    assert status == 200, job
+    status, after = client.call("POST", f"/api/cancel/{job['id']}")
+    assert status == 200
+    done = client.wait(job["id"])
+    assert done["state"] == "error" and done["error"] == "Cancelled."
+    assert client.call("POST", "/api/cancel/nosuchjob")[0] == 400
+
+
+def test_nested_json_and_a_client_that_hangs_up_get_no_traceback(served, capfd):
+    engine, client = served
+    status, body = client.call("POST", "/api/generate", b"[" * 30000, {"Content-Type": "application/json"})
+    assert status == 400
+    host, port = urllib.parse.urlsplit(client.base).hostname, urllib.parse.urlsplit(client.base).port
+    with socket.create_connection((host, port)) as s:
+        s.sendall(f"POST /api/upload?name=a.wav HTTP/1.1\r\nHost: {host}:{port}\r\n{app.PAGE_HEADER}: 1\r\n"
+                  f"Content-Length: 1000000\r\n\r\nRIFF".encode())
+    time.sleep(0.5)
+    assert client.call("GET", "/api/info")[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_past_its_connection_cap_the_server_answers_busy_at_once(tiny_app_checkpoint, monkeypatch):
+    from conftest import serve_app, stop_app
+    monkeypatch.setattr(app, "MAX_CONNECTIONS", 1)
+    engine, server, base = serve_app(tiny_app_checkpoint)
+    try:
+        host, port = urllib.parse.urlsplit(base).hostname, urllib.parse.urlsplit(base).port
+        with socket.create_connection((host, port)) as held:          # a request that never ends holds the slot
+            held.sendall(f"GET /api/info HTTP/1.1\r\nHost: {host}:{port}\r\n".encode())
+            time.sleep(0.2)
+            status, body = Client(base).call("GET", "/api/info")
+            assert status == 503 and "Busy" in body["error"]
+        assert app.Server.request_queue_size >= 64
+    finally:
+        stop_app(engine, server)
+
+
+def test_bad_ports_and_a_public_host_are_told_plainly(capsys):
+    with pytest.raises(SystemExit):
+        app.build_parser().parse_args(["--port", "99999"])
+    assert "outside 0 to 65535" in capsys.readouterr().err
+    assert app.host_warning("127.0.0.1") is None and app.host_warning("::1") is None
+    assert "anyone who can reach" in app.host_warning("0.0.0.0")
