@@ -18,6 +18,7 @@ A finished run: `python -m training.curves --out RUN` draws its curves, `python 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -30,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 import data
+from audio.files import atomic_write
 from audio.instruments import INSTRUMENTS, NULL_INSTRUMENT
 from cli.common import USER_ERROR, pick_device
 from codec import CodecUnavailable
@@ -153,12 +155,34 @@ def prepare(r: Recipe, run: dict, device, resume: dict | None, ckpt_path: str):
         raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
     if is_main():
         os.makedirs(run["out"], exist_ok=True)
+        tidy_run_folder(run["out"], None if resume is None else resume["step"])
     if run["demo"] and run["data"] == DEMO_DATA and (is_main() or os.path.isdir(run["data"])):
         demo.demo_data(run["data"], r.seed, progress=not run["no_progress"])
     if not os.path.isdir(run["data"]):
         raise TrainError(f"dataset folder not found: {run['data']}")
     return training_codec(r, run["data"], device, run["codec_file"], run["codec_weights"], not run["no_progress"],
                           None if resume is None else resume["codec_spec"], may_fit=is_main())
+
+
+def tidy_run_folder(out: str, resumed_step: int | None) -> None:
+    """What a killed run leaves: the temporary file of a save it never finished (removed), and metrics.jsonl rows
+    past the step it resumes from, which the resumed run logs again (dropped, so that each step has one row)."""
+    for name in os.listdir(out):
+        if name.startswith(".tmp-") and name.endswith(".pt"):
+            os.remove(os.path.join(out, name))
+            print(f"removed {name}, left by a save that was interrupted", file=sys.stderr)
+    path = os.path.join(out, "metrics.jsonl")
+    if resumed_step is None or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= resumed_step]
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+    if len(kept) < len(lines):
+        atomic_write(path, write, ".jsonl", overwrite=True)
 
 
 def train(r: Recipe, run: dict, resume: dict | None = None) -> dict:

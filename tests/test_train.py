@@ -253,3 +253,21 @@ def test_ship_writes_the_best_weights_small_with_their_provenance_and_generate_l
     assert ship.main([str(tuned), "--out", str(tmp_path / "run"), "--sampling", "fine_temperature=0"]) == 0
     assert torch.load(tuned, weights_only=True)["sampling"] == {"fine_temperature": 0.0}
     assert ship.main([str(tuned), "--out", str(tmp_path / "run"), "--sampling", "loudness=3"]) == 2
+
+
+
+@pytest.mark.slow
+def test_a_killed_runs_leftovers_are_tidied_when_it_resumes(tiny_data, tmp_path):
+    """kill -9 leaves a save's temporary file and metrics rows of steps the resumed run takes again: the file is
+    removed and the rows dropped, so that every step has one row."""
+    data_dir, codec_file = tiny_data
+    out = tmp_path / "run"
+    assert train.main(argv(data_dir, codec_file, out, "--max-steps", "2")) == 0
+    (out / ".tmp-0123456789abcdef.pt").write_bytes(b"half a checkpoint")
+    with open(out / "metrics.jsonl", "a") as f:                   # steps the killed run logged past its save
+        f.write(json.dumps({"kind": "train", "step": 3, "loss": 9.0, "lr": 0.1, "time": 0}) + "\n")
+    assert train.main(["--out", str(out), "--resume", "--max-steps", "4", "--no-progress"]) == 0
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4] and all(r["loss"] != 9.0 for r in rows if r["kind"] == "train")
