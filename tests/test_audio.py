@@ -50,3 +50,37 @@ def test_write_audio_keeps_the_subtype_where_the_format_can_hold_it(tmp_path, ex
     info = sf.info(path)
     assert (info.subtype, info.samplerate, info.channels, info.frames) == (written, 48000, 2, 4800)
     assert audio_files.audio_format(path) == (ext[1:].upper(), written)
+
+
+def test_files_written_together_land_all_or_none_and_a_signal_waits_for_the_renames(tmp_path, monkeypatch):
+    """write_together: a failure while writing or renaming leaves every path as it was (an overwritten file is put
+    back); Ctrl-C during the renames is held until they are done."""
+    import os
+    import signal
+    from audio import files
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    def writer(text):
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(text)
+        return write
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if str(dst) == str(b):
+            raise PermissionError(13, "Permission denied", str(dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(files.os, "replace", failing)
+    with pytest.raises(PermissionError):
+        files.write_together([(str(a), writer("new a"), ".txt"), (str(b), writer("new b"), ".txt")])
+    assert a.read_text() == "old a" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+
+    def interrupting(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)                      # held back until both renames are done
+    monkeypatch.setattr(files.os, "replace", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_together([(str(a), writer("new a"), ".txt"), (str(b), writer("new b"), ".txt")])
+    assert a.read_text() == "new a" and b.read_text() == "new b"
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
