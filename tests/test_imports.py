@@ -11,7 +11,7 @@ from conftest import ROOT
 
 # Top to bottom. A module belongs to the first layer with a prefix that names it (a package or a root file).
 LAYERS = [
-    ("commands", ["train", "generate", "evaluate", "bench", "app"]),
+    ("commands", ["train", "generate", "evaluate", "bench", "app", "scripts"]),
     ("supports", ["training", "metrics", "notes", "songs", "page", "spectral.fit"]),
     ("paper", ["data", "model", "masking", "guidance", "decode", "codec"]),
     ("ground", ["audio", "spectral.dsp", "spectral", "cli"]),
@@ -23,7 +23,8 @@ UPWARD = {("page.engine", "generate")}
 LAZY = {("generate", "notes.midi")}
 ROOT_COMMANDS = {"train", "generate", "evaluate", "bench", "app"}
 # Commands run as modules of their packages (python -m ...); they are libraries too, so they may be imported.
-MODULE_COMMANDS = {"songs.synth", "songs.corpus", "spectral.fit", "training.ship", "training.curves"}
+MODULE_COMMANDS = {"songs.synth", "songs.corpus", "spectral.fit", "training.ship", "training.curves",
+                   "scripts.harmony_sampling"}
 SKIPPED_DIRS = {"tests", "shared", "runs", "data"}
 
 
