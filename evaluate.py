@@ -126,11 +126,16 @@ def run_listening(args, net, tok, seconds: float, progress: bool, sampling: deco
         rows = [{"context": c, "generated": s, "real": t, "label": f"{INSTRUMENTS[k]}, song {song}"}
                 for c, s, t, k, song in list(zip(contexts, stems, reals, instruments, songs))[:args.plot_n]]
         report["plot"] = pictures.plot_examples(os.path.join(args.out, PLOT_FILE), rows, tok.sample_rate)
+        report["harmony_plot"] = pictures.plot_harmony(
+            os.path.join(args.out, HARMONY_PLOT_FILE),
+            [{"label": r["label"], "context": r["context"], "parts": {"real": r["real"], "generated": r["generated"]}}
+             for r in rows], tok.sample_rate)
     return report
 
 
 REFERENCE = "real stems"
 PLOT_FILE = "listening.png"
+HARMONY_PLOT_FILE = "harmony.png"   # --plot: the context's chords over time and the parts' notes on them
 
 
 def transposition_plot_file(cls: str) -> str:
@@ -250,7 +255,8 @@ def add_listening_flags(p: argparse.ArgumentParser) -> None:
                    help="--transposition: the split of DIR to use (all, train, validation or test)")
     p.add_argument("--plot", action="store_true",
                    help=f"--listening: draw CQT spectrograms of context, generated and real stem for a few examples "
-                        f"to OUT/{PLOT_FILE}; with --transposition also each class's chroma in every key, rolled "
+                        f"to OUT/{PLOT_FILE}, and the context's pitch classes over time with each part's strongest "
+                        f"one to OUT/{HARMONY_PLOT_FILE}; with --transposition also each class's chroma in every key, rolled "
                         f"back into the written key, to OUT/{transposition_plot_file('CLASS')}")
     p.add_argument("--plot-n", type=int, default=4, help="--plot: how many examples (and transposed chunks)")
 
@@ -295,7 +301,8 @@ def check_run(args) -> tuple[str, str]:
             instrument_id(cls)   # an unknown class name fails now, with the valid names, not after generation
     if args.plot and args.plot_n < 1:
         raise EvaluateError("--plot-n must be at least 1")
-    plot_path = [os.path.join(args.out, PLOT_FILE)] if args.listening and args.plot else []
+    plot_path = ([os.path.join(args.out, f) for f in (PLOT_FILE, HARMONY_PLOT_FILE)] if args.listening and args.plot
+                 else [])
     if plot_path and args.transposition:
         plot_path += [os.path.join(args.out, transposition_plot_file(c)) for c in args.transposition_classes]
     for path in [json_path, md_path] + plot_path:

@@ -51,6 +51,7 @@ STEPS_PER_SECOND = 5.0            # the shipped model's decoding pace on the 2 C
 # The built-in example (--example): 12 s of a work of music21's corpus held out from the shipped model's training
 # (its test split; not Bach), rendered with a General MIDI SoundFont, without its bass (examples/ has the bass too).
 EXAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples", "monteverdi-madrigal-4-16.flac")
+EXAMPLE_BASS = EXAMPLE.replace(".flac", ".bass.flac")   # its real bass, drawn beside the new one with --plot
 EXAMPLE_TEXT = "12 s of Monteverdi's madrigal 4.16, held out from training, without its bass"
 EXAMPLE_OUT = os.path.join("runs", "example")
 
@@ -236,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instrument class's first GM program; and those notes played with that program through the "
                         "General MIDI SoundFont (STEM.notes.EXT, sample-aligned with the context), and the context "
                         "with them (CONTEXT.with-INSTRUMENTS.notes.EXT)")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw the context's pitch classes over time with each new part's strongest one on them "
+                        "(and, with --example, the real bass's) to the first stem's name with .harmony.png")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     add_sampling_flags(p.add_argument_group("sampling (defaults: the paper's best setting, with the knobs the "
                                             "checkpoint recommends applied over it)"))
@@ -292,8 +296,24 @@ def output_plan(args) -> tuple[list[int], list[str], str | None]:
     if args.midi:
         audio += notes_paths(outs, mix_path or default_mix_path(args.context, instruments))
         transcriber.check_transcriber()                    # its install command now, not after the generation
-    check_outputs(audio + (midi_paths(outs) if args.midi else []), args.context, args.force, len(audio))
+    check_outputs(audio + (midi_paths(outs) if args.midi else []) + ([plot_path(outs)] if args.plot else []),
+                  args.context, args.force, len(audio))
     return instruments, outs, mix_path
+
+
+def plot_path(stem_paths: list[str]) -> str:
+    """--plot's picture beside the first stem: mix.bass.wav -> mix.bass.harmony.png."""
+    return os.path.splitext(stem_paths[0])[0] + ".harmony.png"
+
+
+def harmony_picture(path: str, context: np.ndarray, stems: list[np.ndarray], names: list[str], sr: int,
+                    real: np.ndarray | None):
+    """(path, write(tmp), suffix) of --plot's picture: the context and each stem made for it (pictures.py)."""
+    from metrics import pictures    # matplotlib loads only for --plot
+    parts = [{"label": f"new {name}", "context": context + sum(stems[:k], np.zeros_like(context)),
+              "parts": {**({"real": real} if real is not None and name == "bass" else {}), "generated": stem}}
+             for k, (stem, name) in enumerate(zip(stems, names))]
+    return path, lambda tmp: pictures.plot_harmony(tmp, parts, sr), ".png"
 
 
 def notes_paths(stem_paths: list[str], mix_path: str) -> list[str]:
@@ -350,9 +370,12 @@ def run(args) -> list[str]:
     if args.midi:                                  # transcribed before anything is written, so all land or none
         files = midi_files(outs, mix_path or default_mix_path(args.context, instruments), stems, instruments, x,
                            sr, subtype, say)
+    mono, names = audio_files.to_mono(x), [INSTRUMENTS[i].lower() for i in instruments]
+    if args.plot:
+        real = audio_files.load_mono(EXAMPLE_BASS, sr) if args.context == EXAMPLE else None
+        files.append(harmony_picture(plot_path(outs), mono, stems, names, sr, real))
     write_outputs(outputs, sr, subtype, args.force, say, files)
     written = [p for p, _ in outputs] + [p for p, _, _ in files]
-    mono, names = audio_files.to_mono(x), [INSTRUMENTS[i].lower() for i in instruments]
     for k, stem in enumerate(stems):                # each stem against the mix it was made for
         print(harmony.fit_line(names[k], harmony.fit(stem, mono + sum(stems[:k], np.zeros_like(mono)), sr)))
     if args.example and not args.quiet:

@@ -5,6 +5,8 @@
 - `plot_transposition`: the transposition test (musicality.py) as a picture, each part's chroma in every key
   rolled back into the written key (`musicality.back_in_key`): straight columns for a part that follows the
   key, diagonals for one that does not.
+- `plot_harmony`: the context's chords over time (its pitch classes, beat by beat) with the strongest pitch class
+  of the real and the generated part on top: a part that follows the chords moves where the context's colours move.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections import Counter
 
 import numpy as np
 
+from metrics import harmony
 from metrics.musicality import back_in_key
 
 
@@ -88,6 +91,42 @@ def plot_transposition(path: str, rows: list[dict], whos: tuple[str, ...] = ("co
             ax.set_title(f"{piece}\n{title}" if j == 0 else title, fontsize=8)
             ax.set_xlabel("pitch class, written key", fontsize=7)
             ax.set_ylabel("transposed by (semitones)" if j == 0 else "", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_harmony(path: str, items: list[dict], sample_rate: int) -> str:
+    """A PNG with one panel per item: the context's beat-long chroma frames (harmony.frame_chroma, each frame
+    scaled to its peak) as colours, and on top each part's strongest pitch class per sounding frame, with its fit
+    (harmony.fit) in the legend. Each item: {"label", "context": wave, "parts": {name: wave}}. Returns path."""
+    if not items:
+        raise ValueError("plot_harmony needs at least one item (a context and its parts)")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(items), 1, figsize=(12, 2.8 * len(items)), squeeze=False)
+    markers = {"real": ("o", "#2ca02c"), "generated": ("x", "#1f77b4")}
+    for ax, item in zip(axes[:, 0], items):
+        ctx = harmony.frame_chroma(item["context"], sample_rate)
+        shown = ctx / np.maximum(ctx.max(axis=0, keepdims=True), 1e-12)
+        step = harmony.FRAME_SECONDS
+        ax.imshow(shown, origin="lower", aspect="auto", cmap="Greys", vmin=0, vmax=1,
+                  extent=(0, shown.shape[1] * step, -0.5, 11.5))
+        for k, (name, wave) in enumerate(item["parts"].items()):
+            part = harmony.frame_chroma(wave, sample_rate)
+            sounding = np.flatnonzero(part.sum(axis=0) > 0)
+            fit = harmony.fit(wave, item["context"], sample_rate)
+            marker, colour = markers.get(name, ("s", f"C{k + 2}"))
+            text = ", ".join(f"{m} {'-' if fit[m] is None else f'{fit[m]:+.2f}'}" for m in ("key", "chords"))
+            ax.scatter((sounding + 0.5) * step, part.argmax(axis=0)[sounding] + 0.12 * (k - 0.5), marker=marker,
+                       color=colour, s=28, label=f"{name} ({text})")
+        ax.set_yticks(range(12), PITCH_CLASSES, fontsize=7)
+        ax.set_xlabel("seconds")
+        ax.set_title(f"{item.get('label', '')}: the context's pitch classes (grey) and each part's strongest one",
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

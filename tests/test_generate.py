@@ -436,15 +436,18 @@ def test_every_generation_ends_with_the_fit_line(tiny_app_checkpoint, tmp_path, 
 def test_the_example_adds_a_bass_to_the_built_in_work_and_says_what_next(tiny_app_checkpoint, tmp_path, monkeypatch,
                                                                           capsys):
     """--example: the shipped held-out context, a bass, outputs in runs/example/ (replaced on a second run, since
-    they are the example's own), the fit line and the next commands."""
+    they are the example's own), the fit line and the next commands; --plot draws the harmony picture."""
     monkeypatch.chdir(tmp_path)
-    argv = ["--example", "--checkpoint", tiny_app_checkpoint, "--seed", "0", "--steps", "2", "2"]
+    argv = ["--example", "--checkpoint", tiny_app_checkpoint, "--seed", "0", "--steps", "2", "2", "--plot"]
     for _ in range(2):
         assert generate.main(argv) == 0
         captured = capsys.readouterr()
         assert "fit of the new bass" in captured.out and "python app.py" in captured.err
     written = sorted(os.listdir(tmp_path / "runs" / "example"))
-    assert written == ["monteverdi-madrigal-4-16.bass.flac", "monteverdi-madrigal-4-16.with-bass.flac"]
+    assert written == ["monteverdi-madrigal-4-16.bass.flac", "monteverdi-madrigal-4-16.bass.harmony.png",
+                       "monteverdi-madrigal-4-16.with-bass.flac"]
+    png = (tmp_path / "runs" / "example" / "monteverdi-madrigal-4-16.bass.harmony.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert generate.main(["--example", "--context", "x.wav", "--checkpoint", tiny_app_checkpoint]) == 2
     assert "not both" in capsys.readouterr().err
     assert generate.main(["--instrument", "bass"]) == 2 and "--example" in capsys.readouterr().err

@@ -19,8 +19,9 @@ LAYERS = [
 # The one import up a layer, and why: the page adds parts with generate.py's own functions (reading the context,
 # the stems in turn, the output names and the atomic writes), so that the page and the command cannot drift apart.
 UPWARD = {("page.engine", "generate")}
-# Imports inside a function, and why: the MIDI path (librosa, pretty_midi) loads only with --midi.
-LAZY = {("generate", "notes.midi")}
+# Imports inside a function, and why: the MIDI path (librosa, pretty_midi) loads only with --midi, matplotlib
+# only with --plot.
+LAZY = {("generate", "notes.midi"), ("generate", "metrics.pictures")}
 ROOT_COMMANDS = {"train", "generate", "evaluate", "bench", "app"}
 # Commands run as modules of their packages (python -m ...); they are libraries too, so they may be imported.
 MODULE_COMMANDS = {"songs.synth", "songs.corpus", "spectral.fit", "training.ship", "training.curves",
