@@ -32,7 +32,8 @@ import codec as codec_lib
 from notes import transcriber
 from training.checkpoint import SHIPPED_CHECKPOINT, CheckpointError
 from cli.common import USER_ERROR
-from page.engine import MAX_MB, MAX_SECONDS, BusyError, Engine, UserError
+from page.engine import Engine
+from page.requests import MAX_MB, MAX_SECONDS, BusyError, UserError
 
 DEFAULT_APP_CHECKPOINT = SHIPPED_CHECKPOINT  # the model shipped in the repository (README "The shipped model")
 DEFAULT_PORT = 7860

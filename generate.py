@@ -322,6 +322,19 @@ def notes_paths(stem_paths: list[str], mix_path: str) -> list[str]:
     return [os.path.splitext(p)[0] + ".notes" + os.path.splitext(p)[1] for p in stem_paths + [mix_path]]
 
 
+NEXT_STEPS = ("\nnext: your own music: python generate.py --context YOUR_MIX.wav --instrument bass\n"
+              "      a page to do it in the browser: python app.py\n"
+              "      train the demo model yourself (CPU, 13-40 min): python train.py")
+
+
+def warn_if_long(planned: int):
+    """Said even under --quiet: the user may not want to wait."""
+    if planned > LONG_JOB_STEPS:
+        print(f"note: a long job: {planned} decoding steps planned, about {planned / STEPS_PER_SECOND / 60:.0f} min "
+              f"at the shipped model's pace on 2 CPU cores ({STEPS_PER_SECOND:g} steps/s); Ctrl-C stops it and "
+              f"writes nothing", file=sys.stderr)
+
+
 def run(args) -> list[str]:
     """The CLI's work once arguments are parsed; returns the paths written."""
     resolve_sampling(args)                                                    # bad flag values fail before any work
@@ -351,10 +364,7 @@ def run(args) -> list[str]:
 
     n_frames = math.ceil(x.shape[1] * tok.frame_rate / sr)
     planned = decode.planned_steps(sampling, decode.plan_windows(n_frames, window, overlap)) * len(instruments)
-    if planned > LONG_JOB_STEPS:                     # said even under --quiet: the user may not want to wait
-        print(f"note: a long job: {planned} decoding steps planned, about {planned / STEPS_PER_SECOND / 60:.0f} min "
-              f"at the shipped model's pace on 2 CPU cores ({STEPS_PER_SECOND:g} steps/s); Ctrl-C stops it and "
-              f"writes nothing", file=sys.stderr)
+    warn_if_long(planned)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     say(f"seed {seed}; {', '.join(INSTRUMENTS[i] for i in instruments)} for {args.context} "
         f"({x.shape[1] / sr:.1f} s, {sr} Hz, {x.shape[0]} ch) on {device}")
@@ -379,9 +389,7 @@ def run(args) -> list[str]:
     for k, stem in enumerate(stems):                # each stem against the mix it was made for
         print(harmony.fit_line(names[k], harmony.fit(stem, mono + sum(stems[:k], np.zeros_like(mono)), sr)))
     if args.example and not args.quiet:
-        print("\nnext: your own music: python generate.py --context YOUR_MIX.wav --instrument bass\n"
-              "      a page to do it in the browser: python app.py\n"
-              "      train the demo model yourself (CPU, 13-40 min): python train.py", file=sys.stderr)
+        print(NEXT_STEPS, file=sys.stderr)
     return written
 
 

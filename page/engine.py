@@ -7,7 +7,8 @@ message). Progress comes from the decoding steps.
 
 Uploads and outputs live in one temporary folder (page/files.py: Store), removed when the engine closes: a
 generation in progress is stopped at its next decoding step first. A bad upload (empty, not audio, corrupt,
-silent, longer than max_seconds or larger than max_mb) gets one message (UserError) and leaves no file behind.
+silent, longer than max_seconds or larger than max_mb; page/requests.py checks what a request may ask for) gets
+one message (UserError) and leaves no file behind.
 """
 from __future__ import annotations
 
@@ -34,29 +35,13 @@ from training.checkpoint import (CheckpointError, checkpoint_window_seconds, loa
 from cli.common import pick_device
 from audio.instruments import INSTRUMENTS, instrument_id
 from page.files import Store, content_type, safe_name, spectrogram_png
+from page.requests import (MAX_JOB_STEPS, MAX_MB, MAX_SECONDS, BusyError, UserError, check_audio_header,
+                           check_upload_length, sampling_from, seed_from)
 from metrics import harmony
 
-MAX_SECONDS = 60.0       # longest context accepted (--max-seconds)
-MAX_MB = 64.0            # largest upload accepted (--max-mb)
 MAX_QUEUE = 4            # generations waiting behind the running one; more are refused with a busy message
 MAX_CONTEXTS = 16        # contexts kept (with their takes); the oldest is removed past this
-MAX_STEPS = 1024         # per level, per 1000 frames: a bound on what one request may ask for
-MAX_JOB_STEPS = 4000     # decoding steps one request may plan in all (a 60 s context with the defaults: 768 a part)
-MAX_DECODED_RATE = 192_000   # decoded uploads are bounded by max_seconds of stereo at this rate
 STOP_WAIT_SECONDS = 10.0  # how long stopping waits for a generation to reach its next decoding step
-FRESH_SEEDS = 2 ** 31    # fresh seeds are drawn below this; any seed from 0 to 2^63 - 1 may be typed
-# First bytes of the audio containers soundfile reads: an upload that starts like one but cannot be read is
-# called corrupt rather than "not audio".
-AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2",
-               b".snd", b"caff", b"wvpk")
-
-
-class UserError(ValueError):
-    """A request the user can fix; its message is shown on the page as it is."""
-
-
-class BusyError(UserError):
-    """Too many generations are waiting: the request is refused, not queued."""
 
 
 class Stopped(Exception):
@@ -155,11 +140,7 @@ class Engine:
     # -- contexts ----------------------------------------------------------------------------------
     def add_upload(self, name: str, body, length: int) -> Context:
         """Read `length` bytes of an uploaded file from `body` (a file object) and keep it as a context."""
-        if length <= 0:
-            raise UserError("The file is empty: choose an audio file (wav, flac, ogg, mp3, aiff).")
-        if length > self.max_bytes:
-            raise UserError(f"The file is {length / 2 ** 20:.1f} MB; the limit is {self.max_bytes / 2 ** 20:g} MB "
-                            f"(start the page with --max-mb to change it).")
+        check_upload_length(length, self.max_bytes)
         folder = self.store.folder("context")
         try:
             path = os.path.join(folder, safe_name(name))
@@ -200,24 +181,7 @@ class Engine:
     def _add_context(self, folder: str, path: str, max_seconds: float | None = None) -> Context:
         """Check a context file (readable audio, not longer than max_seconds, not silent) and register it."""
         name = os.path.basename(path)
-        try:
-            sr, frames, channels = audio_files.audio_info(path)
-        except audio_files.AudioError:
-            with open(path, "rb") as f:
-                head = f.read(16)
-            if head.startswith(AUDIO_MAGIC) or head[8:12] in (b"WAVE", b"AIFF", b"AIFC"):
-                raise UserError(f"{name} looks like an audio file but is corrupt: it cannot be decoded.") from None
-            raise UserError(f"{name} is not an audio file this page can read (wav, flac, ogg, mp3, aiff).") from None
-        if frames <= 0:
-            raise UserError(f"{name} holds no audio (0 samples).")
-        if max_seconds is not None and frames / sr > max_seconds:
-            raise UserError(f"{name} is {frames / sr:.1f} s long; the limit is {max_seconds:g} s "
-                            f"(start the page with --max-seconds to change it).")
-        limit = (max_seconds or MAX_SECONDS) * MAX_DECODED_RATE * 2
-        if frames * channels > limit:          # from the header, before decoding: a small file may decode huge
-            raise UserError(f"{name} decodes to {frames * channels * 4 / 2 ** 20:.0f} MB ({channels} channels at "
-                            f"{sr} Hz); the page takes at most {limit * 4 / 2 ** 20:.0f} MB of decoded audio "
-                            f"(stereo at {MAX_DECODED_RATE // 1000} kHz for the longest context).")
+        sr, frames, channels = check_audio_header(path, name, max_seconds)
         try:
             x, sr = generate.read_context(path)
         except generate.GenerateError as e:                      # silent
@@ -248,32 +212,8 @@ class Engine:
 
     # -- generations -------------------------------------------------------------------------------
     def sampling_from(self, options: dict) -> Sampling:
-        """The defaults with the page's options (scale_audio, scale_instrument, steps, temperature) applied."""
-        given = {}
-        try:
-            for key in ("scale_audio", "scale_instrument", "temperature"):
-                if options.get(key) not in (None, ""):
-                    given[key] = float(options[key])
-                    if not math.isfinite(given[key]):
-                        raise ValueError
-            if options.get("steps") not in (None, "", []):
-                steps = options["steps"]
-                steps = steps.replace(",", " ").split() if isinstance(steps, str) else steps
-                given["steps"] = tuple(int(s) for s in steps)
-        except (TypeError, ValueError):
-            raise UserError("Guidance scales and temperature must be numbers, steps whole numbers.") from None
-        if "steps" in given:
-            if len(given["steps"]) != self.net.cfg.n_q:
-                raise UserError(f"Give {self.net.cfg.n_q} step counts, one per token level (coarsest first).")
-            if not all(1 <= s <= MAX_STEPS for s in given["steps"]):
-                raise UserError(f"Step counts must be between 1 and {MAX_STEPS}.")
-        for key in ("scale_audio", "scale_instrument"):
-            if key in given and not 0 <= given[key] <= 100:
-                raise UserError("Guidance scales must be between 0 and 100.")
-        try:
-            return replace(self.defaults, **given)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        """The defaults with the page's options applied (page/requests.py)."""
+        return sampling_from(options, self.defaults, self.net.cfg.n_q)
 
     def submit(self, options: dict) -> Job:
         """Queue a generation: {context, instruments: [names], seed?, scale_audio?, ...}."""
@@ -293,15 +233,7 @@ class Engine:
         except generate.GenerateError as e:
             raise UserError(str(e)) from None
         sampling = self.sampling_from(options)
-        seed = options.get("seed")
-        if seed in (None, ""):   # a fresh seed, short enough to read off the page and type back
-            seed = int(np.random.SeedSequence().entropy % FRESH_SEEDS)
-        try:
-            seed = int(seed)
-            if not 0 <= seed < 2 ** 63:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise UserError("The seed must be a whole number from 0 (or empty for a fresh one).") from None
+        seed = seed_from(options)
         job = Job(id=secrets.token_hex(6), context=ctx, instruments=instruments, sampling=sampling, seed=seed)
         job.total = self.planned_steps(ctx, sampling, len(instruments))
         if job.total > MAX_JOB_STEPS:

@@ -21,6 +21,7 @@ import soundfile as sf
 import app
 import generate
 from page import engine as page_engine
+from page import requests as page_requests
 from training.checkpoint import SHIPPED_CHECKPOINT
 from cli.common import USER_ERROR
 from conftest import ROOT, bass_line, serve_app, stop_app
@@ -149,7 +150,7 @@ def test_same_seed_same_take_and_a_fresh_seed_is_reported(served):
         takes.append(client.wait(job["id"]))
     audio_of = [client.fetch(t["result"]["stems"][0]["audio"])[0] for t in takes]
     assert takes[0]["seed"] == takes[1]["seed"] == "5" and audio_of[0] == audio_of[1]
-    assert 0 <= int(takes[2]["seed"]) < page_engine.FRESH_SEEDS and takes[2]["seed"] != "5"
+    assert 0 <= int(takes[2]["seed"]) < page_requests.FRESH_SEEDS and takes[2]["seed"] != "5"
     _, job = client.generate(context=ctx["id"], instruments=["Drums"], seed=str(2 ** 63 - 1), steps=[4, 2])
     assert client.wait(job["id"])["seed"] == str(2 ** 63 - 1)            # exact, past JavaScript's 2^53
 
