@@ -529,3 +529,36 @@ def test_a_write_that_fails_leaves_no_output_and_says_so_in_one_line(tiny_app_ch
     err = capsys.readouterr().err
     assert rc == 2 and "Permission denied" in err and "no output was written" in err and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["song.wav"]
+
+
+def test_a_long_job_is_announced_with_its_steps_and_time_even_under_quiet(tiny_app_checkpoint, tmp_path, monkeypatch,
+                                                                          capsys):
+    context = tmp_path / "mix.wav"
+    sf.write(context, tones(1.0, SR)[0], SR)
+    import re
+    monkeypatch.setattr(generate, "LONG_JOB_STEPS", 0)        # any job is "long" for this test
+    argv = ["--context", str(context), "--instrument", "bass", "--checkpoint", tiny_app_checkpoint, "--steps", "2",
+            "2", "--quiet", "--seed", "1"]
+    assert generate.main(argv) == 0
+    found = re.search(r"long job: (\d+) decoding steps planned, about \d+ min", capsys.readouterr().err)
+    assert found and int(found.group(1)) > 0
+    monkeypatch.setattr(generate, "LONG_JOB_STEPS", int(found.group(1)))    # at the threshold: not long
+    assert generate.main(argv + ["--force"]) == 0
+    assert "long job" not in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_generation_as_ctrl_c_does_writing_nothing(tiny_app_checkpoint, tmp_path, monkeypatch, capsys):
+    import signal
+    context = tmp_path / "mix.wav"
+    sf.write(context, tones(1.0, SR)[0], SR)
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)                  # as `kill PID` from another shell, mid-generation
+        raise AssertionError("SIGTERM did not stop the generation")
+    monkeypatch.setattr(generate, "generate_stems", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    rc = generate.main(["--context", str(context), "--instrument", "bass", "--checkpoint", tiny_app_checkpoint,
+                        "--steps", "2", "2", "--quiet"])
+    assert rc == 130 and "interrupted: no output written" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["mix.wav"]
+    assert signal.getsignal(signal.SIGTERM) == before          # the handler is the caller's again
