@@ -20,7 +20,9 @@ from metrics.sweep import generate_stems
 from training.checkpoint import SHIPPED_CHECKPOINT, load_model, recommended_sampling
 
 CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "level-0 temperature 1.0":
-              {"temperature": 1.0}, "lambda_a 5": {"scale_audio": 5.0}}
+              {"temperature": 1.0}, "lambda_a 5": {"scale_audio": 5.0},
+              # the second round (docs/log.md), written down after the first round's figures and before its own
+              "lambda_a 8": {"scale_audio": 8.0}, "lambda_a 12": {"scale_audio": 12.0}}
 
 
 def main(argv=None) -> int:
