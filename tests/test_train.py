@@ -226,6 +226,17 @@ def test_a_recipes_checkpoints_carry_its_recommended_sampling_and_ship_keeps_it(
     assert torch.load(tmp_path / "a.pt", weights_only=True)["sampling"] == music
     assert ship.main([str(tmp_path / "b.pt"), "--out", str(tmp_path / "run"), "--sampling", "none"]) == 0
     assert "sampling" not in torch.load(tmp_path / "b.pt", weights_only=True)
+    # a shipped file's sampling re-chosen later: only the recommendation changes, and the change is recorded
+    assert ship.main([str(tmp_path / "c.pt"), "--from", str(tmp_path / "a.pt"), "--sampling", "scale_audio=5",
+                      "temperature=0.5", "--reason", "the log's entry"]) == 0
+    a, c = (torch.load(tmp_path / f, weights_only=True) for f in ("a.pt", "c.pt"))
+    assert c["sampling"] == {"scale_audio": 5.0, "temperature": 0.5}
+    assert all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+    assert {k: v for k, v in c["provenance"].items() if k != "sampling_changes"} == a["provenance"]
+    assert [(x["previous"], x["reason"]) for x in c["provenance"]["sampling_changes"]] == [(music, "the log's entry")]
+    with pytest.raises(SystemExit):                                   # a change without its reason is refused
+        ship.main([str(tmp_path / "d.pt"), "--from", str(tmp_path / "a.pt"), "--sampling", "scale_audio=5"])
+    assert not (tmp_path / "d.pt").exists()
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
     python -m training.ship --out runs/music checkpoints/mine.pt
     python -m training.ship --out runs/music checkpoints/mine.pt --sampling fine_temperature=0 temperature=0.5
+    python -m training.ship --from checkpoints/mine.pt checkpoints/mine.pt --sampling scale_audio=5 --reason "..."
 
 The shipped file keeps what generation needs (weights in bf16, config, codec, class counts, training arguments,
 the sampling it recommends) and its provenance: the train.py commands of every stage (a run fine-tuned with
@@ -92,17 +93,49 @@ def ship_run(out: str, dst: str, sampling: dict | None = None) -> str:
     return f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MB){recommends}: {provenance}"
 
 
+def reship(src: str, dst: str, sampling: dict, reason: str) -> str:
+    """A shipped checkpoint with a new recommended sampling (the whole recommendation) and nothing else changed (the weights as they are);
+    the change is added to its provenance ("sampling_changes": when, from what, to what, why)."""
+    ckpt = load_checkpoint(src, "cpu")
+    if "provenance" not in ckpt:
+        raise CheckpointError(f"{src} is not a shipped checkpoint (no provenance): ship a run with --out")
+    try:
+        new = check_sampling(sampling)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    change = {"written": time.strftime("%Y-%m-%d"), "previous": dict(ckpt.get(SAMPLING, {})), "sampling": new,
+              "reason": reason}
+    provenance = {**ckpt["provenance"]}
+    provenance["sampling_changes"] = [*provenance.get("sampling_changes", []), change]
+    out = {**ckpt, "provenance": provenance}
+    out.pop(SAMPLING, None)
+    out.update({SAMPLING: new} if new else {})
+    save_checkpoint(dst, out)
+    said = [sampling_text(d) if d else "the paper's values" for d in (new, change["previous"])]
+    return f"wrote {dst}: recommends {said[0]} (was {said[1]})"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__.split("\n\n")[0])
     p.add_argument("dst", metavar="PATH", help="where to write the shipped checkpoint")
-    p.add_argument("--out", required=True, help="the finished run's folder (its best.pt and metrics.jsonl)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--out", help="the finished run's folder (its best.pt and metrics.jsonl)")
+    source.add_argument("--from", dest="src", metavar="FILE",
+                        help="a shipped checkpoint whose recommended sampling changes (--sampling and --reason "
+                             "required); its weights and provenance are kept, and the change is added to it")
     p.add_argument("--sampling", nargs="+", metavar="KNOB=VALUE",
                    help="sampling the shipped checkpoint recommends, e.g. fine_temperature=0 (generate.py, "
                         "evaluate.py and the page apply it over the paper's values unless a flag overrides it or "
                         "--paper-sampling is given); choose it on validation data (default: what the run's "
                         "checkpoints recommend, their recipe's; none: the paper's values)")
+    p.add_argument("--reason", help="with --from: why the sampling changes (e.g. the log entry that chose it)")
     args = p.parse_args(argv)
+    if args.src and not (args.sampling and args.reason):
+        p.error("--from needs --sampling and --reason")
     try:
+        if args.src:
+            print(reship(args.src, args.dst, parse_sampling(args.sampling), args.reason))
+            return 0
         print(ship_run(args.out, args.dst, parse_sampling(args.sampling) if args.sampling else None))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
