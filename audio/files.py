@@ -6,9 +6,11 @@ resampler), never a hand-written one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
+import threading
 
 import numpy as np
 import soundfile as sf
@@ -114,6 +116,26 @@ def atomic_write(path: str, write, suffix: str = "", overwrite: bool = False) ->
     write_together([(path, write, suffix)])
 
 
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM arriving inside the block are noted, and delivered to their own handlers when it ends.
+    (Blocking them with a signal mask would not do: Python runs its handlers for a signal that any other thread of
+    the process received, and torch and the page have threads.) Outside the main thread, where Python delivers no
+    signal, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending, held = [], (signal.SIGINT, signal.SIGTERM)
+    old = {n: signal.signal(n, lambda n, _frame: pending.append(n)) for n in held}
+    try:
+        yield
+    finally:
+        for n in held:
+            signal.signal(n, signal.SIG_DFL if old[n] is None else old[n])
+        for n in dict.fromkeys(pending):
+            signal.raise_signal(n)
+
+
 def write_together(items: list[tuple[str, object, str]]) -> None:
     """Write several files all or none: each (path, write(tmp_path), suffix) to a temporary file beside its path
     first; only when every one is written are they renamed into place, with Ctrl-C and SIGTERM held back until
@@ -123,15 +145,8 @@ def write_together(items: list[tuple[str, object, str]]) -> None:
         for path, write, suffix in items:
             temporaries.append(_new_temporary(os.path.dirname(os.path.abspath(path)), suffix))
             write(temporaries[-1])
-        held = {signal.SIGINT, signal.SIGTERM}
-        masked = hasattr(signal, "pthread_sigmask")
-        if masked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        try:
+        with signals_held():
             _rename_all([path for path, _, _ in items], temporaries)
-        finally:
-            if masked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     finally:
         for tmp in temporaries:
             if os.path.exists(tmp):

@@ -80,7 +80,15 @@ def test_files_written_together_land_all_or_none_and_a_signal_waits_for_the_rena
         real_replace(src, dst)
         os.kill(os.getpid(), signal.SIGINT)                      # held back until both renames are done
     monkeypatch.setattr(files.os, "replace", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        files.write_together([(str(a), writer("new a"), ".txt"), (str(b), writer("new b"), ".txt")])
+    import threading
+    other = threading.Event()
+    waiting = threading.Thread(target=other.wait, args=(5,))   # as torch's or the page's threads: a signal may
+    waiting.start()                                            # land on any thread of the process
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            files.write_together([(str(a), writer("new a"), ".txt"), (str(b), writer("new b"), ".txt")])
+    finally:
+        other.set()
+        waiting.join()
     assert a.read_text() == "new a" and b.read_text() == "new b"
     assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
