@@ -54,4 +54,5 @@ stage music8 --data data/music2 --lr 0.0003 --hold 1000 --decay 11000 --max-step
     --pool-pairs 32768 --seed 6 --init-from runs/music7/best.pt
 
 # ---- ship: the last stage's best weights in bf16, with their provenance and the sampling chosen on validation
-python -m training.ship --out runs/music8 checkpoints/stemgen-music.pt --sampling fine_temperature=0 temperature=0.5
+python -m training.ship --out runs/music8 checkpoints/stemgen-music.pt --sampling fine_temperature=0 temperature=0.5 \
+    scale_audio=5

@@ -70,7 +70,8 @@ RECIPES = {
                     warmup=200, hold=3000, decay=2800, final_lr_frac=0.1, max_steps=6000, patience=6000,
                     eval_every=500, save_every=250, val_pairs=256, codeword_init=True, pool_pairs=8192,
                     threads=2, workers=0, objective=Objective(coarse_prob=0.7),
-                    sampling={"fine_temperature": 0.0, "temperature": 0.5}),
+                    # chosen on validation works for the shipped weights (docs/log.md, 2026-12-07)
+                    sampling={"fine_temperature": 0.0, "temperature": 0.5, "scale_audio": 5.0}),
 }
 
 
