@@ -428,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR
+    except audio_files.WrittenThenInterrupted:
+        print("interrupted just after every output was written", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)
         return 130

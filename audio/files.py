@@ -116,6 +116,10 @@ def atomic_write(path: str, write, suffix: str = "", overwrite: bool = False) ->
     write_together([(path, write, suffix)])
 
 
+class WrittenThenInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM came while write_together renamed its files: every file is written, then it stops."""
+
+
 @contextlib.contextmanager
 def signals_held():
     """Ctrl-C and SIGTERM arriving inside the block are noted, and delivered to their own handlers when it ends.
@@ -132,14 +136,18 @@ def signals_held():
     finally:
         for n in held:
             signal.signal(n, signal.SIG_DFL if old[n] is None else old[n])
-        for n in dict.fromkeys(pending):
-            signal.raise_signal(n)
+        try:
+            for n in dict.fromkeys(pending):
+                signal.raise_signal(n)               # its handler runs now (Ctrl-C's raises KeyboardInterrupt)
+        except KeyboardInterrupt:
+            raise WrittenThenInterrupted from None
 
 
 def write_together(items: list[tuple[str, object, str]]) -> None:
     """Write several files all or none: each (path, write(tmp_path), suffix) to a temporary file beside its path
     first; only when every one is written are they renamed into place, with Ctrl-C and SIGTERM held back until
-    the renames are done. On any error no path is touched and every temporary file is removed."""
+    the renames are done (then WrittenThenInterrupted). On any error no path is touched and every temporary file
+    is removed."""
     temporaries = []
     try:
         for path, write, suffix in items:

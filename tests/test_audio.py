@@ -85,7 +85,7 @@ def test_files_written_together_land_all_or_none_and_a_signal_waits_for_the_rena
     waiting = threading.Thread(target=other.wait, args=(5,))   # as torch's or the page's threads: a signal may
     waiting.start()                                            # land on any thread of the process
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(files.WrittenThenInterrupted):    # a KeyboardInterrupt that says all is written
             files.write_together([(str(a), writer("new a"), ".txt"), (str(b), writer("new b"), ".txt")])
     finally:
         other.set()

@@ -562,3 +562,21 @@ def test_sigterm_stops_a_generation_as_ctrl_c_does_writing_nothing(tiny_app_chec
     assert rc == 130 and "interrupted: no output written" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["mix.wav"]
     assert signal.getsignal(signal.SIGTERM) == before          # the handler is the caller's again
+
+
+def test_ctrl_c_while_the_outputs_are_renamed_lets_them_all_land_and_says_so(tiny_app_checkpoint, tmp_path,
+                                                                            monkeypatch, capsys):
+    import signal
+    from audio import files as audio_files
+    context = tmp_path / "mix.wav"
+    sf.write(context, tones(1.0, SR)[0], SR)
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)                   # Ctrl-C after the first rename
+    monkeypatch.setattr(audio_files.os, "replace", interrupted)
+    rc = generate.main(["--context", str(context), "--instrument", "bass", "--instrument", "piano", "--checkpoint",
+                        tiny_app_checkpoint, "--steps", "2", "2", "--quiet"])
+    assert rc == 130 and "interrupted just after every output was written" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["mix.bass.wav", "mix.piano.wav", "mix.wav", "mix.with-bass-piano.wav"]
