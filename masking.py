@@ -25,6 +25,11 @@ class Objective:
     max_prefix: float = field(default=0.9, metadata={"help": "longest unmasked prefix, as a fraction of the crop"})
     coarse_prob: float | None = field(default=None, metadata={
         "help": "probability of training level 0 (the rest share the finer levels); unset: uniform, as the paper"})
+    shift_weight: float = field(default=0.0, metadata={
+        "help": "weight of the timing term: the target must be likelier with its context than with the context "
+                "shifted in time (ours; 0: the paper's loss alone)"})
+    shift_margin: float = field(default=0.5, metadata={
+        "help": "timing term: how many nats likelier, per example, before the term stops pushing"})
 
     def check(self) -> None:
         """Raise ValueError for a knob out of range."""
@@ -33,6 +38,9 @@ class Objective:
         if not all(0 <= p <= 1 for p in probs) or not 0 <= self.max_prefix < 1:
             raise ValueError("the drop, prefix and coarse-level probabilities must lie in [0, 1] and "
                              "--max-prefix in [0, 1)")
+        if not (math.isfinite(self.shift_weight) and self.shift_weight >= 0 and math.isfinite(self.shift_margin)
+                and self.shift_margin >= 0):
+            raise ValueError("--shift-weight and --shift-margin must be finite and >= 0")
 
 
 def cosine_mask_fraction(u: torch.Tensor) -> torch.Tensor:
@@ -119,4 +127,34 @@ def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: 
                                            coarse_prob=o.coarse_prob)
     logits = model(context, masked, instrument, ctx_dropped, level=level)               # [B, T, V]
     at_level = loss_mask[torch.arange(len(level), device=level.device), level]          # [B, T]
-    return F.cross_entropy(logits[at_level].float(), target[loss_mask])
+    loss = F.cross_entropy(logits[at_level].float(), target[loss_mask])
+    if o.shift_weight == 0:                                                              # the paper's objective
+        return loss
+    shifted_logits = model(shift_in_time(context, generator), masked, instrument, ctx_dropped, level=level)
+    gain = example_nll(shifted_logits, target, loss_mask, level) - example_nll(logits, target, loss_mask, level)
+    return loss + o.shift_weight * timing_term(gain, o.shift_margin)
+
+
+def shift_in_time(context: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each example's context rolled along time by 30-70 % of its length (1.5-3.5 s of a 5 s crop): the same
+    sounds, its chords at the wrong times. The negative of the timing term (ours, not the paper's)."""
+    B, _, T = context.shape
+    dev = context.device
+    shift = (T * (0.3 + 0.4 * torch.rand(B, device=dev, generator=generator))).long()    # [B]
+    index = (torch.arange(T, device=dev)[None] - shift[:, None]) % T                     # [B, T]
+    return context.gather(2, index[:, None, :].expand_as(context))
+
+
+def example_nll(logits: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor, level: torch.Tensor):
+    """Each example's mean cross-entropy over its masked positions of level q: [B]."""
+    rows = torch.arange(len(level), device=level.device)
+    at_level = loss_mask[rows, level]                                                    # [B, T]
+    ce = F.cross_entropy(logits.float().transpose(1, 2), target[rows, level], reduction="none")   # [B, T]
+    return (ce * at_level).sum(1) / at_level.sum(1).clamp_min(1)
+
+
+def timing_term(gain: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean_i max(0, margin - gain_i), gain_i = NLL_i(shifted context) - NLL_i(context): zero once every target
+    is `margin` nats likelier with its own context's timing than with the shifted one; a model that ignores the
+    context (or an example whose context was dropped) pays the whole margin, and gets no push from it."""
+    return F.relu(margin - gain).mean()

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from masking import Objective, mask_target, masked_loss, sample_levels
+from masking import Objective, example_nll, mask_target, masked_loss, sample_levels, shift_in_time
 
 MASK = 99
 
@@ -108,3 +108,83 @@ def test_masked_loss_is_cross_entropy_over_the_masked_positions_of_level_q():
     assert (instrument == 17).all() and not dropped.any()           # drop probabilities 1 and 0 obeyed
     for b in range(32):                                            # level q: the lowest level with a MASK
         assert int(level[b]) == int((masked[b] == MASK).any(-1).float().argmax())
+
+
+# ---- the timing term (ours): the target likelier with its context's timing than with the context shifted
+
+class _Listener(torch.nn.Module):
+    """Stands in for StemGen: predicts, at each position, the context's level-0 token there (a part that follows
+    its context in time) when `listens`, else uniform logits; counts its calls."""
+
+    class cfg:
+        mask_id = MASK
+
+    def __init__(self, listens: bool):
+        super().__init__()
+        self.listens, self.calls = listens, 0
+        self.scale = torch.nn.Parameter(torch.tensor(5.0))
+
+    def forward(self, context, masked, instrument, dropped, level):
+        self.calls += 1
+        B, _, T = masked.shape
+        if not self.listens:
+            return torch.zeros(B, T, MASK) * self.scale
+        logits = torch.nn.functional.one_hot(context[:, 0], MASK).float() * self.scale
+        return logits.masked_fill(dropped[:, None, None], 0.0)
+
+
+def test_context_shift_rolls_each_example_by_thirty_to_seventy_percent_of_its_length():
+    ctx = tokens(B=64, T=50, seed=3)
+    out = shift_in_time(ctx, torch.Generator().manual_seed(0))
+    shifts = []
+    for b in range(64):
+        s = [k for k in range(50) if torch.equal(torch.roll(ctx[b], k, dims=-1), out[b])]
+        assert len(s) == 1                                         # a roll of the whole example, every level
+        shifts.append(s[0])
+    assert 15 <= min(shifts) and max(shifts) <= 35 and len(set(shifts)) > 5   # 30-70 % of T, drawn per example
+
+
+def test_timing_term_charges_a_part_that_ignores_the_context_its_whole_margin():
+    """A model that ignores the context is no likelier with the right timing: the loss is the paper's plus
+    weight x margin; with weight 0 the model runs once and the loss is the paper's alone."""
+    ctx, tgt, inst = tokens(B=16, seed=1), tokens(B=16, seed=2), torch.zeros(16, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(0)
+    paper, deaf = Objective(p_drop_context=0.0), Objective(p_drop_context=0.0, shift_weight=2.0, shift_margin=0.5)
+    model = _Listener(listens=False)
+    base = masked_loss(model, ctx, tgt, inst, paper, 17, g())
+    assert model.calls == 1
+    total = masked_loss(model, ctx, tgt, inst, deaf, 17, g())
+    assert model.calls == 3 and math.isclose(total.item(), base.item() + 2.0 * 0.5, rel_tol=1e-6)
+
+
+def test_timing_term_vanishes_for_a_part_that_follows_its_context_in_time():
+    """The target is the context (a part that moves with it) and every example trains level 0: with the right
+    timing the listener is far surer than with the shifted context, so the term adds nothing."""
+    ctx = tokens(B=16, seed=1)
+    tgt, inst = ctx.clone(), torch.zeros(16, dtype=torch.long)
+    knobs = dict(p_drop_context=0.0, p_drop_instrument=0.0, coarse_prob=1.0)
+    timed = masked_loss(_Listener(True), ctx, tgt, inst, Objective(**knobs, shift_weight=1.0), 17,
+                        torch.Generator().manual_seed(0))
+    plain = masked_loss(_Listener(True), ctx, tgt, inst, Objective(**knobs), 17, torch.Generator().manual_seed(0))
+    assert plain.item() < 1.0 and math.isclose(timed.item(), plain.item(), rel_tol=1e-6)
+
+
+def test_example_nll_is_each_examples_mean_over_its_own_masked_positions():
+    tgt = tokens(B=4, T=10, seed=5)
+    masked, loss_mask, level = mask_target(tgt, MASK, torch.Generator().manual_seed(0))
+    logits = torch.randn(4, 10, MASK, generator=torch.Generator().manual_seed(1))
+    nll = example_nll(logits, tgt, loss_mask, level)
+    for b in range(4):
+        q, at = int(level[b]), loss_mask[b, int(level[b])]
+        expect = torch.nn.functional.cross_entropy(logits[b][at], tgt[b, q][at])
+        assert math.isclose(nll[b].item(), expect.item(), rel_tol=1e-5)
+
+
+def test_timing_knobs_must_be_finite_and_not_negative():
+    for bad in ({"shift_weight": -1.0}, {"shift_weight": float("nan")}, {"shift_margin": -0.1}):
+        try:
+            Objective(**bad).check()
+        except ValueError as e:
+            assert "--shift-weight" in str(e)
+        else:
+            raise AssertionError(f"{bad} accepted")
