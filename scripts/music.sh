@@ -12,17 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WORKS="mozart haydn monteverdi josquin corelli handel verdi joplin weber schumann_robert schumann_clara ciconia
-lusitano cpebach liliuokalani johnson_j_r chopin webern schoenberg leadSheet"
-RENDER="--seed 1 --one-program-per-class"
-CODEC=data/music1/spectral_codec_octave.pt
-
-# ---- data: music1 (corpus works in two keys per chunk) and music2 (the same in six keys), same composed songs
-[ -d data/music1/composed ] || python -m songs.synth --out data/music1/composed --tracks 480 --seconds 10 $RENDER
-[ -d data/music1/palestrina ] || python -m songs.corpus --out data/music1/palestrina --folders palestrina \
-    --max-works 400 --chunks 1 --transpositions 2 --seconds 20 $RENDER
-[ -d data/music1/corpus ] || python -m songs.corpus --out data/music1/corpus --folders $WORKS \
-    --chunks 2 --transpositions 2 --seconds 20 $RENDER
+# ---- data: music1 (corpus works in two keys per chunk: scripts/music1.sh) and music2 (the same in six keys),
+# the same composed songs
+source scripts/music1.sh
 [ -f $CODEC ] || python -m spectral.fit --data data/music1 --out $CODEC
 mkdir -p data/music2 && { [ -e data/music2/composed ] || ln -s ../music1/composed data/music2/composed; }
 [ -d data/music2/palestrina ] || python -m songs.corpus --out data/music2/palestrina --folders palestrina \

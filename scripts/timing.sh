@@ -13,17 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STEPS=${STEPS:-3000}
-WORKS="mozart haydn monteverdi josquin corelli handel verdi joplin weber schumann_robert schumann_clara ciconia
-lusitano cpebach liliuokalani johnson_j_r chopin webern schoenberg leadSheet"
-RENDER="--seed 1 --one-program-per-class"
-CODEC=data/music1/spectral_codec_octave.pt
-
-# ---- data: scripts/music.sh's first pool (two keys per chunk), and the validation works in twelve keys
-[ -d data/music1/composed ] || python -m songs.synth --out data/music1/composed --tracks 480 --seconds 10 $RENDER
-[ -d data/music1/palestrina ] || python -m songs.corpus --out data/music1/palestrina --folders palestrina \
-    --max-works 400 --chunks 1 --transpositions 2 --seconds 20 $RENDER
-[ -d data/music1/corpus ] || python -m songs.corpus --out data/music1/corpus --folders $WORKS \
-    --chunks 2 --transpositions 2 --seconds 20 $RENDER
+# ---- data: scripts/music.sh's first pool (scripts/music1.sh), and the validation works in twelve keys
+source scripts/music1.sh
 [ -d data/transposed-val48 ] || python -m songs.corpus --out data/transposed-val48 --split validation \
     --transpositions all --max-works 48 --seconds 20 --chunks 1 --seed 2 --one-program-per-class \
     --folders palestrina monteverdi mozart haydn josquin
