@@ -6,7 +6,7 @@
 # the measures of the sampling sweep for each run's best weights (lowest validation NLL) with the shipped
 # sampling. The rule that decides what ships is in docs/log.md, written before the figures.
 #
-#   bash scripts/timing.sh            # about 2 hours on 2 CPU cores (both sittings at once, one thread each)
+#   bash scripts/timing.sh            # about 75 min on 2 CPU cores once the data exist (both sittings at once, one thread each)
 #
 # Every sitting resumes where it stopped (--resume) when run again.
 set -euo pipefail
