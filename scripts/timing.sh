@@ -19,8 +19,8 @@ source scripts/music1.sh
     --transpositions all --max-works 48 --seconds 20 --chunks 1 --seed 2 --one-program-per-class \
     --folders palestrina monteverdi mozart haydn josquin
 # the shipped model's codec, as its checkpoint stores it
-[ -f $CODEC ] || python -c "import sys, torch; spec = torch.load('checkpoints/stemgen-music.pt', weights_only=True)
-spec = {k: v for k, v in spec['codec_spec'].items() if k != 'source'}; torch.save(spec, sys.argv[1])" $CODEC
+[ -f $CODEC ] || python -c "import sys, codec, training.checkpoint as c
+codec.save_spectral(codec.load_codec(c.load_checkpoint(c.SHIPPED_CHECKPOINT)['codec_spec']), sys.argv[1])" $CODEC
 
 # ---- the validation measures (key, chords in time, movement, harmonic share) with the shipped sampling
 measure() {  # measure CHECKPOINT NAME

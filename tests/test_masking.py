@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from masking import Objective, example_nll, mask_target, masked_loss, sample_levels, shift_in_time
@@ -182,9 +183,5 @@ def test_example_nll_is_each_examples_mean_over_its_own_masked_positions():
 
 def test_timing_knobs_must_be_finite_and_not_negative():
     for bad in ({"shift_weight": -1.0}, {"shift_weight": float("nan")}, {"shift_margin": -0.1}):
-        try:
+        with pytest.raises(ValueError, match="--shift-weight"):
             Objective(**bad).check()
-        except ValueError as e:
-            assert "--shift-weight" in str(e)
-        else:
-            raise AssertionError(f"{bad} accepted")
