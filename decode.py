@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from guidance import GUIDANCE_MODES, combine_branches, guidance_branches
+from guidance import GUIDANCE_MODES, combine_branches, guidance_branches, shifted_in_time
 from model import autocast
 
 DEFAULT_WINDOW_SECONDS = 20.0  # the paper's training crop (Sec. 3; data.CROP_SECONDS, a test checks they agree): the
@@ -47,6 +47,7 @@ class Sampling:
     guidance: str = "multi"       # "multi" (eq. 3), "joint" (eq. 2) or "none"
     scale_audio: float = 3.0      # lambda_a: guidance scale of the context-mix (eq. 3), lambda of eq. 2
     scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
+    scale_timing: float = 0.0     # lambda_t: timing guidance (guidance.timing_guided; ours, 0 = off as in the paper)
     temperature: float = 1.0      # softmax temperature of the sampled candidates (the paper gives none)
     fine_temperature: float | None = None  # levels 1.. (finer RVQ levels): None = `temperature`; 0 = greedy,
     #                               the most likely token, as SoundStorm decodes its finer levels (NOTES.md)
@@ -60,6 +61,8 @@ class Sampling:
             raise ValueError(f"unknown guidance mode {self.guidance!r}; choose from {GUIDANCE_MODES}")
         if len(self.steps) == 0 or min(self.steps) < 1:
             raise ValueError(f"steps must be positive, one count per level; got {tuple(self.steps)}")
+        if self.scale_timing < 0:
+            raise ValueError(f"scale_timing must be 0 (off) or above, got {self.scale_timing}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be above 0, got {self.temperature}")
         if self.fine_temperature is not None and self.fine_temperature < 0:
@@ -148,7 +151,8 @@ def decode_step(model, contexts, target, instruments, dropped, level: int, k: in
     n_branches = contexts.shape[0] // target.shape[0]
     with autocast(contexts.device):
         logits = model(contexts, target.repeat(n_branches, 1, 1), instruments, dropped, level=level)
-        logp = combine_branches(sampling.guidance, logits, sampling.scale_audio, sampling.scale_instrument)
+        logp = combine_branches(sampling.guidance, logits, sampling.scale_audio, sampling.scale_instrument,
+                                sampling.scale_timing or None)
     candidates, confidence = sample_tokens(logp, sampling.level_temperature(level), generator)  # [B, T]
     rho = causal_rank(confidence, sampling.w_c, sampling.w_s, sampling.w_r, generator)     # eq. 1, [B, T]
     return fix_top_ranked(target[:, level], candidates, rho, k, model.cfg.mask_id)
@@ -181,7 +185,7 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, samp
         sampling: steps per level per STEPS_FRAMES decoded frames (paper: 128, 64, 32, 32; scaled to the
             frames this call decodes, sampling.level_steps), eq. 1 weights, guidance ("none": one pass with
             both sources; "joint": eq. 2 with lambda = scale_audio; "multi": eq. 3 with lambda_a = scale_audio,
-            lambda_i = scale_instrument) and temperature.
+            lambda_i = scale_instrument; scale_timing > 0 adds timing guidance, ours) and temperature.
         prompt: optional LongTensor [B, Q, P] of target tokens fixed at the start of the sequence.
         generator: a torch.Generator on the model's device; the same seed gives the same tokens.
         on_step: called with 1 after every decoding step (e.g. a tqdm bar's update).
@@ -196,8 +200,11 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, samp
         raise ValueError(f"need one positive step count per level ({Q}), got {tuple(sampling.steps)}")
     target = initial_target(context, cfg.mask_id, prompt)                    # [B, Q, T]
     n_free = T - (0 if prompt is None else prompt.shape[-1])
-    instruments, dropped = guidance_branches(sampling.guidance, cfg.n_instruments - 1, instrument)  # [k*B]
-    contexts = context.repeat(instruments.shape[0] // B, 1, 1)                              # [k*B, Q, T]
+    timing = sampling.scale_timing > 0                                       # one more branch, shifted in time
+    instruments, dropped = guidance_branches(sampling.guidance, cfg.n_instruments - 1, instrument, timing)  # [k*B]
+    contexts = context.repeat(instruments.shape[0] // B - timing, 1, 1)
+    if timing:
+        contexts = torch.cat([contexts, shifted_in_time(context)])                           # [k*B, Q, T]
     steps = sampling.level_steps(n_free)
     for q in range(Q):
         n_masked = n_free
@@ -367,6 +374,10 @@ def add_sampling_flags(g, naive_and_seed: bool = True) -> None:
                    help=f"guidance scale of the context (lambda_a; lambda of eq. 2) (default: {d.scale_audio})")
     g.add_argument("--scale-instrument", type=float, metavar="LAMBDA_I",
                    help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
+    g.add_argument("--scale-timing", type=float, metavar="LAMBDA_T",
+                   help="timing guidance (ours, not the paper's): how much more the part follows its context "
+                        "than the same context shifted in time by half a window; costs one more forward pass a "
+                        f"step (default: {d.scale_timing}, off)")
     g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
     g.add_argument("--fine-temperature", type=float,
                    help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "

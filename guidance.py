@@ -5,6 +5,11 @@ model can be asked for p(t), p(t | c_a) and p(t | c_i). `guided_logprobs` combin
 is its one-source case, with the combined condition c = (c_a, c_i). At sampling time `guidance_branches`
 stacks the conditions of every branch a guidance mode needs into one batch, and `combine_branches` applies
 the mode's equation to the batch's logits.
+
+Timing guidance (`timing_guided`, ours, not the paper's; off by default) adds one branch whose context is rolled
+in time by half its length: the same sounds, so the same key and instruments, with its chords at the wrong
+times. Contrasting the prediction with the context against that rolled context strengthens only what depends on
+*when* the context's chords fall.
 """
 from __future__ import annotations
 
@@ -49,6 +54,27 @@ def guided_logprobs(uncond: torch.Tensor, conds: list[torch.Tensor] | tuple[torc
     return torch.log_softmax(out, dim=-1)
 
 
+def timing_guided(guided: torch.Tensor, cond: torch.Tensor, shifted: torch.Tensor, scale: float) -> torch.Tensor:
+    """Timing guidance (ours): guided + lambda_t (log p(t | c_a) - log p(t | c_a shifted in time)), renormalised.
+
+    Args:
+        guided: log-probabilities [..., V] of eq. 2 / eq. 3.
+        cond: logits [..., V] of the branch with the context in place (p(t | c_a) for eq. 3, p(t | c) for eq. 2).
+        shifted: logits [..., V] of the same branch with the context rolled in time (shifted_in_time).
+        scale: lambda_t; 0 returns `guided`.
+    Returns:
+        normalised log-probabilities [..., V] (in float32). The two added terms' weights sum to 0, so a model
+        whose prediction does not depend on when the context's sounds fall is left as eq. 2 / eq. 3 made it.
+    """
+    contrast = torch.log_softmax(cond.float(), dim=-1) - torch.log_softmax(shifted.float(), dim=-1)
+    return torch.log_softmax(guided.float() + scale * contrast, dim=-1)
+
+
+def shifted_in_time(context: torch.Tensor) -> torch.Tensor:
+    """Context tokens [..., T] rolled by half their length in time: the negative branch of timing guidance."""
+    return torch.roll(context, shifts=context.shape[-1] // 2, dims=-1)
+
+
 # The forward branches of each guidance mode, in batch order: (instrument kept, context kept).
 BRANCHES = {
     "none": [(True, True)],                                   # p(t | c_a, c_i): one pass, no guidance
@@ -56,32 +82,43 @@ BRANCHES = {
     "multi": [(False, False), (False, True), (True, False)],  # eq. 3: p(t), p(t | c_a), p(t | c_i)
 }
 GUIDANCE_MODES = tuple(BRANCHES)
+TIMING_PARTNER = {"none": 0, "joint": 1, "multi": 1}  # the branch whose context timing guidance shifts in time
 
 
-def guidance_branches(guidance: str, null_instrument: int, instrument: torch.Tensor):
+def guidance_branches(guidance: str, null_instrument: int, instrument: torch.Tensor, timing: bool = False):
     """The conditions of every forward branch a guidance mode needs, stacked for one batch (Sec. 2.1.2).
 
     Returns instrument ids [k*B] and context_dropped [k*B] for the k branches, in the order of BRANCHES:
-    p(t | c_a, c_i) for "none"; p(t), p(t | c) for "joint"; p(t), p(t | c_a), p(t | c_i) for "multi".
+    p(t | c_a, c_i) for "none"; p(t), p(t | c) for "joint"; p(t), p(t | c_a), p(t | c_i) for "multi". With
+    `timing`, one more branch last: the conditions of TIMING_PARTNER's branch, whose context the caller shifts
+    in time (shifted_in_time).
     """
     if guidance not in BRANCHES:
         raise ValueError(f"unknown guidance mode {guidance!r}; choose from {GUIDANCE_MODES}")
     null = torch.full_like(instrument, null_instrument)
     keep = torch.zeros(instrument.shape[0], dtype=torch.bool, device=instrument.device)
-    instruments = [instrument if inst_kept else null for inst_kept, _ in BRANCHES[guidance]]
-    dropped = [keep if ctx_kept else ~keep for _, ctx_kept in BRANCHES[guidance]]
+    branches = BRANCHES[guidance] + ([BRANCHES[guidance][TIMING_PARTNER[guidance]]] if timing else [])
+    instruments = [instrument if inst_kept else null for inst_kept, _ in branches]
+    dropped = [keep if ctx_kept else ~keep for _, ctx_kept in branches]
     return torch.cat(instruments), torch.cat(dropped)
 
 
-def combine_branches(guidance: str, logits: torch.Tensor, scale_audio: float, scale_instrument: float):
+def combine_branches(guidance: str, logits: torch.Tensor, scale_audio: float, scale_instrument: float,
+                     scale_timing: float | None = None):
     """The guided log-probabilities [B, T, V] from the logits [k*B, T, V] of guidance_branches' batch.
 
     "none": the one pass, normalised; "joint": eq. 2 with lambda = scale_audio; "multi": eq. 3 with
-    lambda_a = scale_audio and lambda_i = scale_instrument.
+    lambda_a = scale_audio and lambda_i = scale_instrument. With scale_timing (the batch then holds the shifted
+    branch last), timing guidance on top (timing_guided).
     """
-    parts = logits.float().chunk(len(BRANCHES[guidance]))    # k x [B, T, V]
+    k = len(BRANCHES[guidance])
+    parts = logits.float().chunk(k + (scale_timing is not None))    # k (+1) x [B, T, V]
     if guidance == "none":
-        return torch.log_softmax(parts[0], dim=-1)
-    if guidance == "joint":
-        return guided_logprobs(parts[0], [parts[1]], [scale_audio])                          # eq. 2
-    return guided_logprobs(parts[0], [parts[1], parts[2]], [scale_audio, scale_instrument])  # eq. 3
+        out = torch.log_softmax(parts[0], dim=-1)
+    elif guidance == "joint":
+        out = guided_logprobs(parts[0], [parts[1]], [scale_audio])                          # eq. 2
+    else:
+        out = guided_logprobs(parts[0], [parts[1], parts[2]], [scale_audio, scale_instrument])  # eq. 3
+    if scale_timing is None:
+        return out
+    return timing_guided(out, parts[TIMING_PARTNER[guidance]], parts[k], scale_timing)

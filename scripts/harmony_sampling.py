@@ -22,7 +22,10 @@ from training.checkpoint import SHIPPED_CHECKPOINT, load_model, recommended_samp
 CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "level-0 temperature 1.0":
               {"temperature": 1.0}, "lambda_a 5": {"scale_audio": 5.0},
               # the second round (docs/log.md), written down after the first round's figures and before its own
-              "lambda_a 8": {"scale_audio": 8.0}, "lambda_a 12": {"scale_audio": 12.0}}
+              "lambda_a 8": {"scale_audio": 8.0}, "lambda_a 12": {"scale_audio": 12.0},
+              # timing guidance (guidance.timing_guided), over the file's sampling once lambda_a 5 was shipped
+              "lambda_t 1": {"scale_timing": 1.0}, "lambda_t 2": {"scale_timing": 2.0},
+              "lambda_t 4": {"scale_timing": 4.0}}
 
 
 def main(argv=None) -> int:
@@ -51,7 +54,8 @@ def main(argv=None) -> int:
                                           0, examples=read)
         pieces = [e["piece"] for e in r["examples"]]
         share = musicality.harmonic_shares({"generated": made}, pieces, tok.sample_rate)["generated"]
-        rows[name] = {"sampling": {k: getattr(sampling, k) for k in ("steps", "temperature", "scale_audio")},
+        rows[name] = {"sampling": {k: getattr(sampling, k) for k in ("steps", "temperature", "scale_audio",
+                                                                        "scale_timing")},
                       "key": {k: r["generated"][k] for k in ("mean", "lo", "hi")}, **r["generated"]["harmony"],
                       "real": {"key": r["real"]["mean"], **{k: v["mean"] for k, v in r["real"]["harmony"].items()}},
                       "n": r["n"], "pieces": len(set(pieces)), "harmonic_share": share}

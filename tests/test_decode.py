@@ -106,6 +106,54 @@ def test_every_guidance_mode_decodes_a_full_sequence_in_one_batched_pass(model, 
     assert set(rec.batch_sizes) == {branches * ctx.shape[0]}
 
 
+class TimeBlind(torch.nn.Module):
+    """A model that predicts each level's token histogram of the whole context at every position: timing-blind."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, context, target, instrument, context_dropped=None, level=None):
+        counts = torch.nn.functional.one_hot(context[:, level], self.cfg.bins).float().sum(1, keepdim=True)
+        return torch.log1p(counts).expand(-1, context.shape[-1], -1).contiguous()
+
+
+class WeakCopier(torch.nn.Module):
+    """Prefers token 0 everywhere and, a little less, the context token at the same position."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, context, target, instrument, context_dropped=None, level=None):
+        one = torch.nn.functional.one_hot
+        return one(context[:, level], self.cfg.bins).float() + 2.0 * one(torch.zeros_like(context[:, level]),
+                                                                          self.cfg.bins).float()
+
+
+def test_timing_guidance_changes_nothing_for_a_timing_blind_model_and_costs_one_more_branch():
+    ctx, inst = inputs(T=24)
+    runs = {}
+    for lam in (0.0, 3.0):
+        rec = Recorder(TimeBlind(CFG))
+        runs[lam] = generate_tokens(rec, ctx, inst, Sampling(steps=(4, 3), scale_timing=lam),
+                                    generator=torch.Generator().manual_seed(0))
+        assert set(rec.batch_sizes) == {(3 + (lam > 0)) * ctx.shape[0]}
+    assert torch.equal(runs[0.0], runs[3.0])
+
+
+def test_timing_guidance_makes_a_part_follow_its_context_where_the_context_sounds_now():
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.randint(1, CFG.bins, (8, CFG.n_q, 40), generator=g)
+    inst = torch.zeros(8, dtype=torch.long)
+    copied = {}
+    for lam in (0.0, 2.0):
+        out = generate_tokens(WeakCopier(CFG), ctx, inst, Sampling(steps=(6, 4), guidance="none", scale_timing=lam),
+                              generator=torch.Generator().manual_seed(0))
+        copied[lam] = (out == ctx).float().mean().item()
+    assert copied[2.0] > copied[0.0] + 0.2
+
+
 def test_prompt_tokens_are_kept_and_never_resampled(model):
     ctx, inst = inputs(T=24)
     prompt = torch.randint(0, CFG.bins, (2, CFG.n_q, 10), generator=torch.Generator().manual_seed(3))

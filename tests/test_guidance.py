@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from guidance import combine_branches, drop_conditions, guidance_branches, guided_logprobs
+from guidance import (combine_branches, drop_conditions, guidance_branches, guided_logprobs, shifted_in_time,
+                      timing_guided)
 
 
 def logsoftmax(v):
@@ -87,3 +88,48 @@ def test_unknown_guidance_mode_is_refused():
     """An unknown mode names the valid ones."""
     with pytest.raises(ValueError, match="multi"):
         guidance_branches("bogus", 17, torch.tensor([0]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Timing guidance (ours, not the paper's)
+
+def test_timing_guidance_leaves_a_prediction_that_ignores_timing_as_eq3_made_it():
+    """If the shifted context predicts what the context in place does, the contrast is 0: eq. 3 unchanged."""
+    g = torch.Generator().manual_seed(4)
+    guided, cond = torch.log_softmax(torch.randn(3, 9, generator=g), -1), torch.randn(3, 9, generator=g)
+    assert torch.allclose(timing_guided(guided, cond, cond.clone(), 4.0), guided, atol=1e-6)
+    assert torch.allclose(timing_guided(guided, cond, torch.randn(3, 9, generator=g), 0.0), guided, atol=1e-6)
+
+
+def test_timing_guidance_matches_hand_computation_and_favours_what_the_timing_adds():
+    guided, cond, shifted, lam = [0.2, -0.4, 0.1], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], 2.0
+    raw = [g + lam * (c - s) for g, c, s in zip(logsoftmax(guided), logsoftmax(cond), logsoftmax(shifted))]
+    got = timing_guided(torch.tensor(logsoftmax(guided)), torch.tensor(cond), torch.tensor(shifted), lam)
+    assert torch.allclose(got, torch.tensor(logsoftmax(raw)), atol=1e-5)
+    before = torch.tensor(logsoftmax(guided)).exp()
+    assert got.exp()[0] > before[0] and got.exp()[1] < before[1]   # in-time token up, shifted-time token down
+
+
+def test_the_timing_branch_copies_the_conditions_of_the_branch_it_contrasts():
+    """multi: p(t | c_a) is contrasted, so the added branch drops the instrument and keeps the context; joint and
+    none: the branch with both conditions."""
+    inst = torch.tensor([3, 5])
+    ids, dropped = guidance_branches("multi", 17, inst, timing=True)
+    assert ids.tolist()[-2:] == [17, 17] and dropped.tolist()[-2:] == [False, False] and len(ids) == 8
+    for mode in ("joint", "none"):
+        ids, dropped = guidance_branches(mode, 17, inst, timing=True)
+        assert ids.tolist()[-2:] == [3, 5] and dropped.tolist()[-2:] == [False, False]
+
+
+def test_combined_branches_with_timing_add_the_contrast_of_the_last_branch():
+    g = torch.Generator().manual_seed(5)
+    u, a, i, s = (torch.randn(2, 5, 7, generator=g) for _ in range(4))
+    got = combine_branches("multi", torch.cat([u, a, i, s]), 3.0, 2.0, 1.5)
+    assert torch.allclose(got, timing_guided(guided_logprobs(u, [a, i], [3.0, 2.0]), a, s, 1.5), atol=1e-6)
+
+
+def test_a_context_shifted_in_time_keeps_its_sounds_and_moves_them_by_half_its_length():
+    ctx = torch.arange(2 * 3 * 10).reshape(2, 3, 10)
+    out = shifted_in_time(ctx)
+    assert torch.equal(out.sort(-1).values, ctx.sort(-1).values)       # the same tokens, so the same key
+    assert torch.equal(out[..., 5:], ctx[..., :5]) and torch.equal(out[..., :5], ctx[..., 5:])
