@@ -25,7 +25,10 @@ CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "
               "lambda_a 8": {"scale_audio": 8.0}, "lambda_a 12": {"scale_audio": 12.0},
               # timing guidance (guidance.timing_guided), over the file's sampling once lambda_a 5 was shipped
               "lambda_t 1": {"scale_timing": 1.0}, "lambda_t 2": {"scale_timing": 2.0},
-              "lambda_t 4": {"scale_timing": 4.0}}
+              "lambda_t 4": {"scale_timing": 4.0},
+              # the order in which decoding fixes level 0 (eq. 1 weights, steps), over the file's sampling
+              "w_s 0": {"w_s": 0.0}, "w_s 0.5": {"w_s": 0.5}, "w_r 0.3": {"w_r": 0.3},
+              "level-0 steps x0.5": {"steps": (64, 64, 32, 32)}}
 
 
 def main(argv=None) -> int:
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
         pieces = [e["piece"] for e in r["examples"]]
         share = musicality.harmonic_shares({"generated": made}, pieces, tok.sample_rate)["generated"]
         rows[name] = {"sampling": {k: getattr(sampling, k) for k in ("steps", "temperature", "scale_audio",
-                                                                        "scale_timing")},
+                                                                        "scale_timing", "w_s", "w_r")},
                       "key": {k: r["generated"][k] for k in ("mean", "lo", "hi")}, **r["generated"]["harmony"],
                       "real": {"key": r["real"]["mean"], **{k: v["mean"] for k, v in r["real"]["harmony"].items()}},
                       "n": r["n"], "pieces": len(set(pieces)), "harmonic_share": share}
