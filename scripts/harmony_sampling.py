@@ -28,7 +28,13 @@ CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "
               "lambda_t 4": {"scale_timing": 4.0},
               # the order in which decoding fixes level 0 (eq. 1 weights, steps), over the file's sampling
               "w_s 0": {"w_s": 0.0}, "w_s 0.5": {"w_s": 0.5}, "w_r 0.3": {"w_r": 0.3},
-              "level-0 steps x0.5": {"steps": (64, 64, 32, 32)}}
+              "level-0 steps x0.5": {"steps": (64, 64, 32, 32)},
+              # eq. 2 on the joint condition (its branch knows the instrument and the context together), and eq. 3
+              # with a weaker pull towards the instrument alone
+              "eq. 2 lambda 3": {"guidance": "joint", "scale_audio": 3.0},
+              "eq. 2 lambda 5": {"guidance": "joint", "scale_audio": 5.0},
+              "eq. 2 lambda 8": {"guidance": "joint", "scale_audio": 8.0},
+              "lambda_i 1.5": {"scale_instrument": 1.5}}
 
 
 def main(argv=None) -> int:
@@ -58,7 +64,8 @@ def main(argv=None) -> int:
         pieces = [e["piece"] for e in r["examples"]]
         share = musicality.harmonic_shares({"generated": made}, pieces, tok.sample_rate)["generated"]
         rows[name] = {"sampling": {k: getattr(sampling, k) for k in ("steps", "temperature", "scale_audio",
-                                                                        "scale_timing", "w_s", "w_r")},
+                                                                        "scale_timing", "w_s", "w_r",
+                                                                        "guidance", "scale_instrument")},
                       "key": {k: r["generated"][k] for k in ("mean", "lo", "hi")}, **r["generated"]["harmony"],
                       "real": {"key": r["real"]["mean"], **{k: v["mean"] for k, v in r["real"]["harmony"].items()}},
                       "n": r["n"], "pieces": len(set(pieces)), "harmonic_share": share}
