@@ -48,6 +48,7 @@ class Sampling:
     scale_audio: float = 3.0      # lambda_a: guidance scale of the context-mix (eq. 3), lambda of eq. 2
     scale_instrument: float = 3.0  # lambda_i: guidance scale of the instrument (eq. 3)
     scale_timing: float = 0.0     # lambda_t: timing guidance (guidance.timing_guided; ours, 0 = off as in the paper)
+    timing_shift: float = 0.5     # how far timing guidance rolls the context, as a fraction of the window
     temperature: float = 1.0      # softmax temperature of the sampled candidates (the paper gives none)
     fine_temperature: float | None = None  # levels 1.. (finer RVQ levels): None = `temperature`; 0 = greedy,
     #                               the most likely token, as SoundStorm decodes its finer levels (NOTES.md)
@@ -63,6 +64,8 @@ class Sampling:
             raise ValueError(f"steps must be positive, one count per level; got {tuple(self.steps)}")
         if self.scale_timing < 0:
             raise ValueError(f"scale_timing must be 0 (off) or above, got {self.scale_timing}")
+        if not 0 < self.timing_shift < 1:
+            raise ValueError(f"timing_shift is a fraction of the window, above 0 and below 1; got {self.timing_shift}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be above 0, got {self.temperature}")
         if self.fine_temperature is not None and self.fine_temperature < 0:
@@ -204,7 +207,7 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, samp
     instruments, dropped = guidance_branches(sampling.guidance, cfg.n_instruments - 1, instrument, timing)  # [k*B]
     contexts = context.repeat(instruments.shape[0] // B - timing, 1, 1)
     if timing:
-        contexts = torch.cat([contexts, shifted_in_time(context)])                           # [k*B, Q, T]
+        contexts = torch.cat([contexts, shifted_in_time(context, sampling.timing_shift)])                           # [k*B, Q, T]
     steps = sampling.level_steps(n_free)
     for q in range(Q):
         n_masked = n_free
@@ -378,6 +381,9 @@ def add_sampling_flags(g, naive_and_seed: bool = True) -> None:
                    help="timing guidance (ours, not the paper's): how much more the part follows its context "
                         "than the same context shifted in time by half a window; costs one more forward pass a "
                         f"step (default: {d.scale_timing}, off)")
+    g.add_argument("--timing-shift", type=float, metavar="FRACTION",
+                   help=f"how far timing guidance shifts the context, as a fraction of the window (default: "
+                        f"{d.timing_shift})")
     g.add_argument("--temperature", type=float, help=f"sampling temperature (default: {d.temperature})")
     g.add_argument("--fine-temperature", type=float,
                    help="temperature of the finer RVQ levels (1..); 0 = greedy, as SoundStorm (default: "

@@ -7,7 +7,7 @@ stacks the conditions of every branch a guidance mode needs into one batch, and 
 the mode's equation to the batch's logits.
 
 Timing guidance (`timing_guided`, ours, not the paper's; off by default) adds one branch whose context is rolled
-in time by half its length: the same sounds, so the same key and instruments, with its chords at the wrong
+in time (by half its length unless asked otherwise): the same sounds, so the same key and instruments, with its chords at the wrong
 times. Contrasting the prediction with the context against that rolled context strengthens only what depends on
 *when* the context's chords fall.
 """
@@ -70,9 +70,10 @@ def timing_guided(guided: torch.Tensor, cond: torch.Tensor, shifted: torch.Tenso
     return torch.log_softmax(guided.float() + scale * contrast, dim=-1)
 
 
-def shifted_in_time(context: torch.Tensor) -> torch.Tensor:
-    """Context tokens [..., T] rolled by half their length in time: the negative branch of timing guidance."""
-    return torch.roll(context, shifts=context.shape[-1] // 2, dims=-1)
+def shifted_in_time(context: torch.Tensor, fraction: float = 0.5) -> torch.Tensor:
+    """Context tokens [..., T] rolled in time by `fraction` of their length (at least one frame): the negative
+    branch of timing guidance."""
+    return torch.roll(context, shifts=max(1, round(fraction * context.shape[-1])), dims=-1)
 
 
 # The forward branches of each guidance mode, in batch order: (instrument kept, context kept).

@@ -34,7 +34,10 @@ CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "
               "eq. 2 lambda 3": {"guidance": "joint", "scale_audio": 3.0},
               "eq. 2 lambda 5": {"guidance": "joint", "scale_audio": 5.0},
               "eq. 2 lambda 8": {"guidance": "joint", "scale_audio": 8.0},
-              "lambda_i 1.5": {"scale_instrument": 1.5}}
+              "lambda_i 1.5": {"scale_instrument": 1.5},
+              # timing guidance whose shifted context is rolled by about a beat (0.5 s, 1 s of a 5 s window)
+              "lambda_t 2, shift 0.1": {"scale_timing": 2.0, "timing_shift": 0.1},
+              "lambda_t 2, shift 0.2": {"scale_timing": 2.0, "timing_shift": 0.2}}
 
 
 def main(argv=None) -> int:
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
         share = musicality.harmonic_shares({"generated": made}, pieces, tok.sample_rate)["generated"]
         rows[name] = {"sampling": {k: getattr(sampling, k) for k in ("steps", "temperature", "scale_audio",
                                                                         "scale_timing", "w_s", "w_r",
-                                                                        "guidance", "scale_instrument")},
+                                                                        "guidance", "scale_instrument", "timing_shift")},
                       "key": {k: r["generated"][k] for k in ("mean", "lo", "hi")}, **r["generated"]["harmony"],
                       "real": {"key": r["real"]["mean"], **{k: v["mean"] for k, v in r["real"]["harmony"].items()}},
                       "n": r["n"], "pieces": len(set(pieces)), "harmonic_share": share}

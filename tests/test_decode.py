@@ -172,6 +172,10 @@ def test_bad_arguments_give_clear_errors(model):
         Sampling(steps=(2, 0))
     with pytest.raises(ValueError, match="temperature"):
         Sampling(temperature=0.0)
+    with pytest.raises(ValueError, match="scale_timing"):
+        Sampling(scale_timing=-1.0)
+    with pytest.raises(ValueError, match="fraction of the window"):
+        Sampling(timing_shift=1.0)
     with pytest.raises(ValueError, match="does not fit"):
         generate_tokens(model, ctx, inst, Sampling(steps=(2, 2)), prompt=ctx[:, :1])
 

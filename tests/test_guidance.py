@@ -133,3 +133,4 @@ def test_a_context_shifted_in_time_keeps_its_sounds_and_moves_them_by_half_its_l
     out = shifted_in_time(ctx)
     assert torch.equal(out.sort(-1).values, ctx.sort(-1).values)       # the same tokens, so the same key
     assert torch.equal(out[..., 5:], ctx[..., :5]) and torch.equal(out[..., :5], ctx[..., 5:])
+    assert torch.equal(shifted_in_time(ctx, 0.2)[..., 2:], ctx[..., :8])        # a fifth of 10 frames: 2
