@@ -30,6 +30,10 @@ class Objective:
                 "shifted in time (ours; 0: the paper's loss alone)"})
     shift_margin: float = field(default=0.5, metadata={
         "help": "timing term: how many nats likelier, per example, before the term stops pushing"})
+    shift_min: float = field(default=0.3, metadata={
+        "help": "timing term: the shortest roll of the context, as a fraction of the crop"})
+    shift_max: float = field(default=0.7, metadata={
+        "help": "timing term: the longest roll of the context, as a fraction of the crop"})
 
     def check(self) -> None:
         """Raise ValueError for a knob out of range."""
@@ -41,6 +45,8 @@ class Objective:
         if not (math.isfinite(self.shift_weight) and self.shift_weight >= 0 and math.isfinite(self.shift_margin)
                 and self.shift_margin >= 0):
             raise ValueError("--shift-weight and --shift-margin must be finite and >= 0")
+        if not 0 < self.shift_min <= self.shift_max < 1:
+            raise ValueError("--shift-min and --shift-max are fractions of the crop: 0 < min <= max < 1")
 
 
 def cosine_mask_fraction(u: torch.Tensor) -> torch.Tensor:
@@ -130,17 +136,20 @@ def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: 
     loss = F.cross_entropy(logits[at_level].float(), target[loss_mask])
     if o.shift_weight == 0:                                                              # the paper's objective
         return loss
-    shifted_logits = model(shift_in_time(context, generator), masked, instrument, ctx_dropped, level=level)
+    shifted_logits = model(shift_in_time(context, generator, o.shift_min, o.shift_max), masked, instrument, ctx_dropped, level=level)
     gain = example_nll(shifted_logits, target, loss_mask, level) - example_nll(logits, target, loss_mask, level)
     return loss + o.shift_weight * timing_term(gain, o.shift_margin)
 
 
-def shift_in_time(context: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each example's context rolled along time by 30-70 % of its length (1.5-3.5 s of a 5 s crop): the same
-    sounds, its chords at the wrong times. The negative of the timing term (ours, not the paper's)."""
+def shift_in_time(context: torch.Tensor, generator: torch.Generator | None = None, low: float = 0.3,
+                  high: float = 0.7) -> torch.Tensor:
+    """Each example's context rolled along time by a fraction of its length drawn from [low, high] (by default
+    30-70 %: 1.5-3.5 s of a 5 s crop): the same sounds, its chords at the wrong times. The negative of the timing
+    term (ours, not the paper's)."""
     B, _, T = context.shape
     dev = context.device
-    shift = (T * (0.3 + 0.4 * torch.rand(B, device=dev, generator=generator))).long()    # [B]
+    frac = low + (high - low) * torch.rand(B, device=dev, generator=generator)
+    shift = (T * frac).long().clamp_min(1)                                               # [B]
     index = (torch.arange(T, device=dev)[None] - shift[:, None]) % T                     # [B, T]
     return context.gather(2, index[:, None, :].expand_as(context))
 

@@ -7,6 +7,7 @@
 # sampling. The rule that decides what ships is in docs/log.md, written before the figures.
 #
 #   bash scripts/timing.sh            # about 75 min on 2 CPU cores once the data exist (both sittings at once, one thread each)
+#   bash scripts/timing.sh beat       # a third sitting: the timing term with rolls of about a beat (0.5-1 s), 2 threads
 #
 # Every sitting resumes where it stopped (--resume) when run again.
 set -euo pipefail
@@ -28,7 +29,7 @@ measure() {  # measure CHECKPOINT NAME
         --only current --out "results/timing-$2.json" > "results/timing-$2.txt" 2>&1
 }
 
-# ---- two sittings from the shipped weights, side by side; each run measured when it ends
+# ---- sittings from the shipped weights; each run measured when it ends
 mkdir -p runs results
 sit() {  # sit OUT [FLAGS...]
     local out=runs/$1; shift
@@ -37,6 +38,12 @@ sit() {  # sit OUT [FLAGS...]
         --init-from checkpoints/stemgen-music.pt --lr 0.0003 --warmup 100 --hold 500 --decay $((STEPS - 600)) \
         --max-steps "$STEPS" --patience "$STEPS" --seed 7 --threads 1 --no-progress "$@"; fi
 }
+if [ "${1:-}" = beat ]; then   # docs/log.md, 2026-12-08: the negative keeps the onsets' grid, moves the chords
+    sit timing-beat --shift-weight 1 --shift-margin 0.5 --shift-min 0.1 --shift-max 0.2 --threads 2 \
+        > runs/timing-beat.log 2>&1
+    measure runs/timing-beat/best.pt timing-beat
+    exit
+fi
 { sit timing-control > runs/timing-control.log 2>&1; measure runs/timing-control/best.pt timing-control
   measure checkpoints/stemgen-music.pt shipped; } &
 { sit timing --shift-weight 1 --shift-margin 0.5 > runs/timing.log 2>&1; measure runs/timing/best.pt timing; } &

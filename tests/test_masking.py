@@ -143,6 +143,9 @@ def test_context_shift_rolls_each_example_by_thirty_to_seventy_percent_of_its_le
         assert len(s) == 1                                         # a roll of the whole example, every level
         shifts.append(s[0])
     assert 15 <= min(shifts) and max(shifts) <= 35 and len(set(shifts)) > 5   # 30-70 % of T, drawn per example
+    beat = shift_in_time(ctx, torch.Generator().manual_seed(0), 0.1, 0.2)
+    short = [k for b in range(64) for k in range(50) if torch.equal(torch.roll(ctx[b], k, dims=-1), beat[b])]
+    assert len(short) == 64 and 5 <= min(short) and max(short) <= 10           # the range asked for
 
 
 def test_timing_term_charges_a_part_that_ignores_the_context_its_whole_margin():
@@ -184,4 +187,7 @@ def test_example_nll_is_each_examples_mean_over_its_own_masked_positions():
 def test_timing_knobs_must_be_finite_and_not_negative():
     for bad in ({"shift_weight": -1.0}, {"shift_weight": float("nan")}, {"shift_margin": -0.1}):
         with pytest.raises(ValueError, match="--shift-weight"):
+            Objective(**bad).check()
+    for bad in ({"shift_min": 0.0}, {"shift_min": 0.5, "shift_max": 0.4}, {"shift_max": 1.0}):
+        with pytest.raises(ValueError, match="--shift-min"):
             Objective(**bad).check()
