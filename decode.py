@@ -207,7 +207,7 @@ def generate_tokens(model, context: torch.Tensor, instrument: torch.Tensor, samp
     instruments, dropped = guidance_branches(sampling.guidance, cfg.n_instruments - 1, instrument, timing)  # [k*B]
     contexts = context.repeat(instruments.shape[0] // B - timing, 1, 1)
     if timing:
-        contexts = torch.cat([contexts, shifted_in_time(context, sampling.timing_shift)])                           # [k*B, Q, T]
+        contexts = torch.cat([contexts, shifted_in_time(context, sampling.timing_shift)])   # [k*B, Q, T]
     steps = sampling.level_steps(n_free)
     for q in range(Q):
         n_masked = n_free
@@ -379,7 +379,7 @@ def add_sampling_flags(g, naive_and_seed: bool = True) -> None:
                    help=f"guidance scale of the instrument (lambda_i) (default: {d.scale_instrument})")
     g.add_argument("--scale-timing", type=float, metavar="LAMBDA_T",
                    help="timing guidance (ours, not the paper's): how much more the part follows its context "
-                        "than the same context shifted in time by half a window; costs one more forward pass a "
+                        "than the same context shifted in time (--timing-shift); costs one more forward pass a "
                         f"step (default: {d.scale_timing}, off)")
     g.add_argument("--timing-shift", type=float, metavar="FRACTION",
                    help=f"how far timing guidance shifts the context, as a fraction of the window (default: "

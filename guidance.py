@@ -7,8 +7,8 @@ stacks the conditions of every branch a guidance mode needs into one batch, and 
 the mode's equation to the batch's logits.
 
 Timing guidance (`timing_guided`, ours, not the paper's; off by default) adds one branch whose context is rolled
-in time (by half its length unless asked otherwise): the same sounds, so the same key and instruments, with its chords at the wrong
-times. Contrasting the prediction with the context against that rolled context strengthens only what depends on
+in time (by half its length unless asked otherwise): the same sounds, so the same key and instruments, with its
+chords at the wrong times. Contrasting the prediction with the context against that rolled context strengthens only what depends on
 *when* the context's chords fall.
 """
 from __future__ import annotations
