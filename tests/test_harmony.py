@@ -102,3 +102,15 @@ def test_the_examples_own_bass_follows_it_and_the_bass_elsewhere_does_not():
     away = np.interp(np.arange(len(bass)) * step, np.arange(len(bass)), bass, right=0.0)
     moved = harmony.fit(away, ctx, sr)
     assert moved["key"] < real["key"] - 0.4 and moved["chords"] < real["chords"] - 0.1
+
+
+def test_the_lag_diagnostic_finds_a_bass_two_frames_late_at_plus_two():
+    """scripts/harmony_lag.py: lag 0 is the chord fit itself; a bass one chord (two 0.5 s frames) late fits best
+    at lag +2, and its fit there is the fit of the bass in time."""
+    from scripts.harmony_lag import lagged_fit
+    ctx, bass = context_and_bass()
+    cc, pc = harmony.frame_chroma(ctx, SR), harmony.frame_chroma(bass, SR)
+    assert lagged_fit(pc, cc, 0) == pytest.approx(harmony.chord_fit(pc, cc))
+    late = harmony.frame_chroma(np.concatenate([np.zeros(int(2 * BEAT * SR)), bass]), SR)
+    fits = {lag: lagged_fit(late, cc, lag) for lag in range(-4, 5)}
+    assert max(fits, key=fits.get) == 2 and fits[2] > fits[0] + 0.3
