@@ -136,7 +136,8 @@ def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: 
     loss = F.cross_entropy(logits[at_level].float(), target[loss_mask])
     if o.shift_weight == 0:                                                              # the paper's objective
         return loss
-    shifted_logits = model(shift_in_time(context, generator, o.shift_min, o.shift_max), masked, instrument, ctx_dropped, level=level)
+    shifted = shift_in_time(context, generator, o.shift_min, o.shift_max)
+    shifted_logits = model(shifted, masked, instrument, ctx_dropped, level=level)
     gain = example_nll(shifted_logits, target, loss_mask, level) - example_nll(logits, target, loss_mask, level)
     return loss + o.shift_weight * timing_term(gain, o.shift_margin)
 

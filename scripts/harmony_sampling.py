@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import decode
 from metrics import musicality
@@ -66,9 +66,7 @@ def main(argv=None) -> int:
                                           0, examples=read)
         pieces = [e["piece"] for e in r["examples"]]
         share = musicality.harmonic_shares({"generated": made}, pieces, tok.sample_rate)["generated"]
-        rows[name] = {"sampling": {k: getattr(sampling, k) for k in ("steps", "temperature", "scale_audio",
-                                                                        "scale_timing", "w_s", "w_r",
-                                                                        "guidance", "scale_instrument", "timing_shift")},
+        rows[name] = {"sampling": asdict(sampling),
                       "key": {k: r["generated"][k] for k in ("mean", "lo", "hi")}, **r["generated"]["harmony"],
                       "real": {"key": r["real"]["mean"], **{k: v["mean"] for k, v in r["real"]["harmony"].items()}},
                       "n": r["n"], "pieces": len(set(pieces)), "harmonic_share": share}
