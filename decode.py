@@ -155,7 +155,7 @@ def decode_step(model, contexts, target, instruments, dropped, level: int, k: in
     with autocast(contexts.device):
         logits = model(contexts, target.repeat(n_branches, 1, 1), instruments, dropped, level=level)
         logp = combine_branches(sampling.guidance, logits, sampling.scale_audio, sampling.scale_instrument,
-                                sampling.scale_timing or None)
+                                sampling.scale_timing)
     candidates, confidence = sample_tokens(logp, sampling.level_temperature(level), generator)  # [B, T]
     rho = causal_rank(confidence, sampling.w_c, sampling.w_s, sampling.w_r, generator)     # eq. 1, [B, T]
     return fix_top_ranked(target[:, level], candidates, rho, k, model.cfg.mask_id)

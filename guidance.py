@@ -8,8 +8,8 @@ the mode's equation to the batch's logits.
 
 Timing guidance (`timing_guided`, ours, not the paper's; off by default) adds one branch whose context is rolled
 in time (by half its length unless asked otherwise): the same sounds, so the same key and instruments, with its
-chords at the wrong times. Contrasting the prediction with the context against that rolled context strengthens only what depends on
-*when* the context's chords fall.
+chords at the wrong times. Contrasting the prediction with the context against that rolled context strengthens
+only what depends on *when* the context's chords fall.
 """
 from __future__ import annotations
 
@@ -83,7 +83,12 @@ BRANCHES = {
     "multi": [(False, False), (False, True), (True, False)],  # eq. 3: p(t), p(t | c_a), p(t | c_i)
 }
 GUIDANCE_MODES = tuple(BRANCHES)
-TIMING_PARTNER = {"none": 0, "joint": 1, "multi": 1}  # the branch whose context timing guidance shifts in time
+
+
+def timing_partner(guidance: str) -> int:
+    """The branch timing guidance contrasts: the mode's first with the context kept (p(t | c_a) for eq. 3,
+    p(t | c) for eq. 2, the one pass without guidance)."""
+    return next(i for i, (_, ctx_kept) in enumerate(BRANCHES[guidance]) if ctx_kept)
 
 
 def guidance_branches(guidance: str, null_instrument: int, instrument: torch.Tensor, timing: bool = False):
@@ -91,35 +96,34 @@ def guidance_branches(guidance: str, null_instrument: int, instrument: torch.Ten
 
     Returns instrument ids [k*B] and context_dropped [k*B] for the k branches, in the order of BRANCHES:
     p(t | c_a, c_i) for "none"; p(t), p(t | c) for "joint"; p(t), p(t | c_a), p(t | c_i) for "multi". With
-    `timing`, one more branch last: the conditions of TIMING_PARTNER's branch, whose context the caller shifts
+    `timing`, one more branch last: the conditions of timing_partner's branch, whose context the caller shifts
     in time (shifted_in_time).
     """
     if guidance not in BRANCHES:
         raise ValueError(f"unknown guidance mode {guidance!r}; choose from {GUIDANCE_MODES}")
     null = torch.full_like(instrument, null_instrument)
     keep = torch.zeros(instrument.shape[0], dtype=torch.bool, device=instrument.device)
-    branches = BRANCHES[guidance] + ([BRANCHES[guidance][TIMING_PARTNER[guidance]]] if timing else [])
+    branches = BRANCHES[guidance] + ([BRANCHES[guidance][timing_partner(guidance)]] if timing else [])
     instruments = [instrument if inst_kept else null for inst_kept, _ in branches]
     dropped = [keep if ctx_kept else ~keep for _, ctx_kept in branches]
     return torch.cat(instruments), torch.cat(dropped)
 
 
 def combine_branches(guidance: str, logits: torch.Tensor, scale_audio: float, scale_instrument: float,
-                     scale_timing: float | None = None):
+                     scale_timing: float = 0.0):
     """The guided log-probabilities [B, T, V] from the logits [k*B, T, V] of guidance_branches' batch.
 
     "none": the one pass, normalised; "joint": eq. 2 with lambda = scale_audio; "multi": eq. 3 with
-    lambda_a = scale_audio and lambda_i = scale_instrument. With scale_timing (the batch then holds the shifted
-    branch last), timing guidance on top (timing_guided).
+    lambda_a = scale_audio and lambda_i = scale_instrument. With scale_timing above 0 (the batch then holds the
+    shifted branch last, as guidance_branches(..., timing=True) stacks it), timing guidance on top (timing_guided).
     """
     k = len(BRANCHES[guidance])
-    parts = logits.float().chunk(k + (scale_timing is not None))    # k (+1) x [B, T, V]
+    timing = scale_timing > 0
+    parts = logits.float().chunk(k + timing)                  # k (+1) x [B, T, V]
     if guidance == "none":
         out = torch.log_softmax(parts[0], dim=-1)
     elif guidance == "joint":
         out = guided_logprobs(parts[0], [parts[1]], [scale_audio])                          # eq. 2
     else:
         out = guided_logprobs(parts[0], [parts[1], parts[2]], [scale_audio, scale_instrument])  # eq. 3
-    if scale_timing is None:
-        return out
-    return timing_guided(out, parts[TIMING_PARTNER[guidance]], parts[k], scale_timing)
+    return timing_guided(out, parts[timing_partner(guidance)], parts[k], scale_timing) if timing else out
