@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
-
 import numpy as np
 
-import decode
 from metrics import harmony, musicality
 from metrics.sweep import generate_stems
-from training.checkpoint import SHIPPED_CHECKPOINT, load_model, recommended_sampling
+from scripts.harmony_sampling import validation_bass
+from training.checkpoint import SHIPPED_CHECKPOINT
 
 
 def lagged_fit(part: np.ndarray, context: np.ndarray, lag: int) -> float | None:
@@ -40,18 +38,15 @@ def main(argv=None) -> int:
     p.add_argument("--keys", type=int, nargs="+", default=[0, 3, 6, 9], help="the transpositions used")
     p.add_argument("--frame-seconds", type=float, default=harmony.FRAME_SECONDS)
     args = p.parse_args(argv)
-    net, tok, ckpt = load_model(args.checkpoint, "cpu")
-    sampling = replace(decode.Sampling(), **recommended_sampling(ckpt))
-    examples, _ = musicality.transposition_examples(args.data, "bass", tok.sample_rate, 5.0, args.split)
-    examples = [e for e in examples if e["transpose"] in args.keys]
+    net, tok, sampling, examples, _ = validation_bass(args.checkpoint, args.data, args.split, args.keys, 5.0)
     made = generate_stems(net, tok, [e["context"] for e in examples],
                           [musicality.instrument_id("bass")] * len(examples), sampling, 0, 5.0, 16, True, "bass")
     sr, fs = tok.sample_rate, args.frame_seconds
+    contexts = [harmony.frame_chroma(e["context"], sr, fs) for e in examples]          # once, for both parts
     lags = range(-4, 5)
     print("| part | " + " | ".join(f"{lag:+d}" for lag in lags) + " |\n|" + " --- |" * (len(lags) + 1))
     for name, parts in (("real bass", [e["real"] for e in examples]), ("generated bass", made)):
-        chromas = [(harmony.frame_chroma(w, sr, fs), harmony.frame_chroma(e["context"], sr, fs))
-                   for w, e in zip(parts, examples)]
+        chromas = [(harmony.frame_chroma(w, sr, fs), cc) for w, cc in zip(parts, contexts)]
         means = []
         for lag in lags:
             fits = [f for f in (lagged_fit(pc, cc, lag) for pc, cc in chromas) if f is not None]

@@ -40,6 +40,15 @@ CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "
               "lambda_t 2, shift 0.2": {"scale_timing": 2.0, "timing_shift": 0.2}}
 
 
+def validation_bass(checkpoint: str, data: str, split: str, keys, seconds: float):
+    """The checkpoint's model and tokenizer, its recommended sampling over the paper's, and the bass examples of
+    the transposition test (musicality.transposition_examples) in the given transpositions, with the skip counts."""
+    net, tok, ckpt = load_model(checkpoint, "cpu")
+    base = replace(decode.Sampling(), **recommended_sampling(ckpt))
+    examples, skipped = musicality.transposition_examples(data, "bass", tok.sample_rate, seconds, split)
+    return net, tok, base, [e for e in examples if e["transpose"] in keys], skipped
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m scripts.harmony_sampling", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="a folder of works in twelve keys (python -m songs.corpus)")
@@ -51,10 +60,9 @@ def main(argv=None) -> int:
                    help="the transpositions (0-11) whose contexts are used (default: four of the twelve)")
     p.add_argument("--out", default="results/harmony-sampling.json")
     args = p.parse_args(argv)
-    net, tok, ckpt = load_model(args.checkpoint, "cpu")
-    base = replace(decode.Sampling(), **recommended_sampling(ckpt))
-    examples, skipped = musicality.transposition_examples(args.data, "bass", tok.sample_rate, args.seconds, args.split)
-    read = ([e for e in examples if e["transpose"] in args.keys], skipped)
+    net, tok, base, examples, skipped = validation_bass(args.checkpoint, args.data, args.split, args.keys,
+                                                        args.seconds)
+    read = (examples, skipped)
     rows = {}
     for name in args.only or CANDIDATES:
         sampling, made = replace(base, **CANDIDATES[name]), []
