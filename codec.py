@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from audio.files import atomic_write, check_finite, resample, to_mono
-from spectral.dsp import FIT_HINT, SpectralConfig, compressed_magnitude, griffin_lim, rvq_decode, rvq_encode
+from spectral.dsp import (FIT_HINT, SpectralConfig, compressed_magnitude, griffin_lim, rvq_decode, rvq_encode,
+                          transpose_frames)
 
 ENCODEC_HUB_ID = "facebook/encodec_32khz"
 
@@ -132,6 +133,23 @@ class Codec:
         if tuple(tokens.shape) != expected:
             raise RuntimeError(f"{self.name} produced tokens {list(tokens.shape)}, expected {list(expected)}")
         return tokens
+
+    @torch.no_grad()
+    def encode_transposed(self, wav: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+        """Tokenize audio with each frame moved in pitch by semitones [B, ceil(S / hop)] and its timing kept: the
+        harmony term's negative (masking.harmony_plan; ours, not the paper's). Only a codec whose frames are
+        magnitude spectra can do this without resynthesis; the others say so."""
+        check_wav(wav)
+        wav = pad_to_frames(wav.to(self.device, torch.float32), self.hop)
+        if tuple(semitones.shape) != (wav.shape[0], wav.shape[-1] // self.hop):
+            raise ValueError(f"semitones must be [B, frames] = {[wav.shape[0], wav.shape[-1] // self.hop]}, "
+                             f"got {list(semitones.shape)}")
+        return self._encode_transposed(wav, semitones.to(self.device)).long()
+
+    def _encode_transposed(self, wav: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            f"the harmony term (--harmony-weight) moves the context's frames in pitch inside the codec's magnitude "
+            f"spectra, which the {self.name} codec does not have; train it with --codec spectral")
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -327,15 +345,23 @@ class SpectralCodec(Codec):
                 "seed": self.seed, "source": self.source or "", "mean": self.mean.cpu(), "weight": self.weight.cpu(),
                 "basis": self.basis.cpu(), "codebooks": self.codebooks.cpu()}
 
-    def project(self, wav: torch.Tensor) -> torch.Tensor:
-        """[B, 1, T * hop] -> PCA coordinates of the weighted compressed magnitude frames [B, T, D]."""
+    def project(self, wav: torch.Tensor, semitones: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 1, T * hop] -> PCA coordinates of the weighted compressed magnitude frames [B, T, D]; with
+        semitones [B, T], each frame moved in pitch first (dsp.transpose_frames)."""
         feats = compressed_magnitude(wav[:, 0], self.n_fft, self.hop, self.power)  # [B, T, F]
+        if semitones is not None:
+            feats = transpose_frames(feats, semitones)
         return ((feats - self.mean) * self.weight) @ self.basis.T
 
-    def _encode(self, wav):
-        z = self.project(wav)  # [B, T, D]
+    def _quantize(self, z: torch.Tensor) -> torch.Tensor:
         B, T, D = z.shape
         return rvq_encode(z.reshape(B * T, D), self.codebooks).reshape(B, T, self.n_q).transpose(1, 2)
+
+    def _encode(self, wav):
+        return self._quantize(self.project(wav))
+
+    def _encode_transposed(self, wav, semitones):
+        return self._quantize(self.project(wav, semitones))
 
     def _decode(self, tokens):
         B, Q, T = tokens.shape

@@ -34,6 +34,14 @@ class Objective:
         "help": "timing term: the shortest roll of the context, as a fraction of the crop"})
     shift_max: float = field(default=0.7, metadata={
         "help": "timing term: the longest roll of the context, as a fraction of the crop"})
+    harmony_weight: float = field(default=0.0, metadata={
+        "help": "weight of the harmony term: the target must be likelier with its context than with the same "
+                "context whose chords are moved to other keys, beat by beat, its rhythm kept (ours; 0: off; "
+                "needs a token pool and the spectral codec)"})
+    harmony_margin: float = field(default=0.5, metadata={
+        "help": "harmony term: how many nats likelier, per example, before the term stops pushing"})
+    harmony_segment: float = field(default=0.5, metadata={
+        "help": "harmony term: seconds of context moved to one key (about a beat); half the segments are moved"})
 
     def check(self) -> None:
         """Raise ValueError for a knob out of range."""
@@ -47,6 +55,9 @@ class Objective:
             raise ValueError("--shift-weight and --shift-margin must be finite and >= 0")
         if not 0 < self.shift_min <= self.shift_max < 1:
             raise ValueError("--shift-min and --shift-max are fractions of the crop: 0 < min <= max < 1")
+        if not (math.isfinite(self.harmony_weight) and self.harmony_weight >= 0 and math.isfinite(self.harmony_margin)
+                and self.harmony_margin >= 0 and math.isfinite(self.harmony_segment) and self.harmony_segment > 0):
+            raise ValueError("--harmony-weight and --harmony-margin must be finite and >= 0, --harmony-segment > 0")
 
 
 def cosine_mask_fraction(u: torch.Tensor) -> torch.Tensor:
@@ -116,14 +127,18 @@ def mask_target(tokens: torch.Tensor, mask_id: int, generator: torch.Generator |
 
 
 def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: torch.Tensor, objective: Objective,
-                null_instrument: int, generator: torch.Generator | None = None) -> torch.Tensor:
+                null_instrument: int, generator: torch.Generator | None = None,
+                negative: torch.Tensor | None = None) -> torch.Tensor:
     """The training objective (Sec. 2.1, 2.1.2, 3): drop conditions, mask the target, cross-entropy at level q.
 
     Args:
         model: StemGen (or a wrapper) called as model(context, masked, instrument, context_dropped, level=q).
         context, target: LongTensor [B, Q, T] tokens; instrument: LongTensor [B].
+        negative: LongTensor [B, Q, T], each context with its chords moved (harmony_plan); only for the
+            harmony term.
     Returns:
-        the mean cross-entropy over the masked positions of each example's level q (a scalar).
+        the mean cross-entropy over the masked positions of each example's level q (a scalar), plus the
+        timing and harmony terms where their weights are above 0 (ours).
     """
     o = objective
     instrument, ctx_dropped = drop_conditions(instrument, null_instrument, o.p_drop_context, o.p_drop_instrument,
@@ -134,12 +149,38 @@ def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: 
     logits = model(context, masked, instrument, ctx_dropped, level=level)               # [B, T, V]
     at_level = loss_mask[torch.arange(len(level), device=level.device), level]          # [B, T]
     loss = F.cross_entropy(logits[at_level].float(), target[loss_mask])
-    if o.shift_weight == 0:                                                              # the paper's objective
+    if o.harmony_weight > 0 and negative is None:
+        raise ValueError("the harmony term needs each pair's negative context (training/pool.py builds it for a "
+                         "token pool)")
+    if o.shift_weight == 0 and o.harmony_weight == 0:                                    # the paper's objective
         return loss
-    shifted = shift_in_time(context, generator, o.shift_min, o.shift_max)
-    shifted_logits = model(shifted, masked, instrument, ctx_dropped, level=level)
-    gain = example_nll(shifted_logits, target, loss_mask, level) - example_nll(logits, target, loss_mask, level)
-    return loss + o.shift_weight * timing_term(gain, o.shift_margin)
+    own = example_nll(logits, target, loss_mask, level)
+
+    def gain(other: torch.Tensor) -> torch.Tensor:   # [B] nats the target loses when its context is `other`
+        return example_nll(model(other, masked, instrument, ctx_dropped, level=level), target, loss_mask, level) - own
+
+    if o.shift_weight > 0:
+        loss = loss + o.shift_weight * timing_term(gain(shift_in_time(context, generator, o.shift_min, o.shift_max)),
+                                                   o.shift_margin)
+    if o.harmony_weight > 0:
+        loss = loss + o.harmony_weight * timing_term(gain(negative), o.harmony_margin)
+    return loss
+
+
+def harmony_plan(batch: int, frames: int, segment: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The harmony term's negative, as semitones per frame [B, T] (ours, not the paper's): each example's frames
+    cut into segments of `segment` frames (from a random offset); half of them, and always at least one, moved by
+    1-11 semitones (as -5..6), each by its own draw, the rest kept. Applied to the context's spectra
+    (codec.encode_transposed), it keeps every onset where it was and puts the chords of the moved beats in
+    other keys: a target that follows its context's chords beat by beat fits it worse."""
+    offset = torch.randint(0, segment, (batch, 1), generator=generator)
+    index = (torch.arange(frames)[None] + offset) // segment                             # [B, T] segment of each frame
+    n_seg = int(index.max()) + 1
+    moved = torch.rand(batch, n_seg, generator=generator) < 0.5
+    moved[torch.arange(batch), index[:, frames // 2]] = True                            # at least the middle one
+    k = torch.randint(1, 12, (batch, n_seg), generator=generator)
+    semitones = torch.where(moved, torch.where(k > 6, k - 12, k), 0)
+    return semitones.gather(1, index)
 
 
 def shift_in_time(context: torch.Tensor, generator: torch.Generator | None = None, low: float = 0.3,

@@ -121,19 +121,20 @@ def train_step(fwd, model, opt, sched, micro_batches, r: Recipe, state: RunState
     opt.zero_grad(set_to_none=True)
     loss_sum, accum = 0.0, len(micro_batches)
     g = torch.Generator(device=device)
-    for j, (ctx, tgt, inst) in enumerate(micro_batches):
+    for j, (ctx, tgt, inst, negative) in enumerate(micro_batches):
         # masks and dropout of micro-batch j are a function of (seed, step, its global index), so a resumed
         # run, and N processes versus N-fold accumulation, draw the same ones
         g.manual_seed((r.seed * 1_000_003 + state.step) * 4096 + rank * accum + j)
         with autocast(device):
-            loss = masked_loss(fwd, ctx.to(device), tgt.to(device), inst.to(device), r.objective, NULL_INSTRUMENT, g)
+            loss = masked_loss(fwd, ctx.to(device), tgt.to(device), inst.to(device), r.objective, NULL_INSTRUMENT, g,
+                               None if negative is None else negative.to(device))
         (loss / accum).backward()
         loss_sum += loss.detach() / accum
     loss_val = mean_over_processes(float(loss_sum), device)
     if math.isfinite(loss_val):                            # the same on every process: the loss is averaged
         state.in_a_row = 0
         if state.class_counts is not None:                 # targets per class, all processes: generate.py
-            seen = torch.bincount(torch.cat([i for _, _, i in micro_batches]).long().cpu(), minlength=len(INSTRUMENTS))
+            seen = torch.bincount(torch.cat([b[2] for b in micro_batches]).long().cpu(), minlength=len(INSTRUMENTS))
             seen = sum_over_processes(seen[:len(INSTRUMENTS)].to(device)).cpu()   # refuses classes never seen
             state.class_counts = [a + int(b) for a, b in zip(state.class_counts, seen)]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -304,6 +305,9 @@ def resolve_recipe(args, saved: dict | None = None) -> tuple[Recipe, dict]:
                          "cached tokens would be used")
     if r.val_pairs < 2 or r.pool_pairs < 0:
         raise TrainError("need --val-pairs >= 2 and --pool-pairs >= 0")
+    if r.objective.harmony_weight > 0 and (not r.pool_pairs or r.codec != "spectral"):
+        raise TrainError("--harmony-weight needs a token pool (--pool-pairs > 0) and --codec spectral: its negative "
+                         "moves the context's chords inside the spectral codec's magnitude frames, once per pair")
     run = {k: saved[k] if getattr(args, k, None) is None and k in saved else getattr(args, k, None) for k in RUN_FLAGS}
     run.update(recipe=name, demo=demo_run, data=run["data"] or DEMO_DATA, device=run["device"] or "auto")
     return r, run

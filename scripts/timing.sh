@@ -8,6 +8,8 @@
 #
 #   bash scripts/timing.sh            # about 75 min on 2 CPU cores once the data exist (both sittings at once, one thread each)
 #   bash scripts/timing.sh beat       # a third sitting: the timing term with rolls of about a beat (0.5-1 s), 2 threads
+#   bash scripts/timing.sh harmony    # a fourth: the harmony term (each context's chords moved to other keys,
+#                                     # beat by beat, its rhythm kept, as the negative), 2 threads, about 50 min
 #
 # Every sitting resumes where it stopped (--resume) when run again.
 set -euo pipefail
@@ -38,6 +40,11 @@ sit() {  # sit OUT [FLAGS...]
         --init-from checkpoints/stemgen-music.pt --lr 0.0003 --warmup 100 --hold 500 --decay $((STEPS - 600)) \
         --max-steps "$STEPS" --patience "$STEPS" --seed 7 --threads 1 --no-progress "$@"; fi
 }
+if [ "${1:-}" = harmony ]; then   # docs/log.md, 2026-12-08: a negative that differs from the context in harmony only
+    sit harmony --harmony-weight 1 --harmony-margin 0.5 --harmony-segment 0.5 --threads 2 > runs/harmony.log 2>&1
+    measure runs/harmony/best.pt harmony
+    exit
+fi
 if [ "${1:-}" = beat ]; then   # docs/log.md, 2026-12-08: the negative keeps the onsets' grid, moves the chords
     sit timing-beat --shift-weight 1 --shift-margin 0.5 --shift-min 0.1 --shift-max 0.2 --threads 2 \
         > runs/timing-beat.log 2>&1

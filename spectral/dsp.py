@@ -97,6 +97,21 @@ def compressed_magnitude(wav: torch.Tensor, n_fft: int, hop: int, power: float) 
     return stft(wav, n_fft, hop)[:, :-1].abs().pow(power)
 
 
+def transpose_frames(feats: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+    """Magnitude frames [B, T, n_fft/2+1] at linear bins, each moved in pitch by its own number of semitones [B, T]:
+    the bin at f takes the magnitude at f / 2^(s/12) (linear interpolation; above the top bin, 0). Every partial of
+    a frame moves by the same ratio, so a chord becomes the same chord in another key, at the same time; 0 keeps a
+    frame as it is. The harmony term's negative (masking.harmony_plan) is built with it."""
+    n = feats.shape[-1]
+    ratio = torch.pow(2.0, semitones.to(feats.dtype) / 12.0)[..., None]                 # [B, T, 1]
+    src = torch.arange(n, device=feats.device, dtype=feats.dtype) / ratio                 # [B, T, F], in bins
+    lo = src.floor().long().clamp(0, n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    w = (src - lo.to(feats.dtype)).clamp(0, 1)
+    out = feats.gather(-1, lo) * (1 - w) + feats.gather(-1, hi) * w
+    return out.masked_fill(src > n - 1, 0.0)
+
+
 def griffin_lim(mag: torch.Tensor, n_fft: int, hop: int, n_iter: int, generator: torch.Generator,
                 momentum: float = 0.99) -> torch.Tensor:
     """Fast Griffin-Lim (Perraudin et al. 2013): a signal whose STFT magnitude approaches `mag`.

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from masking import Objective, example_nll, mask_target, masked_loss, sample_levels, shift_in_time
+from masking import Objective, example_nll, harmony_plan, mask_target, masked_loss, sample_levels, shift_in_time
 
 MASK = 99
 
@@ -190,4 +190,42 @@ def test_timing_knobs_must_be_finite_and_not_negative():
             Objective(**bad).check()
     for bad in ({"shift_min": 0.0}, {"shift_min": 0.5, "shift_max": 0.4}, {"shift_max": 1.0}):
         with pytest.raises(ValueError, match="--shift-min"):
+            Objective(**bad).check()
+
+
+def test_harmony_plan_moves_whole_segments_half_of_them_and_never_none():
+    plan = harmony_plan(400, 100, 25, torch.Generator().manual_seed(0))
+    assert plan.shape == (400, 100) and int(plan.min()) >= -5 and int(plan.max()) <= 6
+    assert bool((plan != 0).any(1).all())                                  # every example has a moved beat
+    changes = (plan[:, 1:] != plan[:, :-1]).nonzero()
+    for b, t in changes.tolist()[:200]:                                    # a value changes only between segments
+        starts = [int(k) for k in range(1, 100) if plan[b, k] != plan[b, k - 1]]
+        assert all((s2 - s1) % 25 == 0 for s1, s2 in zip(starts, starts[1:]))
+    moved = (plan != 0).float().mean().item()
+    assert 0.5 < moved < 0.7                                               # half, plus the one always moved
+    assert len(set(plan[plan != 0].tolist())) == 11                        # every interval but the unison
+
+
+def test_harmony_term_is_the_hinge_on_the_moved_context_and_needs_it():
+    """A part that ignores the context pays the whole margin; a part that copies its context, with a negative
+    unlike it, pays nothing; the term asks for the negative and says so when it is missing."""
+    ctx, tgt, inst = tokens(B=16, seed=1), tokens(B=16, seed=2), torch.zeros(16, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(0)
+    knobs = dict(p_drop_context=0.0, p_drop_instrument=0.0)
+    base = masked_loss(_Listener(False), ctx, tgt, inst, Objective(**knobs), 17, g())
+    term = Objective(**knobs, harmony_weight=2.0, harmony_margin=0.5)
+    deaf = masked_loss(_Listener(False), ctx, tgt, inst, term, 17, g(), negative=tokens(B=16, seed=3))
+    assert math.isclose(deaf.item(), base.item() + 2.0 * 0.5, rel_tol=1e-6)
+    follows = dict(knobs, coarse_prob=1.0)
+    plain = masked_loss(_Listener(True), ctx, ctx.clone(), inst, Objective(**follows), 17, g())
+    moved = masked_loss(_Listener(True), ctx, ctx.clone(), inst, Objective(**follows, harmony_weight=1.0), 17, g(),
+                        negative=tokens(B=16, seed=3))
+    same = masked_loss(_Listener(True), ctx, ctx.clone(), inst, Objective(**follows, harmony_weight=1.0), 17, g(),
+                       negative=ctx.clone())
+    assert math.isclose(moved.item(), plain.item(), rel_tol=1e-6)          # far likelier with its own chords
+    assert math.isclose(same.item(), plain.item() + 0.5, rel_tol=1e-6)     # a negative that is the context: no gain
+    with pytest.raises(ValueError, match="negative context"):
+        masked_loss(_Listener(True), ctx, tgt, inst, term, 17, g())
+    for bad in ({"harmony_weight": -1.0}, {"harmony_margin": float("nan")}, {"harmony_segment": 0.0}):
+        with pytest.raises(ValueError, match="--harmony-weight"):
             Objective(**bad).check()

@@ -85,3 +85,20 @@ def test_a_pool_without_progress_draws_no_bar_and_says_what_it_is_doing(tmp_path
     StemPairDataset(root, "all", PairDraw(SR, crop_seconds=1.0), seed=0, verbose=True,
                     cache_dir=str(tmp_path / "fresh"))
     assert "activity map" in capsys.readouterr().err   # the bar is there by default
+
+
+def test_a_pool_keeps_each_contexts_harmony_negative_beside_it_and_its_batches_carry_it(tmp_path):
+    """With `negative`, each pair's negative is made from its own context wave (here: the wave's loudest
+    frequency, written into the tokens), stored in pair order, and handed out with its pair by pool_batches."""
+    root = str(tmp_path / "sines")
+    write_sines(root)
+    ds = StemPairDataset(root, "all", PairDraw(SR, crop_seconds=1.0), seed=0, verbose=False)
+    peak = lambda waves: torch.from_numpy(np.abs(np.fft.rfft(waves.numpy(), axis=1)).argmax(1))
+    encode = lambda waves: peak(waves)[:, None, None].expand(-1, 1, 50).clone()
+    negative = lambda waves: -peak(waves)[:, None, None].expand(-1, 1, 50).clone()
+    got = pool.token_pool(ds, encode, n_pairs=20, per_segment=4, seed=0, batch=8, progress=False, negative=negative)
+    assert got["harmony"].shape == got["context"].shape
+    assert torch.equal(got["harmony"], -got["context"])                    # each negative is its own context's
+    assert "harmony" not in pool.token_pool(ds, encode, n_pairs=4, per_segment=4, seed=0, progress=False)
+    (ctx, tgt, inst, neg), = next(pool.pool_batches(got, 4, seed=0, shard=pool.Shard(micro=4)))
+    assert torch.equal(neg, -ctx)

@@ -233,3 +233,33 @@ def test_bad_audio_and_bad_tokens_give_clear_errors(spectral):
         codec.decode(tokens[:, :3])
     with pytest.raises(ValueError, match="integer"):
         codec.decode(tokens.float())
+
+
+def test_frames_move_in_pitch_by_their_own_semitones_and_keep_their_time():
+    """dsp.transpose_frames: a partial at bin 100 goes to bin 200 an octave up and to bin 50 an octave down; a
+    frame asked for 0 semitones is unchanged; each frame is moved by its own amount."""
+    feats = torch.zeros(1, 3, 513)
+    feats[..., 100] = 1.0
+    out = dsp.transpose_frames(feats, torch.tensor([[12.0, 0.0, -12.0]]))
+    assert [int(out[0, t].argmax()) for t in range(3)] == [200, 100, 50]
+    assert torch.equal(out[0, 1], feats[0, 1])
+    fifth = dsp.transpose_frames(feats, torch.tensor([[7.0, 7.0, 7.0]]))
+    assert abs(float((fifth[0, 0] * torch.arange(513)).sum() / fifth[0, 0].sum()) - 100 * 2 ** (7 / 12)) < 0.5
+
+
+def test_encode_transposed_keeps_the_tokens_of_unmoved_frames_and_moves_the_chord(spectral):
+    """The harmony term's negative: frames asked for 0 semitones get the tokens `encode` gives; a C major triad
+    moved up 7 semitones decodes with G major's pitch classes; a codec without magnitude frames says so."""
+    codec, _ = spectral
+    wav = torch.from_numpy(chord([60, 64, 67], 1.0, SR, np.random.default_rng(2)))[None, None]
+    frames = codec.encode(wav).shape[-1]
+    plan = torch.zeros(1, frames, dtype=torch.long)
+    assert torch.equal(codec.encode_transposed(wav, plan), codec.encode(wav))
+    up = codec.decode(codec.encode_transposed(wav, plan + 7))[0, 0].numpy()
+    profile = chroma_profile(up, SR)
+    top = {NOTE_NAMES[i] for i in np.argsort(profile)[-3:]}
+    assert top == {"G", "B", "D"}, top
+    with pytest.raises(ValueError, match="semitones must be"):
+        codec.encode_transposed(wav, plan[:, :-1])
+    with pytest.raises(NotImplementedError, match="--codec spectral"):
+        C.Codec._encode_transposed(codec, wav, plan)

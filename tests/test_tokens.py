@@ -118,8 +118,9 @@ def test_loader_batches_give_the_same_tokens_with_the_cache(tmp_path, codec):
     cache = pool.TokenCache(10**8)
     plain, cached = pool.loader_batches(**kw), pool.loader_batches(**kw, token_cache=cache)
     for _ in range(4):
-        (c0, t0, k0), = next(plain)
-        (c1, t1, k1), = next(cached)
+        (c0, t0, k0, n0), = next(plain)
+        (c1, t1, k1, n1), = next(cached)
+        assert n0 is None and n1 is None                          # no harmony negative on the fly
         assert torch.equal(c0, c1) and torch.equal(t0, t1) and torch.equal(k0, k1)
     assert cache.hits > 0 and cache.misses <= 12                # 16 targets, of 3 stems x 4 starts
 

@@ -49,15 +49,16 @@ def test_tri_stage_schedule_warms_up_holds_and_decays_to_a_floor():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pool, extra", [("0", []), ("12", []), ("0", ["--crop-grid", "0.5", "--token-cache-gb", "0.01"])],
-                         ids=["on-the-fly", "token-pool", "on-the-fly-token-cache"])
+@pytest.mark.parametrize("pool, extra", [("0", []), ("12", []), ("0", ["--crop-grid", "0.5", "--token-cache-gb", "0.01"]),
+                                         ("12", ["--harmony-weight", "1"])],
+                         ids=["on-the-fly", "token-pool", "on-the-fly-token-cache", "token-pool-harmony-term"])
 def test_resume_continues_bit_for_bit(tiny_data, tmp_path, pool, extra, capsys):
     """A run stopped at step 3 and resumed to 6 ends with the same weights as a run of 6 steps (a resumed run's
     token cache starts empty: its targets are encoded afresh, and give the tokens the cache held)."""
     data_dir, codec_file = tiny_data
     assert train.main(argv(data_dir, codec_file, tmp_path / "full", "--max-steps", "6", "--pool-pairs", pool, *extra)) == 0
     reused = re.search(r"token cache: (\d+) of (\d+) target crops reused", capsys.readouterr().err)
-    assert (reused is not None) == bool(extra)                    # said when the cache is on, and only then
+    assert (reused is not None) == ("--token-cache-gb" in extra)  # said when the cache is on, and only then
     if reused:
         assert int(reused.group(2)) == 6 * 4 and 0 <= int(reused.group(1)) <= 6 * 4   # one lookup per target
     assert train.main(argv(data_dir, codec_file, tmp_path / "part", "--max-steps", "3", "--pool-pairs", pool, *extra)) == 0
@@ -124,6 +125,13 @@ def test_help_shows_each_knob_with_the_paper_and_demo_values(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--coarse-prob" in out and "(None | 0.7)" in out
     assert "(40 | 16)" in out and "(paper | tiny)" in out
+
+
+def test_the_harmony_term_without_a_pool_is_refused_before_any_work(tmp_path, capsys):
+    assert train.main(["--data", str(tmp_path), "--codec", "spectral", "--pool-pairs", "0", "--harmony-weight", "1",
+                       "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "--harmony-weight needs a token pool" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.slow

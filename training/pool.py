@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from data import DatasetError, PairDraw, StemPairDataset
+from masking import harmony_plan
 from training.distributed import is_main
 from audio.instruments import class_matrix
 
@@ -51,16 +52,18 @@ class Shard:
 
 
 def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed: int, batch: int = 32,
-               progress: bool = True, desc: str = "tokenising pairs") -> dict:
+               progress: bool = True, desc: str = "tokenising pairs", negative=None) -> dict:
     """Draw n_pairs items segment by segment (in a seeded order, per_segment each) and tokenise them.
 
     Args:
         ds: the dataset whose pairs are drawn (its `segment_pairs`).
         encode: waves FloatTensor [B, S] -> tokens LongTensor [B, Q, T] (the codec).
+        negative: optional, context waves [B, S] -> tokens [B, Q, T] of the harmony term's negative.
     Returns:
         dict of context, target (int16 [N, Q, T], on the CPU), instrument (long [N]), song (long [N], the
         pair's ds.segment_song: the renderings of one work share it; for song-level statistics) and
-        context_classes (bool [N, len(INSTRUMENTS)], the classes of the stems summed into each pair's context).
+        context_classes (bool [N, len(INSTRUMENTS)], the classes of the stems summed into each pair's context);
+        with `negative`, also harmony (int16 [N, Q, T]).
     """
     if n_pairs < 1 or per_segment < 1:
         raise DatasetError("a token pool needs n_pairs >= 1 and per_segment >= 1")
@@ -71,6 +74,8 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
     def flush():
         waves = torch.stack([c for c, _, _, _, _ in pending] + [t for _, t, _, _, _ in pending])   # [2b, S]
         tok = encode(waves).to("cpu", torch.int16)                                               # [2b, Q, T]
+        if negative is not None:
+            out.setdefault("harmony", []).append(negative(waves[:len(pending)]).to("cpu", torch.int16))
         out["context"].append(tok[:len(pending)])
         out["target"].append(tok[len(pending):])
         out["instrument"] += [k for _, _, k, _, _ in pending]
@@ -97,18 +102,35 @@ def token_pool(ds: StemPairDataset, encode, n_pairs: int, per_segment: int, seed
                 flush()
     if pending:
         flush()
+    harmony = {"harmony": torch.cat(out["harmony"])} if negative is not None else {}
     return {"context": torch.cat(out["context"]), "target": torch.cat(out["target"]),
             "instrument": torch.tensor(out["instrument"]), "song": torch.tensor(out["song"]),
-            "context_classes": class_matrix(out["context_classes"])}
+            "context_classes": class_matrix(out["context_classes"]), **harmony}
+
+
+def harmony_negative(codec, segment_seconds: float, seed: int):
+    """waves [B, S] -> tokens of each wave with its chords moved to other keys, beat by beat, its timing kept
+    (masking.harmony_plan, codec.encode_transposed): the harmony term's negative. Seeded, so a pool drawn again
+    gets the same negatives."""
+    g = torch.Generator().manual_seed(seed)
+    segment = max(1, round(segment_seconds * codec.frame_rate))
+
+    def negative(waves: torch.Tensor) -> torch.Tensor:
+        frames = math.ceil(waves.shape[-1] / codec.hop)
+        return codec.encode_transposed(waves[:, None], harmony_plan(len(waves), frames, segment, g))
+    return negative
 
 
 def split_pool(codec, root: str, split: str, crop_seconds: float, n: int, seed: int, progress: bool = True,
-               desc: str = "tokenising pairs", verbose: bool = True) -> dict:
-    """n pairs of one split of a Slakh-layout folder, spread over its song segments, tokenised with the codec."""
+               desc: str = "tokenising pairs", verbose: bool = True, harmony_segment: float | None = None) -> dict:
+    """n pairs of one split of a Slakh-layout folder, spread over its song segments, tokenised with the codec;
+    with harmony_segment (seconds), each context's harmony negative too (harmony_negative)."""
     ds = StemPairDataset(root, split, PairDraw(codec.sample_rate, crop_seconds), seed=seed, verbose=verbose,
                          progress=progress)
     per_segment = max(1, math.ceil(n / len(ds.segments)))
-    return token_pool(ds, lambda wave: tokenize(codec, wave), n, per_segment, seed, progress=progress, desc=desc)
+    negative = None if harmony_segment is None else harmony_negative(codec, harmony_segment, seed)
+    return token_pool(ds, lambda wave: tokenize(codec, wave), n, per_segment, seed, progress=progress, desc=desc,
+                      negative=negative)
 
 
 def pool_batches(pool: dict, batch: int, seed: int, shard: Shard):
@@ -118,8 +140,8 @@ def pool_batches(pool: dict, batch: int, seed: int, shard: Shard):
     while True:
         idx = np.random.default_rng([seed, step]).integers(len(pool["song"]), size=batch)
         mine = torch.from_numpy(idx[shard.first:shard.first + shard.size])
-        yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j])
-               for j in mine.split(shard.micro)]
+        yield [(pool["context"][j].long(), pool["target"][j].long(), pool["instrument"][j],
+                pool["harmony"][j].long() if "harmony" in pool else None) for j in mine.split(shard.micro)]
         step += 1
 
 
@@ -244,7 +266,7 @@ def loader_batches(codec, recipe, root: str, shard: Shard, device, token_cache: 
             c, t, k, *keys = next(it)
             target = (token_cache.tokens(codec, t, keys[0]) if token_cache else
                       tokenize(codec, t, recipe.encode_dtype))
-            micro_batches.append((tokenize(codec, c, recipe.encode_dtype), target, k))
+            micro_batches.append((tokenize(codec, c, recipe.encode_dtype), target, k, None))
         yield micro_batches
 
 
@@ -269,8 +291,9 @@ def training_batches(codec, recipe, data_dir: str, shard: Shard, device, progres
     """The micro-batches of every step from shard.step on: from a pool tokenised once (pool_pairs) or on the
     fly; with the target-token cache (None when off). `recipe` is train.Recipe."""
     if recipe.pool_pairs:
+        harmony = recipe.objective.harmony_segment if recipe.objective.harmony_weight > 0 else None
         train_pool = split_pool(codec, data_dir, "train", recipe.crop_seconds, recipe.pool_pairs, recipe.seed,
-                                     progress and is_main(), "training pairs", is_main())
+                                progress and is_main(), "training pairs", is_main(), harmony)
         return pool_batches(train_pool, recipe.batch, recipe.seed, shard), None
     cache = (TokenCache(int(recipe.token_cache_gb * 1e9), recipe.encode_dtype) if recipe.token_cache_gb > 0
              else None)
