@@ -25,7 +25,7 @@ LAZY = {("generate", "notes.midi"), ("generate", "metrics.pictures")}
 ROOT_COMMANDS = {"train", "generate", "evaluate", "bench", "app"}
 # Commands run as modules of their packages (python -m ...); they are libraries too, so they may be imported.
 MODULE_COMMANDS = {"songs.synth", "songs.corpus", "spectral.fit", "training.ship", "training.curves",
-                   "scripts.harmony_sampling", "scripts.harmony_lag"}
+                   "scripts.harmony_sampling", "scripts.harmony_lag", "scripts.harmony_gain"}
 SKIPPED_DIRS = {"tests", "shared", "runs", "data"}
 
 
