@@ -37,7 +37,9 @@ CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "
               "lambda_i 1.5": {"scale_instrument": 1.5},
               # timing guidance whose shifted context is rolled by about a beat (0.5 s, 1 s of a 5 s window)
               "lambda_t 2, shift 0.1": {"scale_timing": 2.0, "timing_shift": 0.1},
-              "lambda_t 2, shift 0.2": {"scale_timing": 2.0, "timing_shift": 0.2}}
+              "lambda_t 2, shift 0.2": {"scale_timing": 2.0, "timing_shift": 0.2},
+              # for the harmony sitting's weights, which follow the key but move too much at the file's sampling
+              "lambda_a 3": {"scale_audio": 3.0}, "level-0 temperature 0.3": {"temperature": 0.3}}
 
 
 def validation_bass(checkpoint: str, data: str, split: str, keys, seconds: float):
