@@ -39,7 +39,10 @@ CANDIDATES = {"current": {}, "level-0 steps x4": {"steps": (512, 64, 32, 32)}, "
               "lambda_t 2, shift 0.1": {"scale_timing": 2.0, "timing_shift": 0.1},
               "lambda_t 2, shift 0.2": {"scale_timing": 2.0, "timing_shift": 0.2},
               # for the harmony sitting's weights, which follow the key but move too much at the file's sampling
-              "lambda_a 3": {"scale_audio": 3.0}, "level-0 temperature 0.3": {"temperature": 0.3}}
+              "lambda_a 3": {"scale_audio": 3.0}, "level-0 temperature 0.3": {"temperature": 0.3},
+              # between the two: the colder level 0 with a weaker context pull
+              "temperature 0.3, lambda_a 4": {"temperature": 0.3, "scale_audio": 4.0},
+              "temperature 0.2, lambda_a 4": {"temperature": 0.2, "scale_audio": 4.0}}
 
 
 def validation_bass(checkpoint: str, data: str, split: str, keys, seconds: float):
