@@ -9,7 +9,7 @@
 #   bash scripts/timing.sh            # about 75 min on 2 CPU cores once the data exist (both sittings at once, one thread each)
 #   bash scripts/timing.sh beat       # a third sitting: the timing term with rolls of about a beat (0.5-1 s), 2 threads
 #   bash scripts/timing.sh harmony    # a fourth: the harmony term (each context's chords moved to other keys,
-#                                     # beat by beat, its rhythm kept, as the negative), 2 threads, about 50 min
+#                                     # beat by beat, its rhythm kept, as the negative), 2 threads, about 65 min
 #
 # Every sitting resumes where it stopped (--resume) when run again.
 set -euo pipefail
