@@ -144,7 +144,10 @@ class Codec:
         if tuple(semitones.shape) != (wav.shape[0], wav.shape[-1] // self.hop):
             raise ValueError(f"semitones must be [B, frames] = {[wav.shape[0], wav.shape[-1] // self.hop]}, "
                              f"got {list(semitones.shape)}")
-        return self._encode_transposed(wav, semitones.to(self.device)).long()
+        tokens = self._encode_transposed(wav, semitones.to(self.device)).long()
+        if tuple(tokens.shape) != (wav.shape[0], self.n_q, wav.shape[-1] // self.hop):
+            raise RuntimeError(f"{self.name} produced tokens {list(tokens.shape)} for {list(semitones.shape)} frames")
+        return tokens
 
     def _encode_transposed(self, wav: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(

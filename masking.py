@@ -141,6 +141,9 @@ def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: 
         timing and harmony terms where their weights are above 0 (ours).
     """
     o = objective
+    if o.harmony_weight > 0 and negative is None:
+        raise ValueError("the harmony term needs each pair's negative context (training/pool.py builds it for a "
+                         "token pool)")
     instrument, ctx_dropped = drop_conditions(instrument, null_instrument, o.p_drop_context, o.p_drop_instrument,
                                               generator)
     mask_id = (model.module.cfg if hasattr(model, "module") else model.cfg).mask_id
@@ -149,9 +152,6 @@ def masked_loss(model, context: torch.Tensor, target: torch.Tensor, instrument: 
     logits = model(context, masked, instrument, ctx_dropped, level=level)               # [B, T, V]
     at_level = loss_mask[torch.arange(len(level), device=level.device), level]          # [B, T]
     loss = F.cross_entropy(logits[at_level].float(), target[loss_mask])
-    if o.harmony_weight > 0 and negative is None:
-        raise ValueError("the harmony term needs each pair's negative context (training/pool.py builds it for a "
-                         "token pool)")
     if o.shift_weight == 0 and o.harmony_weight == 0:                                    # the paper's objective
         return loss
     own = example_nll(logits, target, loss_mask, level)

@@ -11,7 +11,7 @@ import argparse
 
 from metrics.listening import level0_nll, song_bootstrap
 from training.checkpoint import load_model
-from training.pool import split_pool
+from training.pool import codec_fingerprint, split_pool
 
 
 def main(argv=None) -> int:
@@ -24,12 +24,16 @@ def main(argv=None) -> int:
     p.add_argument("--segment", type=float, default=0.5, help="seconds moved to one key (--harmony-segment)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    pairs = None
+    pairs, first = None, None
     for path in args.checkpoints:
         model, codec, _ = load_model(path)
+        if codec.name != "spectral":
+            p.error(f"{path}: its codec is {codec.name}; the chords are moved inside the spectral codec's frames")
         if pairs is None:
-            pairs = split_pool(codec, args.data, args.split, args.seconds, args.pairs, args.seed, progress=False,
-                               verbose=False, harmony_segment=args.segment)
+            pairs, first = split_pool(codec, args.data, args.split, args.seconds, args.pairs, args.seed,
+                                      progress=False, verbose=False, harmony_segment=args.segment), codec_fingerprint(codec)
+        elif codec_fingerprint(codec) != first:
+            p.error(f"{path} has another codec than {args.checkpoints[0]}: compare checkpoints of one codec")
         own, _ = level0_nll(model, pairs["context"], pairs["target"], pairs["instrument"])
         moved, _ = level0_nll(model, pairs["harmony"], pairs["target"], pairs["instrument"])
         mean, lo, hi = song_bootstrap((moved - own).numpy(), pairs["song"].numpy())

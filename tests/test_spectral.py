@@ -261,5 +261,7 @@ def test_encode_transposed_keeps_the_tokens_of_unmoved_frames_and_moves_the_chor
     assert top == {"G", "B", "D"}, top
     with pytest.raises(ValueError, match="semitones must be"):
         codec.encode_transposed(wav, plan[:, :-1])
+    class Waveform(C.Codec):                    # a codec with no magnitude frames (as Encodec)
+        name, hop, device = "waveform", codec.hop, torch.device("cpu")
     with pytest.raises(NotImplementedError, match="--codec spectral"):
-        C.Codec._encode_transposed(codec, wav, plan)
+        Waveform().encode_transposed(wav, plan)
