@@ -126,27 +126,28 @@ class Codec:
         Returns:
             LongTensor [B, n_q, ceil(S / hop)] on the codec's device, ids in [0, bins).
         """
-        check_wav(wav)
-        wav = pad_to_frames(wav.to(self.device, torch.float32), self.hop)  # [B, 1, T * hop]
-        tokens = self._encode(wav).long()
-        expected = (wav.shape[0], self.n_q, wav.shape[-1] // self.hop)
-        if tuple(tokens.shape) != expected:
-            raise RuntimeError(f"{self.name} produced tokens {list(tokens.shape)}, expected {list(expected)}")
-        return tokens
+        return self._tokens(wav, self._encode)
 
     @torch.no_grad()
     def encode_transposed(self, wav: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
         """Tokenize audio with each frame moved in pitch by semitones [B, ceil(S / hop)] and its timing kept: the
         harmony term's negative (masking.harmony_plan; ours, not the paper's). Only a codec whose frames are
         magnitude spectra can do this without resynthesis; the others say so."""
+        def moved(wav):
+            if tuple(semitones.shape) != (wav.shape[0], wav.shape[-1] // self.hop):
+                raise ValueError(f"semitones must be [B, frames] = {[wav.shape[0], wav.shape[-1] // self.hop]}, "
+                                 f"got {list(semitones.shape)}")
+            return self._encode_transposed(wav, semitones.to(self.device))
+        return self._tokens(wav, moved)
+
+    def _tokens(self, wav: torch.Tensor, encode) -> torch.Tensor:
+        """Check the input, pad it to whole frames, encode it with `encode` and check the tokens' shape."""
         check_wav(wav)
-        wav = pad_to_frames(wav.to(self.device, torch.float32), self.hop)
-        if tuple(semitones.shape) != (wav.shape[0], wav.shape[-1] // self.hop):
-            raise ValueError(f"semitones must be [B, frames] = {[wav.shape[0], wav.shape[-1] // self.hop]}, "
-                             f"got {list(semitones.shape)}")
-        tokens = self._encode_transposed(wav, semitones.to(self.device)).long()
-        if tuple(tokens.shape) != (wav.shape[0], self.n_q, wav.shape[-1] // self.hop):
-            raise RuntimeError(f"{self.name} produced tokens {list(tokens.shape)} for {list(semitones.shape)} frames")
+        wav = pad_to_frames(wav.to(self.device, torch.float32), self.hop)  # [B, 1, T * hop]
+        tokens = encode(wav).long()
+        expected = (wav.shape[0], self.n_q, wav.shape[-1] // self.hop)
+        if tuple(tokens.shape) != expected:
+            raise RuntimeError(f"{self.name} produced tokens {list(tokens.shape)}, expected {list(expected)}")
         return tokens
 
     def _encode_transposed(self, wav: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
